@@ -1,0 +1,176 @@
+"""Model architectures of the two profiles, built from torchvision definitions (random init).
+
+``paper`` is the seed study's architecture; ``lite`` keeps its structure (RetinaNet with FPN,
+a stage-1 countable head, a three-member stage-2 ensemble with different backbones) with
+small networks for a Jetson or a 2-core CPU. Training (``training/``) builds the same
+modules, so a trained checkpoint loads into what export expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision import models
+from torchvision.ops import boxes as box_ops
+from torchvision.models.detection import RetinaNet, retinanet_resnet50_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+ProfileName = Literal["lite", "paper"]
+
+# ImageNet statistics: the graph normalises with these whatever the weights (random init
+# included), so a later ImageNet-initialised checkpoint sees what it expects.
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: ProfileName
+    detector: str
+    detector_min_size: int  # shorter side the graph resizes a field to
+    detector_max_size: int
+    stage1: str
+    stage2: tuple[str, ...]
+    crop_size: int = 224
+
+
+PROFILES: dict[str, Profile] = {
+    # Stage-2 members differ on purpose: an ensemble of one family averages the same errors.
+    "lite": Profile(
+        name="lite",
+        detector="retinanet/mobilenet_v3_large-fpn64",
+        detector_min_size=512,
+        detector_max_size=768,
+        stage1="mobilenet_v3_small",
+        stage2=("mobilenet_v3_large", "shufflenet_v2_x1_0", "mnasnet0_5"),
+    ),
+    "paper": Profile(
+        name="paper",
+        detector="retinanet/resnet50-fpn",
+        detector_min_size=800,
+        detector_max_size=1333,
+        stage1="resnext101_32x8d",
+        stage2=("resnext101_32x8d", "resnext50_32x4d", "resnet50"),
+    ),
+}
+
+
+def build_classifier(arch: str, num_classes: int) -> nn.Module:
+    return models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+def _mobilenet_fpn(out_channels: int) -> BackboneWithFPN:
+    features = models.mobilenet_v3_large(weights=None).features
+    # Strided blocks mark the stage ends (C1..Cn), as torchvision's own extractor finds them.
+    stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+    picked = stages[-3:]  # strides 8, 16, 32
+    return BackboneWithFPN(
+        features,
+        return_layers={str(i): str(k) for k, i in enumerate(picked)},
+        in_channels_list=[features[i].out_channels for i in picked],
+        out_channels=out_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def build_detector(profile: Profile, num_classes: int) -> RetinaNet:
+    """RetinaNet; ``num_classes`` counts the background label 0 (torchvision's convention)."""
+    if profile.detector == "retinanet/resnet50-fpn":
+        return retinanet_resnet50_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=num_classes,
+            min_size=profile.detector_min_size,
+            max_size=profile.detector_max_size,
+        )
+    if profile.detector == "retinanet/mobilenet_v3_large-fpn64":
+        # A 64-channel FPN and head: RetinaNet's two 4-conv heads at 256 channels cost more
+        # than the whole backbone on a CPU, and WBCs are large, few and well separated.
+        backbone = _mobilenet_fpn(out_channels=64)
+        scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+        sizes = tuple(tuple(base * s for s in scales) for base in (32, 64, 128, 256))
+        anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
+        head = RetinaNetHead(64, anchors.num_anchors_per_location()[0], num_classes)
+        return RetinaNet(
+            backbone,
+            num_classes=num_classes,
+            min_size=profile.detector_min_size,
+            max_size=profile.detector_max_size,
+            anchor_generator=anchors,
+            head=head,
+        )
+    raise ValueError(f"unknown detector architecture {profile.detector}")
+
+
+class NormalisedInput(nn.Module):
+    """uint8 NHWC RGB -> float NCHW normalised; the appliance hands raw pixels to every graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+
+class FusedClassifier(nn.Module):
+    """Stage-1 countable head and the stage-2 ensemble in one graph.
+
+    Outputs ``countable`` (N,) = P(countable) from stage 1 and ``probs`` (N, C) = mean of the
+    members' softmax. One graph means one engine, one batch and one launch per field.
+    """
+
+    def __init__(self, stage1: nn.Module, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.prep = NormalisedInput()
+        self.stage1 = stage1
+        self.members = nn.ModuleList(members)
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.prep(crops)
+        countable = torch.softmax(self.stage1(x), dim=1)[:, 1]
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+        return countable, probs
+
+
+class DetectorGraph(nn.Module):
+    """uint8 (1, H, W, 3) RGB field -> every anchor's decoded box and per-label score.
+
+    Outputs ``boxes`` (A, 4) in the pixels of the full-resolution input and ``scores``
+    (A, L) for the L detector labels (torchvision's background column 0 is dropped).
+    RetinaNet's transform resizes and normalises inside the graph. Thresholding and NMS
+    are left to the appliance: the graph stays continuous, so PyTorch, ONNX Runtime and
+    TensorRT can be compared output for output, and the bundle's thresholds apply at run
+    time without a re-export.
+    """
+
+    def __init__(self, detector: RetinaNet) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        det = self.detector
+        x = image[0].permute(2, 0, 1).float() / 255.0
+        images, _ = det.transform([x])
+        features = list(det.backbone(images.tensors).values())
+        head = det.head(features)
+        anchors = det.anchor_generator(images, features)[0]
+        boxes = det.box_coder.decode_single(head["bbox_regression"][0], anchors)
+        resized_h, resized_w = images.image_sizes[0]
+        boxes = box_ops.clip_boxes_to_image(boxes, (resized_h, resized_w))
+        scale = torch.stack(
+            [
+                image.shape[2] / torch.tensor(resized_w, dtype=torch.float32),
+                image.shape[1] / torch.tensor(resized_h, dtype=torch.float32),
+            ]
+        ).repeat(2)
+        scores = torch.sigmoid(head["cls_logits"][0])[:, 1:]
+        return boxes * scale, scores

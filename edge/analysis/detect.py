@@ -1,0 +1,57 @@
+"""Detector stage: whole field -> cell boxes (score threshold and NMS from the bundle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.engines.backend import InferenceBackend
+from edge.engines.bundle import DetectorSpec
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in field pixels
+    scores: np.ndarray  # (K,) float32
+    labels: list[str]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of kept boxes, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    keep: list[int] = []
+    while order.size and len(keep) < limit:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
+        inter = w * h
+        union = areas[best] + areas[rest] - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class Detector:
+    def __init__(self, backend: InferenceBackend, spec: DetectorSpec, score_threshold: float | None = None):
+        self.backend = backend
+        self.spec = spec
+        self.score_threshold = spec.score_threshold if score_threshold is None else score_threshold
+        self._cell_columns = np.array([spec.labels.index(name) for name in spec.cell_labels])
+
+    def __call__(self, field: np.ndarray) -> Detections:
+        out = self.backend.run({"images": field[None]})
+        cell_scores = out["scores"][:, self._cell_columns]
+        scores = cell_scores.max(axis=1)
+        columns = cell_scores.argmax(axis=1)
+        candidates = np.flatnonzero(scores >= self.score_threshold)
+        if candidates.size > self.spec.pre_nms_top_k:
+            top = np.argpartition(-scores[candidates], self.spec.pre_nms_top_k)[: self.spec.pre_nms_top_k]
+            candidates = candidates[top]
+        boxes = out["boxes"][candidates]
+        kept = candidates[nms(boxes, scores[candidates], self.spec.nms_iou, self.spec.max_detections)]
+        names = [self.spec.cell_labels[c] for c in columns[kept]]
+        return Detections(out["boxes"][kept].astype(np.float32), scores[kept].astype(np.float32), names)

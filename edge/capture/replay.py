@@ -1,0 +1,89 @@
+"""Replay sources: a folder of images or a video file, each image or video frame one field."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+
+from edge.capture.decode import decode_image, to_rgb
+from edge.capture.source import CameraSource, Frame
+from edge.errors import CameraError, FrameError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm"}
+
+
+class ImageFilesSource:
+    """Image files in the order given; a folder's images in name order (other files ignored)."""
+
+    def __init__(self, paths: list[Path], name: str) -> None:
+        self.paths = paths
+        self.name = name
+
+    @classmethod
+    def folder(cls, folder: Path) -> ImageFilesSource:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise CameraError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return cls(paths, str(folder))
+
+    def frames(self) -> Iterator[Frame]:
+        for index, path in enumerate(self.paths):
+            try:
+                image = decode_image(path.read_bytes(), path.name)
+            except FrameError as exc:
+                yield Frame(index, path.name, None, str(exc), time.monotonic())
+            except OSError as exc:
+                yield Frame(index, path.name, None, f"{path.name}: cannot read ({exc.strerror})", time.monotonic())
+            else:
+                yield Frame(index, path.name, image, None, time.monotonic())
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource:
+    """Every frame of a video file, decoded by OpenCV."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = str(self.path)
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            raise CameraError(f"{path}: OpenCV cannot open this video")
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        while True:
+            ok, image = self._capture.read()
+            if not ok:
+                return
+            name = f"{self.path.name}#{index}"
+            try:
+                yield Frame(index, name, to_rgb(image, name), None, time.monotonic())
+            except FrameError as exc:
+                yield Frame(index, name, None, str(exc), time.monotonic())
+            index += 1
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+def open_replay(path: Path) -> CameraSource:
+    """A folder -> its images; a video file -> its frames; a single image -> one field."""
+    path = Path(path)
+    if path.is_dir():
+        return ImageFilesSource.folder(path)
+    if not path.exists():
+        raise CameraError(f"{path}: no such file or folder")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSource(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFilesSource([path], str(path))
+    raise CameraError(f"{path}: not a folder, an image or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")

@@ -1,0 +1,239 @@
+"""The ``marrow-edge`` command: run a slide, export a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge import __version__
+from edge.errors import EdgeError
+
+log = logging.getLogger("edge")
+
+EXIT_USAGE = 2
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="count the fields of a source as one slide and publish over MQTT",
+        description="Process every field of SOURCE (a folder of images, one image or a video file) as one "
+        "slide: detect, drop what is not countable, classify, count, apply the rule pack, and publish "
+        "field, tally and report messages over MQTT. Prints a live count.",
+        epilog="Without --broker or mqtt.url, the broker on localhost:1883 is used if one answers; "
+        "otherwise an embedded mosquitto is started on a free loopback port for this run.",
+    )
+    p.add_argument("--source", required=True, type=Path, help="folder of images, one image, or a video file")
+    p.add_argument("--config", type=Path, help="YAML config file (see config.example.yaml)")
+    p.add_argument("--broker", metavar="mqtt://HOST:PORT", help="MQTT broker (overrides mqtt.url)")
+    p.add_argument("--device-id", help="device id in topics and messages (overrides device_id)")
+    p.add_argument("--bundle", type=Path, help="model bundle folder (overrides bundle)")
+    p.add_argument("--specimen-id", help="specimen id recorded with the slide")
+    p.add_argument("--max-fields", type=int, metavar="N", help="stop after N fields of the source")
+    p.add_argument("--quiet", action="store_true", help="print only the final report")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model bundle (needs the train extra: torch)",
+        description="Build the detector and the fused classifier of a profile, load weights if given "
+        "(random otherwise: the bundle is then marked untrained), export both to ONNX, check them "
+        "against PyTorch and write bundle.json with the hashes.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced if present)")
+    p.add_argument("--profile", choices=["lite", "paper"], default="lite")
+    p.add_argument("--name", help="bundle name (default: <profile>-untrained or <profile>)")
+    p.add_argument("--version", default="0.1.0", help="bundle version")
+    p.add_argument("--weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt state dicts")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detector score threshold")
+    p.add_argument("--nms-iou", type=float, default=0.5)
+    p.add_argument("--max-detections", type=int, default=100, help="most cells kept per field")
+    p.add_argument(
+        "--parity-images", type=Path, nargs="*", default=[], help="fields for the detector parity check"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="marrow-edge",
+        description="Bone-marrow differential count at the microscope: camera -> detect -> classify -> "
+        "count -> MQTT. Results are suggestions for a haematologist, never a diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_parser(sub)
+    _export_parser(sub)
+    return parser
+
+
+def _fmt_rule(rule: Any) -> str:
+    if rule.state == "indeterminate" and rule.cells_to_settle:
+        return f"{rule.id}: indeterminate (~{rule.cells_to_settle} more cells)"
+    return f"{rule.id}: {rule.state}"
+
+
+class LiveConsole:
+    """The technician's view on a terminal: one line per field, then the report."""
+
+    def __init__(self, out: TextIO, total: int | None, quiet: bool = False) -> None:
+        self.out, self.total, self.quiet = out, total, quiet
+        self.seen = 0
+
+    def field(self, result: Any, tally: Any) -> None:
+        self.seen += 1
+        if self.quiet:
+            return
+        of = f"/{self.total}" if self.total else ""
+        key = [r for r in tally.rule_states() if r.state != "not_applicable"][:1]
+        rule = f"  {_fmt_rule(key[0])}" if key else ""
+        self.out.write(
+            f"[{self.seen:>3}{of}] {result.source[:28]:<28} cells {len(result.cells):>2} "
+            f"(countable {len(result.countable_cells):>2})  total {tally.denominator}/{tally.target_count}"
+            f"  {result.timings_ms['detect'] + result.timings_ms['classify']:.0f} ms{rule}\n"
+        )
+        self.out.flush()
+
+    def skip(self, name: str, reason: str, tally: Any) -> None:
+        self.seen += 1
+        if not self.quiet:
+            self.out.write(f"[{self.seen:>3}] SKIPPED {reason}\n")
+            self.out.flush()
+
+    def report(self, run: Any, untrained: bool) -> None:
+        tally, w = run.tally, self.out.write
+        w(f"\nslide {run.slide.slide_id}: {tally.fields} fields counted, {len(tally.skipped)} skipped, "
+          f"{tally.cells_detected} cells detected, {tally.denominator} counted, {tally.not_countable} not countable\n")
+        w(f"{'class':<28}{'n':>5}{'%':>8}   {int(tally.confidence * 100)}% interval\n")
+        for s in tally.shares():
+            if s.count:
+                w(f"{s.name:<28}{s.count:>5}{s.percent:>8.1f}   {s.ci_percent[0]:5.1f} - {s.ci_percent[1]:5.1f}\n")
+        for r in tally.rule_states():
+            w(f"rule {r.id:<14} {r.state:<15} {r.note}\n")
+        for s in tally.skipped:
+            w(f"skipped {s.reason}\n")
+        w(f"{tally.rules.disclaimer}\n")
+        if untrained:
+            w("NOTE: the model bundle is UNTRAINED (random weights): these counts only exercise the system.\n")
+        self.out.flush()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.capture.replay import ImageFilesSource, open_replay
+    from edge.config import load_config, parse_mqtt_url
+    from edge.counting.tally import Slide
+    from edge.mqtt.broker import EmbeddedBroker, answers
+    from edge.mqtt.messages import MessageFactory
+    from edge.mqtt.publisher import MqttPublisher
+    from edge.mqtt.topics import Topics
+    from edge.service.pipeline import build_appliance, run_slide
+
+    overrides: dict[str, Any] = {}
+    if args.device_id:
+        overrides["device_id"] = args.device_id
+    if args.bundle:
+        overrides["bundle"] = args.bundle
+    if args.broker:
+        overrides["mqtt"] = {"url": args.broker}
+    config = load_config(args.config, overrides=overrides)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.logging.level)
+    if args.max_fields is not None and args.max_fields < 1:
+        raise EdgeError("--max-fields must be at least 1")
+    source = open_replay(args.source)
+    appliance = build_appliance(config)
+    manifest = appliance.bundle.manifest
+    out = sys.stdout
+    out.write(
+        f"marrow-edge {__version__} | bundle {manifest.name} {manifest.version} ({appliance.bundle.short_hash})"
+        f"{' UNTRAINED' if manifest.untrained else ''} | {appliance.provenance.backend} "
+        f"{','.join(appliance.provenance.providers)}\n"
+    )
+    broker: EmbeddedBroker | None = None
+    if config.mqtt.url:
+        host, port = parse_mqtt_url(config.mqtt.url)
+    elif answers("127.0.0.1", 1883):
+        host, port = "127.0.0.1", 1883
+        out.write("mqtt: no broker configured; using the one answering on localhost:1883\n")
+    else:
+        broker = EmbeddedBroker().start()
+        host, port = broker.host, broker.port
+        out.write(
+            f"mqtt: no broker configured and none on localhost:1883: started an embedded mosquitto on "
+            f"{broker.url} for this run (subscribe there to see the messages)\n"
+        )
+    try:
+        topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        factory = MessageFactory(config.device_id, appliance.provenance)
+        publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
+        publisher.connect()
+        slide = Slide(specimen_id=args.specimen_id)
+        out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/slide/{slide.slide_id}/\n")
+        total = len(source.paths) if isinstance(source, ImageFilesSource) else None
+        if total and args.max_fields:
+            total = min(total, args.max_fields)
+        console = LiveConsole(out, total, args.quiet)
+        try:
+            run = run_slide(
+                appliance, source, publisher, topics, factory, slide, args.max_fields, console.field, console.skip
+            )
+        finally:
+            publisher.close()
+            source.close()
+        console.report(run, manifest.untrained)
+    finally:
+        if broker:
+            broker.stop()
+    if run.tally.fields == 0:
+        sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
+        return 5
+    return 1 if run.publish_failures else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from build_engines.export import ExportRequest, export_bundle
+    except ImportError as exc:
+        raise EdgeError(
+            f"export needs the train extra ({exc.name} is missing): pip install 'marrow-edge[train]'"
+        ) from None
+    request = ExportRequest(
+        out_dir=args.out,
+        profile=args.profile,
+        name=args.name or (args.profile if args.weights else f"{args.profile}-untrained"),
+        version=args.version,
+        weights_dir=args.weights,
+        score_threshold=args.score_threshold,
+        nms_iou=args.nms_iou,
+        max_detections=args.max_detections,
+        parity_images=args.parity_images,
+    )
+    path = export_bundle(request)
+    sys.stdout.write(f"bundle written to {path}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return {"run": _cmd_run, "export": _cmd_export}[args.command](args)
+    except EdgeError as exc:
+        sys.stderr.write(f"marrow-edge: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("marrow-edge: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

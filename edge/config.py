@@ -1,0 +1,187 @@
+"""The appliance configuration: one pydantic tree, loaded from YAML, with environment overrides.
+
+Environment overrides use the prefix ``MARROW_EDGE__`` and ``__`` between levels, e.g.
+``MARROW_EDGE__MQTT__URL=mqtt://broker:1883`` or ``MARROW_EDGE__COUNTING__TARGET_COUNT=500``.
+Values are parsed as YAML scalars, so numbers and booleans keep their types.
+Secrets (the MQTT password) come from the environment or a credentials file, never the repo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from edge.errors import ConfigError
+
+ENV_PREFIX = "MARROW_EDGE__"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+# The bundle that ships in the repo; an installed wheel points at it through the config.
+DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "lite-untrained"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(_Strict):
+    backend: Literal["onnxruntime"] = Field(
+        "onnxruntime", description="Inference backend. TensorRT and PyTorch come with the gpu/train extras."
+    )
+    providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
+        default_factory=lambda: ["cpu"],
+        description="ONNX Runtime execution providers in order of preference.",
+    )
+    require_providers: bool = Field(
+        False, description="Refuse to start when a requested provider is not the one that really runs."
+    )
+    threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime; 0 lets it choose.")
+
+
+class AnalysisConfig(_Strict):
+    score_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Detector score threshold; None takes the bundle's."
+    )
+    countable_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Stage-1 cut-off on P(countable); None takes the bundle's."
+    )
+    crop_margin: float = Field(
+        0.15, ge=0.0, le=1.0, description="Context kept around each box, as a fraction of its longer side."
+    )
+    max_batch: int = Field(32, ge=1, le=64, description="Crops per classifier call.")
+
+
+class CountingConfig(_Strict):
+    target_count: int = Field(
+        300, ge=1, description="Countable cells per slide (ICSH: 300-500 for a marrow differential)."
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the binomial intervals.")
+    denominator_roles: list[Literal["wbc", "key", "other"]] = Field(
+        default_factory=lambda: ["wbc", "key", "other"],
+        description="Class roles that make up the denominator of the percentages.",
+    )
+    rules: Path | None = Field(None, description="YAML rule pack; None uses the embedded default.")
+
+
+class MqttConfig(_Strict):
+    url: str | None = Field(
+        None,
+        description="mqtt://host:port of the broker. None: use localhost:1883 if it answers, "
+        "else start an embedded mosquitto on loopback.",
+    )
+    topic_prefix: str = Field("marrow/v1", description="Root of the topic tree.")
+    qos: Literal[0, 1, 2] = 1
+    keepalive_s: int = Field(30, ge=5)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    publish_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a PUBACK.")
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="Set through the environment, never in a file.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_mqtt_url(value)
+        return value
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class AppConfig(_Strict):
+    device_id: str = Field(
+        "marrow-edge-dev",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Names this box in every topic and message.",
+    )
+    bundle: Path = Field(DEFAULT_BUNDLE, description="Model bundle folder (holds bundle.json).")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    counting: CountingConfig = Field(default_factory=CountingConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` -> (host, port); the port defaults to 1883."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "mqtt":
+        raise ValueError(f"expected mqtt://HOST[:PORT], got {url!r} (TLS links are configured in mosquitto)")
+    host, _, port_text = rest.rstrip("/").rpartition(":")
+    if not host:
+        host, port_text = port_text, "1883"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port of {url!r} is not a number") from None
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"expected mqtt://HOST[:PORT], got {url!r}")
+    return host, port
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AppConfig:
+    """Defaults <- YAML file <- environment <- explicit overrides (from the command line)."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of keys")
+        data = loaded or {}
+    env = _env_overrides(os.environ if environ is None else environ)
+    if env:
+        origin += " + environment"
+    data = _merge(data, env)
+    if overrides:
+        data = _merge(data, dict(overrides))
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None

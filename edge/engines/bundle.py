@@ -1,0 +1,198 @@
+"""The model bundle: the contract between training/export and the appliance (DESIGN section 3).
+
+A bundle is a folder with ``bundle.json`` (the :class:`BundleManifest`) and the ONNX files it
+names. Every file carries a sha256; :func:`load_bundle` refuses a bundle whose files are
+missing or changed, so a published result always names exactly the models that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.errors import BundleError
+
+MANIFEST_NAME = "bundle.json"
+FORMAT_VERSION = 1
+
+Role = Literal["wbc", "key", "other", "not_countable"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    role: Role = Field(
+        description="wbc: countable white cell; key: countable and named by a diagnostic rule; "
+        "other: countable, the group of rare types; not_countable: never in the differential."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other names (data-set folder names).")
+    description: str = ""
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: Literal["uint8", "float32", "int64"]
+    shape: list[int | str] = Field(description="Dimensions; strings name dynamic axes.")
+
+
+class ModelSpec(_Strict):
+    file: str
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    architecture: str = Field(description="What is inside, e.g. 'retinanet/mobilenet_v3_large-fpn64'.")
+    normalisation: str = Field(
+        "inside graph: x/255, then (x-mean)/std per channel",
+        description="Inputs are uint8 RGB NHWC; the graph normalises.",
+    )
+
+
+class DetectorSpec(ModelSpec):
+    """The detector graph outputs every anchor; the appliance thresholds and suppresses."""
+
+    labels: list[str] = Field(min_length=1, description="Detector labels, in the order of the score columns.")
+    cell_labels: list[str] = Field(min_length=1, description="Labels the appliance classifies as cells.")
+    score_threshold: float = Field(ge=0.0, le=1.0)
+    nms_iou: float = Field(gt=0.0, le=1.0, description="IoU above which the lower-scoring box is dropped.")
+    max_detections: int = Field(ge=1, description="Most cells kept per field, best scores first.")
+    pre_nms_top_k: int = Field(1000, ge=1, description="Candidates entering NMS, best scores first.")
+
+    @model_validator(mode="after")
+    def _cell_labels_known(self) -> DetectorSpec:
+        unknown = set(self.cell_labels) - set(self.labels)
+        if unknown:
+            raise ValueError(f"cell_labels not among labels: {sorted(unknown)}")
+        return self
+
+
+class ClassifierSpec(ModelSpec):
+    crop_size: int = Field(ge=32)
+    countable_threshold: float = Field(ge=0.0, le=1.0, description="Stage-1 cut-off on P(countable).")
+    stage1: str = Field(description="Architecture of the countable head.")
+    stage2: list[str] = Field(min_length=1, description="Ensemble members (softmax averaged).")
+
+
+class Parity(_Strict):
+    """One PyTorch-vs-ONNX Runtime comparison made at export."""
+
+    model: str
+    output: str
+    max_abs_diff: float
+    tolerance: float
+    inputs: str
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class BundleManifest(_Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str
+    profile: Literal["lite", "paper"]
+    untrained: bool = Field(description="True when the weights are random: results mean nothing clinically.")
+    created: str
+    classes: list[ClassSpec] = Field(min_length=2)
+    detector: DetectorSpec
+    classifier: ClassifierSpec
+    files: dict[str, FileEntry]
+    parity: list[Parity] = Field(default_factory=list)
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, description="Training data, recipe, metrics, commit, tool versions."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleManifest:
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError("class names are not unique")
+        for spec in (self.detector, self.classifier):
+            if spec.file not in self.files:
+                raise ValueError(f"model file {spec.file} has no entry in files")
+        return self
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    root: Path
+    manifest: BundleManifest
+    digest: str  # sha256 of bundle.json: it pins every file through their hashes
+
+    @property
+    def short_hash(self) -> str:
+        return self.digest[:12]
+
+    def path(self, file: str) -> Path:
+        return self.root / file
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.manifest.classes]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(root: Path, verify: bool = True) -> Bundle:
+    """Read and validate ``bundle.json``; with ``verify`` check every file's size and sha256."""
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    try:
+        raw = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"no model bundle at {root}: {MANIFEST_NAME} is missing") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {manifest_path}: {exc.strerror}") from None
+    try:
+        manifest = BundleManifest.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise BundleError(f"{manifest_path} is not a valid bundle manifest: {where}: {first['msg']}") from None
+    if verify:
+        for name, entry in manifest.files.items():
+            _verify_file(root, name, entry)
+    return Bundle(root=root, manifest=manifest, digest=hashlib.sha256(raw).hexdigest())
+
+
+def _verify_file(root: Path, name: str, entry: FileEntry) -> None:
+    path = root / name
+    if not path.is_file():
+        raise BundleError(f"bundle {root}: file {name} is missing; re-export the bundle or restore the file")
+    size = path.stat().st_size
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise BundleError(
+            f"bundle {root}: file {name} does not match its manifest "
+            f"(sha256 {actual[:12]}..., {size} bytes; expected {entry.sha256[:12]}..., {entry.bytes} bytes): "
+            "it was changed or damaged; re-export the bundle or restore the file"
+        )
+
+
+def write_manifest(root: Path, manifest: BundleManifest) -> Path:
+    path = Path(root) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)

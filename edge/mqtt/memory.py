@@ -1,0 +1,29 @@
+"""In-memory publisher for unit tests: the same interface as MqttPublisher, no broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+
+@dataclass
+class Published:
+    topic: str
+    message: BaseModel
+    retain: bool
+
+
+@dataclass
+class MemoryPublisher:
+    sent: list[Published] = field(default_factory=list)
+    closed: bool = False
+
+    def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
+        self.sent.append(Published(topic, message, retain))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def on(self, suffix: str) -> list[BaseModel]:
+        return [p.message for p in self.sent if p.topic.endswith(suffix)]

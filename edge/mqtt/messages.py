@@ -1,0 +1,221 @@
+"""MQTT payloads. Every message carries schema_version, device_id, seq, a unique message_id
+(consumers de-duplicate on it) and UTC time; results also carry their provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.analysis.field import FieldResult
+from edge.counting.rules import RuleOutcome
+from edge.counting.tally import Slide, Tally
+
+SCHEMA_VERSION = "1.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class BundleRef(_Model):
+    name: str
+    version: str
+    hash: str = Field(description="First 12 hex digits of the sha256 of bundle.json.")
+    untrained: bool = Field(description="Random weights: the counts mean nothing clinically.")
+
+
+class Provenance(_Model):
+    software_version: str
+    bundle: BundleRef
+    backend: str
+    providers: list[str] = Field(description="Execution providers that really run the models.")
+
+
+class Envelope(_Model):
+    schema_version: str = SCHEMA_VERSION
+    message_id: str = Field(description="Unique per message (uuid4 hex); use it to de-duplicate.")
+    device_id: str
+    seq: int = Field(ge=0, description="Per-device sequence number, increasing within one run.")
+    time: dt.datetime = Field(description="UTC time the message was made.")
+
+
+class StatusMessage(Envelope):
+    kind: Literal["status"] = "status"
+    state: Literal["online", "offline", "stopped"]
+    provenance: Provenance | None = None
+
+
+class CellOut(_Model):
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in field pixels.")
+    detector_score: float
+    class_name: str = Field(alias="class")
+    class_probability: float
+    p_countable: float
+    countable: bool
+    probabilities: dict[str, float] = Field(description="Stage-2 ensemble mean, per class.")
+
+
+class FieldMessage(Envelope):
+    kind: Literal["field"] = "field"
+    slide_id: str
+    specimen_id: str | None
+    field_index: int
+    source: str
+    width: int
+    height: int
+    cells: list[CellOut]
+    countable_in_field: int
+    timings_ms: dict[str, float]
+    provenance: Provenance
+
+
+class ShareOut(_Model):
+    class_name: str = Field(alias="class")
+    count: int
+    percent: float
+    ci_low: float
+    ci_high: float
+
+
+class RuleOut(_Model):
+    id: str
+    label: str
+    class_name: str = Field(alias="class")
+    threshold_percent: float
+    percent: float | None
+    ci_low: float | None
+    ci_high: float | None
+    state: RuleOutcome
+    cells_to_settle: int | None
+    note: str
+
+
+class SkippedOut(_Model):
+    source: str
+    reason: str
+
+
+class TallyMessage(Envelope):
+    kind: Literal["tally"] = "tally"
+    slide_id: str
+    specimen_id: str | None
+    started: dt.datetime
+    fields: int
+    fields_skipped: int
+    cells_detected: int
+    countable: int = Field(description="Cells in the denominator of the percentages.")
+    not_countable: int
+    counts: dict[str, int]
+    target_count: int
+    progress: float = Field(ge=0.0, le=1.0)
+    confidence: float
+    shares: list[ShareOut]
+    rules: list[RuleOut]
+    disclaimer: str
+    provenance: Provenance
+
+
+class ReportMessage(TallyMessage):
+    kind: Literal["report"] = "report"  # type: ignore[assignment]
+    ended: dt.datetime
+    target_reached: bool
+    skipped: list[SkippedOut]
+
+
+class MessageFactory:
+    """Stamps envelopes: one sequence per device and run."""
+
+    def __init__(self, device_id: str, provenance: Provenance) -> None:
+        self.device_id = device_id
+        self.provenance = provenance
+        self._seq = itertools.count()
+
+    def _envelope(self) -> dict:
+        return {
+            "message_id": uuid.uuid4().hex,
+            "device_id": self.device_id,
+            "seq": next(self._seq),
+            "time": dt.datetime.now(dt.timezone.utc),
+        }
+
+    def status(self, state: Literal["online", "offline", "stopped"]) -> StatusMessage:
+        return StatusMessage(**self._envelope(), state=state, provenance=self.provenance)
+
+    def field(self, slide: Slide, result: FieldResult, class_names: list[str]) -> FieldMessage:
+        cells = [
+            CellOut(
+                box=c.box,
+                detector_score=round(c.detector_score, 5),
+                class_name=c.class_name,
+                class_probability=round(c.class_probability, 5),
+                p_countable=round(c.p_countable, 5),
+                countable=c.countable,
+                probabilities={n: round(float(p), 5) for n, p in zip(class_names, c.probabilities, strict=True)},
+            )
+            for c in result.cells
+        ]
+        return FieldMessage(
+            **self._envelope(),
+            slide_id=slide.slide_id,
+            specimen_id=slide.specimen_id,
+            field_index=result.index,
+            source=result.source,
+            width=result.width,
+            height=result.height,
+            cells=cells,
+            countable_in_field=len(result.countable_cells),
+            timings_ms={k: round(v, 2) for k, v in result.timings_ms.items()},
+            provenance=self.provenance,
+        )
+
+    def _tally_fields(self, slide: Slide, tally: Tally) -> dict:
+        return {
+            "slide_id": slide.slide_id,
+            "specimen_id": slide.specimen_id,
+            "started": slide.started,
+            "fields": tally.fields,
+            "fields_skipped": len(tally.skipped),
+            "cells_detected": tally.cells_detected,
+            "countable": tally.denominator,
+            "not_countable": tally.not_countable,
+            "counts": dict(tally.counts),
+            "target_count": tally.target_count,
+            "progress": tally.progress,
+            "confidence": tally.confidence,
+            "shares": [
+                ShareOut(class_name=s.name, count=s.count, percent=s.percent, ci_low=s.ci_percent[0],
+                         ci_high=s.ci_percent[1])
+                for s in tally.shares()
+            ],
+            "rules": [
+                RuleOut(
+                    id=r.id, label=r.label, class_name=r.class_name, threshold_percent=r.threshold_percent,
+                    percent=r.percent, ci_low=r.ci_percent[0] if r.ci_percent else None,
+                    ci_high=r.ci_percent[1] if r.ci_percent else None, state=r.state,
+                    cells_to_settle=r.cells_to_settle, note=r.note,
+                )
+                for r in tally.rule_states()
+            ],
+            "disclaimer": tally.rules.disclaimer,
+            "provenance": self.provenance,
+        }
+
+    def tally(self, slide: Slide, tally: Tally) -> TallyMessage:
+        return TallyMessage(**self._envelope(), **self._tally_fields(slide, tally))
+
+    def report(self, slide: Slide, tally: Tally) -> ReportMessage:
+        return ReportMessage(
+            **self._envelope(),
+            **self._tally_fields(slide, tally),
+            ended=slide.ended or dt.datetime.now(dt.timezone.utc),
+            target_reached=tally.denominator >= tally.target_count,
+            skipped=[SkippedOut(source=s.source, reason=s.reason) for s in tally.skipped],
+        )
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json(by_alias=True).encode("utf-8")

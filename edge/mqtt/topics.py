@@ -1,0 +1,28 @@
+"""The topic tree (DESIGN section 6): marrow/v1/<device_id>/..."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device_id: str
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}/{self.device_id}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status"
+
+    def field(self, slide_id: str) -> str:
+        return f"{self.root}/slide/{slide_id}/field"
+
+    def tally(self, slide_id: str) -> str:
+        return f"{self.root}/slide/{slide_id}/tally"
+
+    def report(self, slide_id: str) -> str:
+        return f"{self.root}/slide/{slide_id}/report"

@@ -1,0 +1,142 @@
+"""Assemble the count path from the config and run one slide through it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge import __version__
+from edge.analysis.classify import Classifier
+from edge.analysis.detect import Detector
+from edge.analysis.field import FieldAnalyzer, FieldResult
+from edge.capture.source import CameraSource
+from edge.config import AppConfig
+from edge.counting.rules import RulePack, load_rule_pack
+from edge.counting.tally import Slide, Tally
+from edge.engines.bundle import Bundle, load_bundle
+from edge.engines.onnxruntime import OnnxRuntimeBackend
+from edge.errors import PublishError
+from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
+from edge.mqtt.publisher import Publisher
+from edge.mqtt.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Appliance:
+    """Everything that outlives one slide: the verified bundle, the loaded models, the rules."""
+
+    config: AppConfig
+    bundle: Bundle
+    analyzer: FieldAnalyzer
+    rules: RulePack
+    provenance: Provenance
+
+    def new_tally(self) -> Tally:
+        counting = self.config.counting
+        return Tally(
+            self.bundle.manifest.classes,
+            self.rules,
+            counting.target_count,
+            counting.confidence,
+            tuple(counting.denominator_roles),
+        )
+
+
+def build_appliance(config: AppConfig) -> Appliance:
+    bundle = load_bundle(config.bundle)
+    manifest = bundle.manifest
+    engine = config.engine
+    backends = [
+        OnnxRuntimeBackend(bundle.path(spec.file), engine.providers, engine.threads, engine.require_providers)
+        for spec in (manifest.detector, manifest.classifier)
+    ]
+    detector = Detector(backends[0], manifest.detector, config.analysis.score_threshold)
+    classifier = Classifier(backends[1], len(manifest.classes), config.analysis.max_batch)
+    analyzer = FieldAnalyzer(
+        bundle, detector, classifier, config.analysis.crop_margin, config.analysis.countable_threshold
+    )
+    # Warm up: the first run of a session allocates and plans; keep that out of the first field.
+    analyzer(np.full((256, 256, 3), 200, np.uint8))
+    provenance = Provenance(
+        software_version=__version__,
+        bundle=BundleRef(
+            name=manifest.name, version=manifest.version, hash=bundle.short_hash, untrained=manifest.untrained
+        ),
+        backend=backends[0].name,
+        providers=backends[0].providers,
+    )
+    if manifest.untrained:
+        log.warning("bundle %s is UNTRAINED (random weights): counts exercise the system, nothing more", manifest.name)
+    return Appliance(config, bundle, analyzer, load_rule_pack(config.counting.rules), provenance)
+
+
+@dataclass
+class SlideRun:
+    slide: Slide
+    tally: Tally
+    publish_failures: int = 0
+
+
+FieldCallback = Callable[[FieldResult, Tally], None]
+SkipCallback = Callable[[str, str, Tally], None]
+
+
+def run_slide(
+    appliance: Appliance,
+    source: CameraSource,
+    publisher: Publisher,
+    topics: Topics,
+    factory: MessageFactory,
+    slide: Slide | None = None,
+    max_fields: int | None = None,
+    on_field: FieldCallback | None = None,
+    on_skip: SkipCallback | None = None,
+) -> SlideRun:
+    """Count every field of ``source`` as one slide; publish field, tally and the final report.
+
+    A field that cannot be read or analysed is skipped, logged and listed in the report;
+    the slide goes on and nothing already counted is dropped.
+    """
+    run = SlideRun(slide or Slide(), appliance.new_tally())
+    slide, tally = run.slide, run.tally
+    names = appliance.bundle.class_names
+
+    def send(topic: str, message: object, retain: bool = False) -> None:
+        try:
+            publisher.publish(topic, message, retain=retain)  # type: ignore[arg-type]
+        except PublishError as exc:
+            run.publish_failures += 1
+            log.error("publish to %s failed: %s", topic, exc)
+
+    for taken, frame in enumerate(source.frames()):
+        if max_fields is not None and taken >= max_fields:
+            break
+        if frame.image is None:
+            reason = frame.error or "unreadable"
+        else:
+            try:
+                result = appliance.analyzer(frame.image, frame.index, frame.name)
+                reason = ""
+            except Exception as exc:  # one bad field must not end the slide
+                log.exception("analysis of %s failed", frame.name)
+                reason = f"{frame.name}: analysis failed: {exc}"
+        if reason:
+            log.warning("skipped field %s: %s", frame.name, reason)
+            tally.skip(frame.name, reason)
+            if on_skip:
+                on_skip(frame.name, reason, tally)
+            continue
+        tally.add(result)
+        send(topics.field(slide.slide_id), factory.field(slide, result, names))
+        send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)
+        if on_field:
+            on_field(result, tally)
+    slide.ended = dt.datetime.now(dt.timezone.utc)
+    send(topics.report(slide.slide_id), factory.report(slide, tally), retain=True)
+    return run
