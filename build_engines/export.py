@@ -153,9 +153,7 @@ def _check_classifier(graph: FusedClassifier, path: Path, crops: np.ndarray) -> 
     with torch.no_grad():
         t_countable, t_probs = (x.numpy() for x in graph(torch.from_numpy(crops)))
     out = backend.run({"images": crops})
-    diff = float(
-        max(np.abs(out["countable"] - t_countable).max(), np.abs(out["probs"] - t_probs).max())
-    )
+    diff = float(max(np.abs(out["countable"] - t_countable).max(), np.abs(out["probs"] - t_probs).max()))
     if diff > CLASSIFIER_TOLERANCE:
         raise BundleError(f"classifier parity failed: max abs difference {diff:.2e} > {CLASSIFIER_TOLERANCE}")
     return diff
@@ -179,7 +177,9 @@ def export_bundle(request: ExportRequest) -> Path:
             ["boxes", "scores"],
             {"images": {1: "height", 2: "width"}, "boxes": {0: "anchors"}, "scores": {0: "anchors"}},
         )
-        log.info("exporting fused classifier (stage 1 %s, stage 2 %s)", profile.stage1, ", ".join(profile.stage2))
+        log.info(
+            "exporting fused classifier (stage 1 %s, stage 2 %s)", profile.stage1, ", ".join(profile.stage2)
+        )
         example = torch.from_numpy(rng.integers(0, 256, size=(2, crop, crop, 3), dtype=np.uint8))
         _export(
             classifier,
@@ -229,7 +229,9 @@ def export_bundle(request: ExportRequest) -> Path:
                 inputs=[TensorSpec(name="images", dtype="uint8", shape=[1, "height", "width", 3])],
                 outputs=[
                     TensorSpec(name="boxes", dtype="float32", shape=["anchors", 4]),
-                    TensorSpec(name="scores", dtype="float32", shape=["anchors", len(request.detector_labels)]),
+                    TensorSpec(
+                        name="scores", dtype="float32", shape=["anchors", len(request.detector_labels)]
+                    ),
                 ],
                 normalisation=f"inside graph: x/255, RetinaNet transform (resize to short side "
                 f"{profile.detector_min_size}, max {profile.detector_max_size}; ImageNet mean/std)",
@@ -279,6 +281,9 @@ def export_bundle(request: ExportRequest) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "bundle written to %s (parity: detector scores %.2e, boxes %.3f px; classifier %.2e)",
-        request.out_dir, score_diff, box_diff, cls_diff,
+        request.out_dir,
+        score_diff,
+        box_diff,
+        cls_diff,
     )
     return request.out_dir

@@ -14,11 +14,11 @@ from typing import Literal
 import torch
 from torch import nn
 from torchvision import models
-from torchvision.ops import boxes as box_ops
 from torchvision.models.detection import RetinaNet, retinanet_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 ProfileName = Literal["lite", "paper"]

@@ -49,7 +49,9 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=["lite", "paper"], default="lite")
     p.add_argument("--name", help="bundle name (default: <profile>-untrained or <profile>)")
     p.add_argument("--version", default="0.1.0", help="bundle version")
-    p.add_argument("--weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt state dicts")
+    p.add_argument(
+        "--weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt state dicts"
+    )
     p.add_argument("--score-threshold", type=float, default=0.5, help="detector score threshold")
     p.add_argument("--nms-iou", type=float, default=0.5)
     p.add_argument("--max-detections", type=int, default=100, help="most cells kept per field")
@@ -107,19 +109,23 @@ class LiveConsole:
 
     def report(self, run: Any, untrained: bool) -> None:
         tally, w = run.tally, self.out.write
-        w(f"\nslide {run.slide.slide_id}: {tally.fields} fields counted, {len(tally.skipped)} skipped, "
-          f"{tally.cells_detected} cells detected, {tally.denominator} counted, {tally.not_countable} not countable\n")
+        w(
+            f"\nslide {run.slide.slide_id}: {tally.fields} fields counted, {len(tally.skipped)} skipped, "
+            f"{tally.cells_detected} cells detected, {tally.denominator} counted, "
+            f"{tally.not_countable} not countable\n"
+        )
         w(f"{'class':<28}{'n':>5}{'%':>8}   {int(tally.confidence * 100)}% interval\n")
         for s in tally.shares():
             if s.count:
-                w(f"{s.name:<28}{s.count:>5}{s.percent:>8.1f}   {s.ci_percent[0]:5.1f} - {s.ci_percent[1]:5.1f}\n")
+                low, high = s.ci_percent
+                w(f"{s.name:<28}{s.count:>5}{s.percent:>8.1f}   {low:5.1f} - {high:5.1f}\n")
         for r in tally.rule_states():
             w(f"rule {r.id:<14} {r.state:<15} {r.note}\n")
         for s in tally.skipped:
             w(f"skipped {s.reason}\n")
         w(f"{tally.rules.disclaimer}\n")
         if untrained:
-            w("NOTE: the model bundle is UNTRAINED (random weights): these counts only exercise the system.\n")
+            w("NOTE: the model bundle is UNTRAINED (random weights): the counts only exercise the system.\n")
         self.out.flush()
 
 
@@ -150,8 +156,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     manifest = appliance.bundle.manifest
     out = sys.stdout
     out.write(
-        f"marrow-edge {__version__} | bundle {manifest.name} {manifest.version} ({appliance.bundle.short_hash})"
-        f"{' UNTRAINED' if manifest.untrained else ''} | {appliance.provenance.backend} "
+        f"marrow-edge {__version__} | bundle {manifest.name} {manifest.version} "
+        f"({appliance.bundle.short_hash}){' UNTRAINED' if manifest.untrained else ''} | "
+        f"{appliance.provenance.backend} "
         f"{','.join(appliance.provenance.providers)}\n"
     )
     broker: EmbeddedBroker | None = None
@@ -180,7 +187,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         console = LiveConsole(out, total, args.quiet)
         try:
             run = run_slide(
-                appliance, source, publisher, topics, factory, slide, args.max_fields, console.field, console.skip
+                appliance,
+                source,
+                publisher,
+                topics,
+                factory,
+                slide,
+                args.max_fields,
+                console.field,
+                console.skip,
             )
         finally:
             publisher.close()

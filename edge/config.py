@@ -112,9 +112,10 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme != "mqtt":
         raise ValueError(f"expected mqtt://HOST[:PORT], got {url!r} (TLS links are configured in mosquitto)")
-    host, _, port_text = rest.rstrip("/").rpartition(":")
-    if not host:
-        host, port_text = port_text, "1883"
+    rest = rest.rstrip("/")
+    host, colon, port_text = rest.rpartition(":")
+    if not colon:
+        host, port_text = rest, "1883"
     try:
         port = int(port_text)
     except ValueError:

@@ -18,8 +18,8 @@ def crop_cells(field: np.ndarray, boxes: np.ndarray, size: int, margin: float) -
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         side = max(x2 - x1, y2 - y1, 1.0) * (1.0 + margin)
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-        side_px = max(int(round(side)), 1)
+        left, top = round(cx - side / 2), round(cy - side / 2)
+        side_px = max(round(side), 1)
         right, bottom = left + side_px, top + side_px
         patch = field[max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
         pad = (max(-top, 0), max(bottom - height, 0), max(-left, 0), max(right - width, 0))

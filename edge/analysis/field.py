@@ -77,7 +77,9 @@ class FieldAnalyzer:
                 class_probability=float(probs[i, winners[i]]),
                 probabilities=probs[i],
                 p_countable=float(p_countable[i]),
-                countable=bool(p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]),
+                countable=bool(
+                    p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]
+                ),
             )
             for i in range(len(winners))
         ]

@@ -23,10 +23,15 @@ def wilson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and n the bound is exactly 0 or 1; rounding must not turn "none seen" into 3e-17.
+    low = 0.0 if k <= 0 else max(0.0, centre - half)
+    high = 1.0 if k >= n else min(1.0, centre + half)
+    return low, high
 
 
-def cells_to_settle(k: int, n: int, threshold: float, confidence: float, limit: int = 1_000_000) -> int | None:
+def cells_to_settle(
+    k: int, n: int, threshold: float, confidence: float, limit: int = 1_000_000
+) -> int | None:
     """Further cells after which the interval would exclude ``threshold`` (a fraction).
 
     Assumes the proportion seen so far holds. None when it cannot settle: nothing counted

@@ -70,12 +70,26 @@ def evaluate(rule: RuleSpec, k: int, n: int, known_classes: set[str], confidence
     threshold = rule.above_percent / 100.0
     if rule.class_name not in known_classes:
         return RuleState(
-            rule.id, rule.label, rule.class_name, rule.above_percent, None, None, "not_applicable", None,
+            rule.id,
+            rule.label,
+            rule.class_name,
+            rule.above_percent,
+            None,
+            None,
+            "not_applicable",
+            None,
             f"the model bundle has no class {rule.class_name!r}",
         )
     if n == 0:
         return RuleState(
-            rule.id, rule.label, rule.class_name, rule.above_percent, None, None, "indeterminate", None,
+            rule.id,
+            rule.label,
+            rule.class_name,
+            rule.above_percent,
+            None,
+            None,
+            "indeterminate",
+            None,
             "no countable cells yet",
         )
     low, high = wilson(k, n, confidence)

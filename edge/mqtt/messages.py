@@ -154,7 +154,9 @@ class MessageFactory:
                 class_probability=round(c.class_probability, 5),
                 p_countable=round(c.p_countable, 5),
                 countable=c.countable,
-                probabilities={n: round(float(p), 5) for n, p in zip(class_names, c.probabilities, strict=True)},
+                probabilities={
+                    n: round(float(p), 5) for n, p in zip(class_names, c.probabilities, strict=True)
+                },
             )
             for c in result.cells
         ]
@@ -187,16 +189,27 @@ class MessageFactory:
             "progress": tally.progress,
             "confidence": tally.confidence,
             "shares": [
-                ShareOut(class_name=s.name, count=s.count, percent=s.percent, ci_low=s.ci_percent[0],
-                         ci_high=s.ci_percent[1])
+                ShareOut(
+                    class_name=s.name,
+                    count=s.count,
+                    percent=s.percent,
+                    ci_low=s.ci_percent[0],
+                    ci_high=s.ci_percent[1],
+                )
                 for s in tally.shares()
             ],
             "rules": [
                 RuleOut(
-                    id=r.id, label=r.label, class_name=r.class_name, threshold_percent=r.threshold_percent,
-                    percent=r.percent, ci_low=r.ci_percent[0] if r.ci_percent else None,
-                    ci_high=r.ci_percent[1] if r.ci_percent else None, state=r.state,
-                    cells_to_settle=r.cells_to_settle, note=r.note,
+                    id=r.id,
+                    label=r.label,
+                    class_name=r.class_name,
+                    threshold_percent=r.threshold_percent,
+                    percent=r.percent,
+                    ci_low=r.ci_percent[0] if r.ci_percent else None,
+                    ci_high=r.ci_percent[1] if r.ci_percent else None,
+                    state=r.state,
+                    cells_to_settle=r.cells_to_settle,
+                    note=r.note,
                 )
                 for r in tally.rule_states()
             ],

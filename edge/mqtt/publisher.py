@@ -60,7 +60,9 @@ class MqttPublisher:
         self._client = client
 
     # paho callbacks run on its network thread
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self._refusal = str(reason)
             log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason)
@@ -72,7 +74,9 @@ class MqttPublisher:
             log.info("MQTT reconnected to %s:%d", self.host, self.port)
         self._connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             log.warning("MQTT connection to %s:%d lost (%s); paho reconnects", self.host, self.port, reason)
 
@@ -94,7 +98,9 @@ class MqttPublisher:
             )
         if self._refusal:
             self._client.loop_stop()
-            raise PublishError(f"MQTT broker mqtt://{self.host}:{self.port} refused the connection: {self._refusal}")
+            raise PublishError(
+                f"MQTT broker mqtt://{self.host}:{self.port} refused the connection: {self._refusal}"
+            )
         log.info("MQTT connected to mqtt://%s:%d as %s", self.host, self.port, self.topics.device_id)
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:

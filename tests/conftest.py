@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples" / "fields"
+BUNDLE = ROOT / "models" / "lite-untrained"
+SHARED_DATA = Path(os.environ.get("MARROW_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def bundle_dir() -> Path:
+    return BUNDLE
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "txl_pbc_detection").is_dir():
+        pytest.skip(f"public data not found at {SHARED_DATA} (set MARROW_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> str:
+    binary = find_mosquitto()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed; .ci/run must install it (scripts/setup.sh)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    return binary
+
+
+@pytest.fixture
+def broker(mosquitto: str) -> Iterator[EmbeddedBroker]:
+    """A real mosquitto on a free loopback port, one per test (tests may stop it)."""
+    with EmbeddedBroker(binary=mosquitto) as running:
+        yield running

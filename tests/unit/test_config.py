@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from edge.config import AppConfig, load_config, parse_mqtt_url
+from edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_need_no_file():
+    config = load_config(environ={})
+    assert config.mqtt.qos == 1
+    assert config.counting.target_count == 300
+    assert (config.bundle / "bundle.json").is_file()
+
+
+def test_example_file_matches_the_defaults():
+    assert load_config(ROOT / "config.example.yaml", environ={}) == AppConfig()
+
+
+def test_yaml_then_environment_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("device_id: box-1\ncounting:\n  target_count: 400\nmqtt:\n  url: mqtt://a:1\n")
+    env = {"MARROW_EDGE__COUNTING__TARGET_COUNT": "500", "MARROW_EDGE__ENGINE__REQUIRE_PROVIDERS": "true"}
+    config = load_config(path, environ=env, overrides={"mqtt": {"url": "mqtt://b:2"}})
+    assert config.device_id == "box-1"
+    assert config.counting.target_count == 500
+    assert config.engine.require_providers is True
+    assert config.mqtt.url == "mqtt://b:2"
+
+
+def test_password_comes_from_environment_and_is_hidden():
+    config = load_config(environ={"MARROW_EDGE__MQTT__PASSWORD": "s3cret"})
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mqtt:\n  hots: x\n", "mqtt.hots: unknown key"),
+        ("counting:\n  target_count: -3\n", "counting.target_count:"),
+        ("mqtt:\n  url: http://x\n", "mqtt.url:"),
+        ("device_id: 'bad id/with slash'\n", "device_id:"),
+        ("engine:\n  providers: [gpu]\n", "engine.providers.0:"),
+    ],
+)
+def test_bad_keys_and_values_are_named(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_environment_key_is_refused():
+    with pytest.raises(ConfigError, match=r"mqtt\.nope: unknown key"):
+        load_config(environ={"MARROW_EDGE__MQTT__NOPE": "1"})
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml", environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mqtt: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, environ={})
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(listed, environ={})
+
+
+def test_parse_mqtt_url():
+    assert parse_mqtt_url("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884)
+    assert parse_mqtt_url("mqtt://broker") == ("broker", 1883)
+    for bad in ("broker:1883", "mqtt://:1883", "mqtt://h:0", "mqtt://h:x"):
+        with pytest.raises(ValueError):
+            parse_mqtt_url(bad)

@@ -1,0 +1,54 @@
+import cv2
+import numpy as np
+import pytest
+
+from edge.capture.decode import decode_image
+from edge.errors import FrameError
+
+
+def _encode(image: np.ndarray, ext: str) -> bytes:
+    ok, data = cv2.imencode(ext, image)
+    assert ok
+    return data.tobytes()
+
+
+def test_real_field_decodes_to_rgb(samples):
+    path = sorted(samples.glob("*.jpg"))[0]
+    image = decode_image(path.read_bytes(), path.name)
+    bgr = cv2.imread(str(path))
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    np.testing.assert_array_equal(image, bgr[:, :, ::-1])
+
+
+def test_truncated_jpeg(samples):
+    data = sorted(samples.glob("*.jpg"))[0].read_bytes()
+    with pytest.raises(FrameError, match="truncated JPEG"):
+        decode_image(data[: len(data) // 2], "half.jpg")
+
+
+def test_garbage_and_empty():
+    with pytest.raises(FrameError, match="not a readable image"):
+        decode_image(b"this is not an image at all", "x.png")
+    with pytest.raises(FrameError, match="empty file"):
+        decode_image(b"", "x.png")
+
+
+def test_grey_image_is_refused():
+    grey = np.full((64, 64), 128, np.uint8)
+    with pytest.raises(FrameError, match="greyscale"):
+        decode_image(_encode(grey, ".png"), "grey.png")
+
+
+def test_16_bit_image_is_refused():
+    deep = np.full((64, 64, 3), 40000, np.uint16)
+    with pytest.raises(FrameError, match="16-bit"):
+        decode_image(_encode(deep, ".png"), "deep.png")
+
+
+def test_alpha_is_dropped_and_tiny_images_refused():
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 2] = 255  # red in BGR(A)
+    image = decode_image(_encode(rgba, ".png"), "a.png")
+    assert image.shape == (40, 40, 3) and image[0, 0, 0] == 255
+    with pytest.raises(FrameError, match="too small"):
+        decode_image(_encode(np.zeros((8, 8, 3), np.uint8), ".png"), "t.png")

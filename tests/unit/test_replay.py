@@ -1,0 +1,54 @@
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.capture.replay import VideoSource, open_replay
+from edge.errors import CameraError
+
+
+def test_folder_in_name_order_with_bad_files_reported(tmp_path, samples):
+    good = sorted(samples.glob("*.jpg"))[:2]
+    shutil.copy(good[0], tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes(good[1].read_bytes()[:500])  # truncated
+    shutil.copy(good[1], tmp_path / "c.jpg")
+    (tmp_path / "notes.txt").write_text("ignored")
+    frames = list(open_replay(tmp_path).frames())
+    assert [f.name for f in frames] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert frames[0].image is not None and frames[2].image is not None
+    assert frames[1].image is None and "truncated" in frames[1].error
+
+
+def test_single_image(samples):
+    path = sorted(samples.glob("*.jpg"))[0]
+    frames = list(open_replay(path).frames())
+    assert len(frames) == 1 and frames[0].image is not None
+
+
+def test_video_file(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    for i in range(4):
+        writer.write(np.full((64, 96, 3), 40 * i, np.uint8))
+    writer.release()
+    source = open_replay(path)
+    assert isinstance(source, VideoSource)
+    frames = list(source.frames())
+    source.close()
+    assert len(frames) == 4
+    assert frames[0].image.shape == (64, 96, 3)
+    assert frames[3].name == "clip.avi#3"
+
+
+def test_unusable_sources(tmp_path):
+    with pytest.raises(CameraError, match="no such file"):
+        open_replay(tmp_path / "absent")
+    with pytest.raises(CameraError, match="no images"):
+        open_replay(tmp_path)
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(CameraError, match="not a folder, an image or a video"):
+        open_replay(tmp_path / "x.csv")
+    (tmp_path / "broken.mp4").write_bytes(b"nope")
+    with pytest.raises(CameraError, match="cannot open"):
+        open_replay(tmp_path / "broken.mp4")
