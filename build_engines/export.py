@@ -75,9 +75,14 @@ class ExportRequest:
     seed: int = 0
 
 
-def _load_weights(module: nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+def _load_weights(module: nn.Module, path: Path, what: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise BundleError(f"{path} does not fit the {what}: {detail}") from None
 
 
 def build_models(request: ExportRequest) -> tuple[DetectorGraph, FusedClassifier, bool]:
@@ -89,12 +94,18 @@ def build_models(request: ExportRequest) -> tuple[DetectorGraph, FusedClassifier
     members = [build_classifier(arch, len(request.classes)) for arch in profile.stage2]
     trained = False
     if request.weights_dir is not None:
-        parts: list[tuple[nn.Module, str]] = [(detector, "detector.pt"), (stage1, "stage1.pt")]
-        parts += [(m, f"stage2_{i}.pt") for i, m in enumerate(members)]
-        for module, file in parts:
+        parts: list[tuple[nn.Module, str, str]] = [
+            (detector, "detector.pt", f"{profile.detector} detector with labels {request.detector_labels}"),
+            (stage1, "stage1.pt", f"stage-1 {profile.stage1} (2 outputs)"),
+        ]
+        parts += [
+            (m, f"stage2_{i}.pt", f"stage-2 member {arch} ({len(request.classes)} classes)")
+            for i, (m, arch) in enumerate(zip(members, profile.stage2, strict=True))
+        ]
+        for module, file, what in parts:
             path = request.weights_dir / file
             if path.is_file():
-                _load_weights(module, path)
+                _load_weights(module, path, what)
                 trained = True
             else:
                 log.warning("no %s in %s: that model keeps random weights", file, request.weights_dir)
@@ -177,9 +188,7 @@ def export_bundle(request: ExportRequest) -> Path:
             ["boxes", "scores"],
             {"images": {1: "height", 2: "width"}, "boxes": {0: "anchors"}, "scores": {0: "anchors"}},
         )
-        log.info(
-            "exporting fused classifier (stage 1 %s, stage 2 %s)", profile.stage1, ", ".join(profile.stage2)
-        )
+        log.info("exporting fused classifier (stage 1 %s, stage 2 %s)", profile.stage1, ", ".join(profile.stage2))
         example = torch.from_numpy(rng.integers(0, 256, size=(2, crop, crop, 3), dtype=np.uint8))
         _export(
             classifier,
@@ -229,9 +238,7 @@ def export_bundle(request: ExportRequest) -> Path:
                 inputs=[TensorSpec(name="images", dtype="uint8", shape=[1, "height", "width", 3])],
                 outputs=[
                     TensorSpec(name="boxes", dtype="float32", shape=["anchors", 4]),
-                    TensorSpec(
-                        name="scores", dtype="float32", shape=["anchors", len(request.detector_labels)]
-                    ),
+                    TensorSpec(name="scores", dtype="float32", shape=["anchors", len(request.detector_labels)]),
                 ],
                 normalisation=f"inside graph: x/255, RetinaNet transform (resize to short side "
                 f"{profile.detector_min_size}, max {profile.detector_max_size}; ImageNet mean/std)",
@@ -244,8 +251,7 @@ def export_bundle(request: ExportRequest) -> Path:
             classifier=ClassifierSpec(
                 file=CLASSIFIER_FILE,
                 opset=OPSET,
-                architecture=f"fused: stage1 {profile.stage1} + stage2 mean softmax of "
-                + ", ".join(profile.stage2),
+                architecture=f"fused: stage1 {profile.stage1} + stage2 mean softmax of " + ", ".join(profile.stage2),
                 inputs=[TensorSpec(name="images", dtype="uint8", shape=["batch", crop, crop, 3])],
                 outputs=[
                     TensorSpec(name="countable", dtype="float32", shape=["batch"]),

@@ -49,15 +49,11 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=["lite", "paper"], default="lite")
     p.add_argument("--name", help="bundle name (default: <profile>-untrained or <profile>)")
     p.add_argument("--version", default="0.1.0", help="bundle version")
-    p.add_argument(
-        "--weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt state dicts"
-    )
+    p.add_argument("--weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt state dicts")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detector score threshold")
     p.add_argument("--nms-iou", type=float, default=0.5)
     p.add_argument("--max-detections", type=int, default=100, help="most cells kept per field")
-    p.add_argument(
-        "--parity-images", type=Path, nargs="*", default=[], help="fields for the detector parity check"
-    )
+    p.add_argument("--parity-images", type=Path, nargs="*", default=[], help="fields for the detector parity check")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,9 +54,7 @@ class FieldAnalyzer:
         self.classifier = classifier
         self.crop_size = spec.crop_size
         self.crop_margin = crop_margin
-        self.countable_threshold = (
-            spec.countable_threshold if countable_threshold is None else countable_threshold
-        )
+        self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])
 
@@ -77,9 +75,7 @@ class FieldAnalyzer:
                 class_probability=float(probs[i, winners[i]]),
                 probabilities=probs[i],
                 p_countable=float(p_countable[i]),
-                countable=bool(
-                    p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]
-                ),
+                countable=bool(p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]),
             )
             for i in range(len(winners))
         ]

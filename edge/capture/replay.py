@@ -40,9 +40,7 @@ class ImageFilesSource:
             except FrameError as exc:
                 yield Frame(index, path.name, None, str(exc), time.monotonic())
             except OSError as exc:
-                yield Frame(
-                    index, path.name, None, f"{path.name}: cannot read ({exc.strerror})", time.monotonic()
-                )
+                yield Frame(index, path.name, None, f"{path.name}: cannot read ({exc.strerror})", time.monotonic())
             else:
                 yield Frame(index, path.name, image, None, time.monotonic())
 

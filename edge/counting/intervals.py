@@ -29,9 +29,7 @@ def wilson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     return low, high
 
 
-def cells_to_settle(
-    k: int, n: int, threshold: float, confidence: float, limit: int = 1_000_000
-) -> int | None:
+def cells_to_settle(k: int, n: int, threshold: float, confidence: float, limit: int = 1_000_000) -> int | None:
     """Further cells after which the interval would exclude ``threshold`` (a fraction).
 
     Assumes the proportion seen so far holds. None when it cannot settle: nothing counted

@@ -30,9 +30,7 @@ class SkippedField:
 @dataclass
 class Slide:
     slide_id: str = field(
-        default_factory=lambda: (
-            dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-        )
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     )
     specimen_id: str | None = None
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))

@@ -167,9 +167,7 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise BundleError(
-            f"{manifest_path} is not a valid bundle manifest: {where}: {first['msg']}"
-        ) from None
+        raise BundleError(f"{manifest_path} is not a valid bundle manifest: {where}: {first['msg']}") from None
     if verify:
         for name, entry in manifest.files.items():
             _verify_file(root, name, entry)

@@ -154,9 +154,7 @@ class MessageFactory:
                 class_probability=round(c.class_probability, 5),
                 p_countable=round(c.p_countable, 5),
                 countable=c.countable,
-                probabilities={
-                    n: round(float(p), 5) for n, p in zip(class_names, c.probabilities, strict=True)
-                },
+                probabilities={n: round(float(p), 5) for n, p in zip(class_names, c.probabilities, strict=True)},
             )
             for c in result.cells
         ]

@@ -60,9 +60,7 @@ class MqttPublisher:
         self._client = client
 
     # paho callbacks run on its network thread
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._refusal = str(reason)
             log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason)
@@ -74,9 +72,7 @@ class MqttPublisher:
             log.info("MQTT reconnected to %s:%d", self.host, self.port)
         self._connected.set()
 
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.warning("MQTT connection to %s:%d lost (%s); paho reconnects", self.host, self.port, reason)
 
@@ -93,14 +89,11 @@ class MqttPublisher:
         if not self._connected.wait(self.config.connect_timeout_s):
             self._client.loop_stop()
             raise PublishError(
-                f"MQTT broker mqtt://{self.host}:{self.port} did not answer within "
-                f"{self.config.connect_timeout_s:g} s"
+                f"MQTT broker mqtt://{self.host}:{self.port} did not answer within {self.config.connect_timeout_s:g} s"
             )
         if self._refusal:
             self._client.loop_stop()
-            raise PublishError(
-                f"MQTT broker mqtt://{self.host}:{self.port} refused the connection: {self._refusal}"
-            )
+            raise PublishError(f"MQTT broker mqtt://{self.host}:{self.port} refused the connection: {self._refusal}")
         log.info("MQTT connected to mqtt://%s:%d as %s", self.host, self.port, self.topics.device_id)
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
@@ -126,9 +119,7 @@ class MqttPublisher:
         if self.unconfirmed:
             log.error("MQTT: %d message(s) were never acknowledged by the broker", self.unconfirmed)
         if self._client.is_connected():
-            info = self._client.publish(
-                self.topics.status, encode(self.factory.status("stopped")), qos=1, retain=True
-            )
+            info = self._client.publish(self.topics.status, encode(self.factory.status("stopped")), qos=1, retain=True)
             info.wait_for_publish(self.config.publish_timeout_s)
         self._client.disconnect()
         self._client.loop_stop()

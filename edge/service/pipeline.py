@@ -72,9 +72,7 @@ def build_appliance(config: AppConfig) -> Appliance:
         providers=backends[0].providers,
     )
     if manifest.untrained:
-        log.warning(
-            "bundle %s is UNTRAINED (random weights): counts exercise the system, nothing more", manifest.name
-        )
+        log.warning("bundle %s is UNTRAINED (random weights): counts exercise the system, nothing more", manifest.name)
     return Appliance(config, bundle, analyzer, load_rule_pack(config.counting.rules), provenance)
 
 

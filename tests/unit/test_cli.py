@@ -57,7 +57,5 @@ def test_unreachable_broker(samples):
 
 def test_export_without_torch_names_the_extra():
     # torch is installed in the test environment; hide it to see the message a runtime install gives
-    proc = marrow_edge(
-        "export", "--out", "/tmp/never", env={"PYTHONPATH": "tests/no_torch", "PATH": "/usr/bin:/bin"}
-    )
+    proc = marrow_edge("export", "--out", "/tmp/never", env={"PYTHONPATH": "tests/no_torch", "PATH": "/usr/bin:/bin"})
     _assert_user_error(proc, 1, "pip install 'marrow-edge[train]'")

@@ -59,9 +59,7 @@ def test_default_rule_pack_and_bad_packs(tmp_path):
     assert (all_rule.class_name, all_rule.above_percent) == ("lymphoblast", 20)
     assert "not a diagnosis" in pack.disclaimer
     bad = tmp_path / "r.yaml"
-    bad.write_text(
-        "version: 1\ndisclaimer: x\nrules:\n  - id: A\n    label: a\n    class: x\n    above_percent: 120\n"
-    )
+    bad.write_text("version: 1\ndisclaimer: x\nrules:\n  - id: A\n    label: a\n    class: x\n    above_percent: 120\n")
     with pytest.raises(ConfigError, match="invalid rule pack"):
         load_rule_pack(bad)
     with pytest.raises(ConfigError, match="cannot read rule pack"):
@@ -79,9 +77,7 @@ def test_tally_counts_denominator_and_skips():
         ClassSpec(name="platelet", role="not_countable"),
     ]
     tally = Tally(classes, load_rule_pack(), target_count=4)
-    tally.add(
-        FieldResult(0, "a", 10, 10, [_cell("lymphoblast"), _cell("lymphocyte"), _cell("lymphocyte", False)])
-    )
+    tally.add(FieldResult(0, "a", 10, 10, [_cell("lymphoblast"), _cell("lymphocyte"), _cell("lymphocyte", False)]))
     tally.add(FieldResult(1, "b", 10, 10, [_cell("lymphoblast")]))
     tally.skip("c", "truncated")
     assert tally.fields == 2 and tally.cells_detected == 4 and tally.not_countable == 1

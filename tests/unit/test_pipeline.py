@@ -24,9 +24,7 @@ def test_slide_on_real_fields_with_a_bad_one(appliance, samples, tmp_path):
     (tmp_path / "1b.jpg").write_bytes(fields[0].read_bytes()[:300])  # sorts between 1 and 2
     publisher = MemoryPublisher()
     topics = Topics("marrow/v1", "unit")
-    run = run_slide(
-        appliance, open_replay(tmp_path), publisher, topics, MessageFactory("unit", appliance.provenance)
-    )
+    run = run_slide(appliance, open_replay(tmp_path), publisher, topics, MessageFactory("unit", appliance.provenance))
 
     field_msgs = publisher.on("/field")
     assert [m.source for m in field_msgs] == ["0.jpg", "1.jpg", "2.jpg"]

@@ -1,0 +1,114 @@
+"""marrow-edge run on real fields against a real mosquitto, checked by a separate subscriber."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.mqtt.broker import answers
+from tests.cli_helpers import error_lines, marrow_edge
+from tests.integration.subscriber import Recorder
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def recorder(broker):
+    rec = Recorder(broker.host, broker.port, "marrow/v1/#")
+    yield rec
+    rec.close()
+
+
+def test_whole_slide_over_mqtt(broker, recorder, samples):
+    fields = sorted(samples.glob("*.jpg"))
+    proc = marrow_edge(
+        "run",
+        "--source",
+        str(samples),
+        "--broker",
+        broker.url,
+        "--device-id",
+        "it-box",
+        "--specimen-id",
+        "S-42",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "UNTRAINED" in proc.stdout and "not a diagnosis" in proc.stdout
+
+    reports = recorder.wait_for("/report")
+    field_msgs = recorder.on("/field")
+    tallies = recorder.on("/tally")
+    assert len(reports) == 1
+    assert [m["source"] for m in field_msgs] == [p.name for p in fields]
+    assert len(tallies) == len(fields)
+    report = reports[0]
+    countable_per_field = [sum(c["countable"] for c in m["cells"]) for m in field_msgs]
+    assert [m["countable_in_field"] for m in field_msgs] == countable_per_field
+    assert report["countable"] == sum(countable_per_field) == sum(report["counts"].values())
+    assert report["cells_detected"] == sum(len(m["cells"]) for m in field_msgs)
+    per_class: dict[str, int] = {}
+    for m in field_msgs:
+        for cell in m["cells"]:
+            if cell["countable"]:
+                per_class[cell["class"]] = per_class.get(cell["class"], 0) + 1
+    assert report["counts"] == per_class
+    assert tallies[-1]["counts"] == report["counts"]
+    assert report["specimen_id"] == "S-42" and report["device_id"] == "it-box"
+    assert report["provenance"]["bundle"]["untrained"] is True
+
+    everything = [m.payload for m in recorder.messages]
+    assert len({m["message_id"] for m in everything}) == len(everything)
+    assert all(m["schema_version"] == "1.0" for m in everything)
+    states = [m["state"] for m in recorder.on("it-box/status")]
+    assert states[0] == "online" and states[-1] == "stopped"
+    topic = recorder.messages[0].topic
+    assert topic.startswith("marrow/v1/it-box/")
+
+
+def test_retained_results_reach_a_late_subscriber(broker, samples):
+    proc = marrow_edge("run", "--source", str(samples), "--broker", broker.url, "--max-fields", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    late = Recorder(broker.host, broker.port, "marrow/v1/marrow-edge-dev/#")
+    try:
+        assert late.wait_for("/report")[0]["fields"] == 2
+        assert late.wait_for("/tally")[0]["fields"] == 2
+        assert late.wait_for("/status")[0]["state"] == "stopped"
+    finally:
+        late.close()
+
+
+def test_bad_fields_are_skipped_counted_and_reported(broker, recorder, samples, tmp_path):
+    good = sorted(samples.glob("*.jpg"))[:2]
+    shutil.copy(good[0], tmp_path / "1-good.jpg")
+    (tmp_path / "2-truncated.jpg").write_bytes(good[1].read_bytes()[:700])
+    cv2.imwrite(str(tmp_path / "3-grey.png"), np.full((120, 160), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "4-deep.png"), np.full((120, 160, 3), 30000, np.uint16))
+    (tmp_path / "5-garbage.png").write_bytes(b"\x89PNG not really")
+    shutil.copy(good[1], tmp_path / "6-good.jpg")
+    proc = marrow_edge("run", "--source", str(tmp_path), "--broker", broker.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.count("SKIPPED") == 4
+    report = recorder.wait_for("/report")[0]
+    assert report["fields"] == 2 and report["fields_skipped"] == 4
+    reasons = " | ".join(s["reason"] for s in report["skipped"])
+    for word in ("truncated JPEG", "greyscale", "16-bit", "not a readable image"):
+        assert word in reasons
+    assert [m["source"] for m in recorder.on("/field")] == ["1-good.jpg", "6-good.jpg"]
+    assert report["countable"] == sum(m["countable_in_field"] for m in recorder.on("/field"))
+
+
+def test_nothing_countable_is_an_error(broker, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8 broken")
+    proc = marrow_edge("run", "--source", str(tmp_path), "--broker", broker.url)
+    assert proc.returncode == 5
+    assert error_lines(proc) == ["marrow-edge: error: no field of the source could be counted"]
+
+
+def test_embedded_broker_when_none_is_configured(mosquitto, samples):
+    if answers("127.0.0.1", 1883):
+        pytest.skip("a broker answers on localhost:1883, so the embedded one is not started")
+    proc = marrow_edge("run", "--source", str(samples), "--max-fields", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "started an embedded mosquitto on mqtt://127.0.0.1:" in proc.stdout
