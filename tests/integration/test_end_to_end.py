@@ -112,3 +112,37 @@ def test_embedded_broker_when_none_is_configured(mosquitto, samples):
     proc = marrow_edge("run", "--source", str(samples), "--max-fields", "1")
     assert proc.returncode == 0, proc.stderr
     assert "started an embedded mosquitto on mqtt://127.0.0.1:" in proc.stdout
+
+
+def test_last_will_says_offline_when_the_process_dies(broker, recorder, samples, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli_helpers import ROOT
+
+    many = tmp_path / "many"
+    many.mkdir()
+    first = sorted(samples.glob("*.jpg"))[0]
+    for i in range(200):
+        shutil.copy(first, many / f"{i:03d}.jpg")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--source", str(many), "--broker", broker.url, "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert recorder.wait_for("/field", count=1, timeout=120), "no field arrived"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = [m["state"] for m in recorder.on("/status")]
+        if states and states[-1] == "offline":
+            break
+        time.sleep(0.05)
+    assert states[0] == "online" and states[-1] == "offline"
+    assert not recorder.on("/report")
