@@ -70,6 +70,7 @@ class ExportRequest:
     nms_iou: float = 0.5
     max_detections: int = 100
     countable_threshold: float = 0.5
+    crop_margin: float = 0.15
     parity_images: Sequence[Path] = ()
     provenance: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -258,6 +259,7 @@ def export_bundle(request: ExportRequest) -> Path:
                     TensorSpec(name="probs", dtype="float32", shape=["batch", len(request.classes)]),
                 ],
                 crop_size=crop,
+                crop_margin=request.crop_margin,
                 countable_threshold=request.countable_threshold,
                 stage1=profile.stage1,
                 stage2=list(profile.stage2),

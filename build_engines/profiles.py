@@ -42,13 +42,18 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # Stage-2 members differ on purpose: an ensemble of one family averages the same errors.
+    # lite: crops at 128 px and fields at 384 px short side. Training from scratch on a 2-core
+    # CPU costs 7-9 ms per crop for these three at 128 px against 18-34 ms at 224 px; the
+    # small backbone halves the detector's training step against mobilenet_v3_large, and a
+    # white cell still spans 60-150 px at that scale (figures: training/README.md).
     "lite": Profile(
         name="lite",
-        detector="retinanet/mobilenet_v3_large-fpn64",
-        detector_min_size=512,
-        detector_max_size=768,
+        detector="retinanet/mobilenet_v3_small-fpn64",
+        detector_min_size=384,
+        detector_max_size=640,
         stage1="mobilenet_v3_small",
-        stage2=("mobilenet_v3_large", "shufflenet_v2_x1_0", "mnasnet0_5"),
+        stage2=("shufflenet_v2_x1_0", "mobilenet_v3_small", "mnasnet0_5"),
+        crop_size=128,
     ),
     "paper": Profile(
         name="paper",
@@ -65,8 +70,8 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
     return models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def _mobilenet_fpn(out_channels: int) -> BackboneWithFPN:
-    features = models.mobilenet_v3_large(weights=None).features
+def _mobilenet_fpn(arch: str, out_channels: int) -> BackboneWithFPN:
+    features = models.get_model(arch, weights=None).features
     # Strided blocks mark the stage ends (C1..Cn), as torchvision's own extractor finds them.
     stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     picked = stages[-3:]  # strides 8, 16, 32
@@ -89,10 +94,10 @@ def build_detector(profile: Profile, num_classes: int) -> RetinaNet:
             min_size=profile.detector_min_size,
             max_size=profile.detector_max_size,
         )
-    if profile.detector == "retinanet/mobilenet_v3_large-fpn64":
+    if profile.detector in ("retinanet/mobilenet_v3_large-fpn64", "retinanet/mobilenet_v3_small-fpn64"):
         # A 64-channel FPN and head: RetinaNet's two 4-conv heads at 256 channels cost more
         # than the whole backbone on a CPU, and WBCs are large, few and well separated.
-        backbone = _mobilenet_fpn(out_channels=64)
+        backbone = _mobilenet_fpn(profile.detector.split("/")[1].removesuffix("-fpn64"), out_channels=64)
         scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
         sizes = tuple(tuple(base * s for s in scales) for base in (32, 64, 128, 256))
         anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))

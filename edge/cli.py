@@ -56,6 +56,28 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parity-images", type=Path, nargs="*", default=[], help="fields for the detector parity check")
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a bundle on labelled data (prints a JSON summary as its last line)",
+        description="Runs the appliance's own inference path (ONNX Runtime on the bundle), so it measures "
+        "what ships. The last line of output is a JSON summary.",
+    )
+    what = p.add_subparsers(dest="what", required=True, metavar="cells|fields")
+    cells = what.add_parser("cells", help="classifier metrics on folder-per-class crops")
+    cells.add_argument("cells_dir", type=Path, help="one folder per class, named by class name or alias")
+    fields = what.add_parser("fields", help="detector AP on annotated fields")
+    fields.add_argument("data_dir", type=Path, help="YOLO root (data.yaml), VOC root, or COCO JSON / its folder")
+    fields.add_argument("--format", choices=["yolo", "voc", "coco"], required=True)
+    fields.add_argument("--labels", help="comma-separated ground-truth labels that count as cells")
+    for q in (cells, fields):
+        q.add_argument("--bundle", type=Path, required=True)
+        q.add_argument("--split", choices=["train", "val", "test"], help="evaluate only this split")
+        q.add_argument("--plots", type=Path, help="folder for PR/ROC/confusion plots (PNG)")
+        q.add_argument("--threads", type=int, default=0)
+    cells.add_argument("--split-seed", type=int, default=0, help="seed of the 70/10/20 split (with --split)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="marrow-edge",
@@ -67,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub)
     _export_parser(sub)
+    _evaluate_parser(sub)
     return parser
 
 
@@ -229,6 +252,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from training.evaluate import evaluate_cells, evaluate_fields
+    from training.readers import AnnotationError
+
+    try:
+        if args.what == "cells":
+            report = evaluate_cells(args.bundle, args.cells_dir, args.split, args.split_seed, args.plots, args.threads)
+        else:
+            labels = args.labels.split(",") if args.labels else None
+            report = evaluate_fields(
+                args.bundle, args.format, args.data_dir, labels, args.split, args.plots, args.threads
+            )
+    except AnnotationError as exc:
+        raise EdgeError(str(exc)) from None
+    sys.stdout.write(json.dumps(report, separators=(",", ":")) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -237,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return {"run": _cmd_run, "export": _cmd_export}[args.command](args)
+        commands = {"run": _cmd_run, "export": _cmd_export, "evaluate": _cmd_evaluate}
+        return commands[args.command](args)
     except EdgeError as exc:
         sys.stderr.write(f"marrow-edge: error: {exc}\n")
         return exc.exit_code

@@ -49,8 +49,12 @@ class AnalysisConfig(_Strict):
     countable_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Stage-1 cut-off on P(countable); None takes the bundle's."
     )
-    crop_margin: float = Field(
-        0.15, ge=0.0, le=1.0, description="Context kept around each box, as a fraction of its longer side."
+    crop_margin: float | None = Field(
+        None,
+        ge=0.0,
+        le=3.0,
+        description="Context kept around each box, as a fraction of its longer side; "
+        "None takes the bundle's (what its classifiers were trained with).",
     )
     max_batch: int = Field(32, ge=1, le=64, description="Crops per classifier call.")
 

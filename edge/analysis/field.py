@@ -46,14 +46,14 @@ class FieldAnalyzer:
         bundle: Bundle,
         detector: Detector,
         classifier: Classifier,
-        crop_margin: float,
+        crop_margin: float | None = None,
         countable_threshold: float | None = None,
     ) -> None:
         spec = bundle.manifest.classifier
         self.detector = detector
         self.classifier = classifier
         self.crop_size = spec.crop_size
-        self.crop_margin = crop_margin
+        self.crop_margin = spec.crop_margin if crop_margin is None else crop_margin
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])

@@ -75,6 +75,13 @@ class DetectorSpec(ModelSpec):
 
 class ClassifierSpec(ModelSpec):
     crop_size: int = Field(ge=32)
+    crop_margin: float = Field(
+        0.15,
+        ge=0.0,
+        le=3.0,
+        description="Context around a box the classifiers were trained with "
+        "(crop side = longer box side x (1 + margin)).",
+    )
     countable_threshold: float = Field(ge=0.0, le=1.0, description="Stage-1 cut-off on P(countable).")
     stage1: str = Field(description="Architecture of the countable head.")
     stage2: list[str] = Field(min_length=1, description="Ensemble members (softmax averaged).")

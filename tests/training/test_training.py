@@ -1,0 +1,83 @@
+"""A few training steps lower the loss; checkpoints resume; augmentations keep boxes on their cells."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+
+from build_engines.profiles import PROFILES, build_classifier, build_detector  # noqa: E402
+from training.augment import AugmentConfig  # noqa: E402
+from training.detection import flip_rotate_with_boxes  # noqa: E402
+from training.loop import CellDataset, Recipe, train_classifier  # noqa: E402
+from training.stage1 import cut_by_border, defocus  # noqa: E402
+
+
+def _two_colour_set(n: int = 24, size: int = 40):
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(n):
+        label = i % 2
+        image = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
+        image[8:32, 8:32, label * 2] = 220  # a red or a blue "cell"
+        images.append(image)
+        labels.append(label)
+    return images, labels
+
+
+def test_classifier_training_lowers_the_loss_and_resumes(tmp_path):
+    torch.set_num_threads(1)
+    images, labels = _two_colour_set()
+    train = CellDataset(images, labels, 32, AugmentConfig(), seed=0)
+    val = CellDataset(images, labels, 32, None)
+    recipe = Recipe(epochs=3, lr=3e-3, batch_size=8, t_max=None, resolution=32)
+    result = train_classifier(build_classifier("mobilenet_v3_small", 2), train, val, ["red", "blue"], recipe, tmp_path)
+    losses = [h["train_loss"] for h in result["history"]]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "history.json").is_file()
+    more = Recipe(epochs=4, lr=3e-3, batch_size=8, t_max=None, resolution=32)
+    resumed = train_classifier(build_classifier("mobilenet_v3_small", 2), train, val, ["red", "blue"], more, tmp_path)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]  # epochs 1-3 came from the checkpoint
+
+
+def test_detector_steps_lower_the_loss():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_detector(PROFILES["lite"], num_classes=2).train()
+    image = torch.full((3, 192, 192), 0.9)
+    image[:, 60:120, 50:110] = torch.tensor([0.4, 0.1, 0.5])[:, None, None]  # one purple "cell"
+    target = {"boxes": torch.tensor([[50.0, 60.0, 110.0, 120.0]]), "labels": torch.tensor([1])}
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = sum(model([image], [target]).values())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_flip_rotate_keeps_the_box_on_its_cell():
+    rng = np.random.default_rng(5)
+    image = np.zeros((60, 90, 3), np.uint8)
+    image[10:20, 30:50] = 255
+    box = np.array([[30, 10, 50, 20]], np.float32)
+    for _ in range(12):
+        out, moved = flip_rotate_with_boxes(image, box, rng)
+        x1, y1, x2, y2 = moved[0].astype(int)
+        assert out[y1:y2, x1:x2].min() == 255  # the box still covers the bright patch
+        assert out.sum() == image.sum()
+        assert (x2 - x1) * (y2 - y1) == 200
+
+
+def test_not_countable_transforms():
+    rng = np.random.default_rng(1)
+    cell = np.zeros((64, 64, 3), np.uint8)
+    cell[16:48, 16:48] = 200
+    cell[::2, ::2] = 30  # texture: high frequencies
+    cut = cut_by_border(cell, rng)
+    assert cut.shape == cell.shape and not np.array_equal(cut, cell)
+    blurred = defocus(cell, rng)
+    assert (
+        np.abs(np.diff(blurred.astype(float), axis=1)).mean() < np.abs(np.diff(cell.astype(float), axis=1)).mean() / 2
+    )

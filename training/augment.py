@@ -1,0 +1,70 @@
+"""Augmentations that fit stained smears, on uint8 RGB arrays (OpenCV, no torch).
+
+Cells have no up or down: flips and 90-degree turns are free. Stains vary between labs and
+batches: hue, saturation and brightness jitter plus per-channel gain. Focus varies: blur.
+Magnification and the detector's box vary: scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flips: bool = True
+    rot90: bool = True
+    hue: float = 6.0  # OpenCV hue units (0..180)
+    saturation: float = 0.15
+    value: float = 0.15
+    channel_gain: float = 0.05
+    blur_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.4, 1.4)
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # side of the crop over the side of the image
+    crop_jitter: float = 0.08  # centre shift as a fraction of the side
+
+
+def random_crop(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = min(height, width) * rng.uniform(*cfg.crop_scale)
+    cx = width / 2 + rng.uniform(-cfg.crop_jitter, cfg.crop_jitter) * width
+    cy = height / 2 + rng.uniform(-cfg.crop_jitter, cfg.crop_jitter) * height
+    x1 = int(np.clip(cx - side / 2, 0, width - side))
+    y1 = int(np.clip(cy - side / 2, 0, height - side))
+    s = int(side)
+    return image[y1 : y1 + s, x1 : x1 + s]
+
+
+def colour_and_blur(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-cfg.hue, cfg.hue)) % 180
+    hsv[..., 1] *= rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+    hsv[..., 2] *= rng.uniform(1 - cfg.value, 1 + cfg.value)
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    out *= rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < cfg.blur_p:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(*cfg.blur_sigma))
+    return out
+
+
+def flip_rotate(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    if cfg.flips and rng.random() < 0.5:
+        image = image[:, ::-1]
+    if cfg.rot90:
+        image = np.rot90(image, int(rng.integers(4)))
+    return np.ascontiguousarray(image)
+
+
+def augment_cell(image: np.ndarray, size: int, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    crop = random_crop(image, rng, cfg)
+    crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return flip_rotate(colour_and_blur(crop, rng, cfg), rng, cfg)
+
+
+def eval_cell(image: np.ndarray, size: int) -> np.ndarray:
+    """The whole (cell-centred) image at the model's size: what evaluation and inference see."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)

@@ -1,0 +1,170 @@
+"""Stage 1 (countable vs not) from public data, and its training.
+
+No public set of crushed or degenerated marrow cells exists here. The not-countable class
+is built honestly from what does exist, each source counted in the bundle's manifest:
+- RBC and platelet boxes of the TXL-PBC fields, cut as the appliance cuts detector boxes;
+- PBC platelet crops;
+- white cells cut by the field border (the part beyond the border repeats the edge, as the
+  appliance's crop does);
+- white cells strongly defocused (Gaussian) or motion-blurred.
+Countable: PBC white cells of the ten classes and TXL WBC boxes.
+
+    python -m training.stage1 --pbc DIR --txl DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from build_engines.profiles import build_classifier
+from edge.analysis.crops import crop_cells
+from training.augment import AugmentConfig
+from training.loop import CellDataset, Recipe, load_images, train_classifier
+from training.pbc import PBC_WBC
+from training.readers import read_cell_folders, read_yolo, split_samples
+
+log = logging.getLogger(__name__)
+
+NOT_COUNTABLE, COUNTABLE = 0, 1
+
+
+def cut_by_border(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The field border runs through the cell: beyond it the edge column or row repeats."""
+    out = image.copy()
+    size = image.shape[0]
+    cut = int(size * rng.uniform(0.3, 0.5))  # the cell sits near the centre: this cuts into it
+    side = int(rng.integers(4))
+    if side == 0:
+        out[:, :cut] = out[:, cut : cut + 1]
+    elif side == 1:
+        out[:, size - cut :] = out[:, size - cut - 1 : size - cut]
+    elif side == 2:
+        out[:cut] = out[cut : cut + 1]
+    else:
+        out[size - cut :] = out[size - cut - 1 : size - cut]
+    return out
+
+
+def defocus(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.5:
+        return cv2.GaussianBlur(image, (0, 0), rng.uniform(4.0, 8.0))
+    length = int(rng.integers(15, 31))
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0 / length
+    angle = rng.uniform(0, 180)
+    rotation = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), angle, 1.0)
+    kernel = cv2.warpAffine(kernel, rotation, (length, length))
+    return cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
+
+
+def build_stage1(
+    pbc_root: Path,
+    txl_root: Path,
+    side: int,
+    margin: float,
+    seed: int = 0,
+    rbc_per_field: int = 3,
+) -> tuple[dict[str, tuple[list[np.ndarray], list[int]]], dict[str, dict[str, int]]]:
+    """Images and labels per split, and the count of each source per split (for the manifest).
+
+    PBC uses the same image-wise split (seed) as stage 2, TXL its own splits, so no test
+    image of either set trains stage 1.
+    """
+    rng = np.random.default_rng(seed)
+    wbc = split_samples(read_cell_folders(pbc_root, list(PBC_WBC)), seed=seed)
+    platelets = split_samples(read_cell_folders(pbc_root, ["PLATELET"]), seed=seed)
+    fields = read_yolo(txl_root)
+    out: dict[str, tuple[list[np.ndarray], list[int]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("train", "val", "test"):
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        tally: Counter[str] = Counter()
+
+        def add(crop: np.ndarray, label: int, source: str, images=images, labels=labels, tally=tally) -> None:
+            images.append(crop)
+            labels.append(label)
+            tally[source] += 1
+
+        pbc_wbc = load_images([s.image for s in wbc[split]], side)
+        for image in pbc_wbc:
+            add(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA), COUNTABLE, "pbc_wbc")
+        for image in load_images([s.image for s in platelets[split]], side):
+            add(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA), NOT_COUNTABLE, "pbc_platelet")
+        # every fourth PBC white cell, cut by the border; every fourth, defocused
+        for image in pbc_wbc[::4]:
+            add(cut_by_border(cv2.resize(image, (side, side)), rng), NOT_COUNTABLE, "border_cut_wbc")
+        for image in pbc_wbc[2::4]:
+            add(defocus(cv2.resize(image, (side, side)), rng), NOT_COUNTABLE, "defocused_wbc")
+        for record in (r for r in fields if r.split == split):
+            field = cv2.cvtColor(cv2.imread(str(record.image)), cv2.COLOR_BGR2RGB)
+            by_label: dict[str, list] = {}
+            for box in record.boxes:
+                by_label.setdefault(box.label, []).append([box.x1, box.y1, box.x2, box.y2])
+            for label, boxes in by_label.items():
+                chosen = np.asarray(boxes, np.float32)
+                if label == "RBC" and len(chosen) > rbc_per_field:
+                    chosen = chosen[rng.choice(len(chosen), rbc_per_field, replace=False)]
+                for crop in crop_cells(field, chosen, side, margin):
+                    if label == "WBC":
+                        add(crop, COUNTABLE, "txl_wbc")
+                    else:
+                        add(crop, NOT_COUNTABLE, f"txl_{label.lower()}")
+        out[split] = (images, labels)
+        counts[split] = dict(sorted(tally.items()))
+        log.info("stage 1 %s: %s", split, counts[split])
+    return out, counts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Train the stage-1 countable head on public data.")
+    parser.add_argument("--pbc", type=Path, required=True)
+    parser.add_argument("--txl", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arch", default="mobilenet_v3_small")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--margin", type=float, default=1.2, help="crop margin of TXL boxes (as the appliance)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    side = int(args.resolution / AugmentConfig().crop_scale[0]) + 1
+    data, counts = build_stage1(args.pbc, args.txl, side, args.margin, args.seed)
+    recipe = Recipe(
+        epochs=args.epochs,
+        lr=args.lr,
+        t_max=None,
+        resolution=args.resolution,
+        seed=args.seed,
+        label_smoothing=0.05,
+        weight_decay=1e-5,
+    )
+    names = ["not_countable", "countable"]
+    train = CellDataset(*data["train"], args.resolution, AugmentConfig(), seed=args.seed)
+    val = CellDataset(*data["val"], args.resolution, None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "run.json").write_text(
+        json.dumps(
+            {"arch": args.arch, "classes": names, "margin": args.margin, "recipe": asdict(recipe), "sources": counts},
+            indent=1,
+        )
+    )
+    np.savez_compressed(args.out / "test_set.npz", images=np.stack(data["test"][0]), labels=np.array(data["test"][1]))
+    return train_classifier(build_classifier(args.arch, 2), train, val, names, recipe, args.out)
+
+
+if __name__ == "__main__":
+    main()
