@@ -88,7 +88,7 @@ def test_loaded_weights_are_what_is_exported(exported, weights):
 
 
 def test_weights_of_another_shape_are_refused_clearly(tmp_path, weights):
-    with pytest.raises(BundleError, match=r"detector\.pt does not fit the retinanet/mobilenet_v3_large-fpn64"):
+    with pytest.raises(BundleError, match=r"detector\.pt does not fit the retinanet/mobilenet_v3_small-fpn64"):
         build_models(ExportRequest(out_dir=tmp_path, weights_dir=weights))  # one label, not three
 
 
