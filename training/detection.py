@@ -75,10 +75,13 @@ def train_detector(
     recipe: Recipe,
     out_dir: Path,
     resume: bool = True,
+    init: Path | None = None,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed)
     model = build_detector(PROFILES[profile_name], num_classes=len(labels) + 1)
+    if init is not None:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     model.score_thresh = 0.01  # evaluation keeps low scores: AP needs the whole ranking
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.t_max or recipe.epochs)
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="at most this many fields per split (smoke runs)")
+    parser.add_argument("--init", type=Path, help="start from this state dict (a local checkpoint)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -193,13 +197,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "labels": args.labels.split(","),
                 "data": str(args.data),
                 "format": args.format,
+                "init": str(args.init) if args.init else "random",
                 "recipe": asdict(recipe),
                 "counts": {k: len(v) for k, v in splits.items()},
             },
             indent=1,
         )
     )
-    return train_detector(splits, args.labels.split(","), args.profile, recipe, args.out)
+    return train_detector(splits, args.labels.split(","), args.profile, recipe, args.out, init=args.init)
 
 
 if __name__ == "__main__":

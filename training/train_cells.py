@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split-seed", type=int, default=0, help="the 70/10/20 split")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's choice")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per class (smoke runs)")
+    parser.add_argument("--init", type=Path, help="start from this state dict (a local checkpoint) instead of random")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
     )
     network = build_classifier(args.arch, len(names))
+    if args.init:
+        network.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     return train_classifier(network, sets["train"], sets["val"], names, recipe, args.out)
 
 

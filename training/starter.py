@@ -1,0 +1,203 @@
+"""Assemble trained models into a bundle, measure it on the held-back splits, and record
+data, recipe and metrics in its manifest.
+
+    python -m training.starter --detector RUN --stage1 RUN --stage2 RUN RUN RUN --out models/lite-pbc
+
+Each RUN is an output folder of training.detection / training.stage1 / training.train_cells
+(``best.pt``, ``run.json``, ``history.json``). The held-back metrics come from the
+appliance's inference path (ONNX Runtime on the exported bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from build_engines.export import ExportRequest, export_bundle
+from edge.analysis.classify import Classifier
+from edge.analysis.detect import Detector
+from edge.capture.decode import decode_image
+from edge.engines.bundle import load_bundle, write_manifest
+from edge.engines.onnxruntime import OnnxRuntimeBackend
+from training.evaluate import evaluate_cells, evaluate_fields
+from training.metrics import classification_report, match_detections
+from training.pbc import PBC_WBC, pbc_classes
+from training.readers import read_yolo
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+DATA = {
+    "pbc_cells": {
+        "source": "PBC data set, Acevedo et al., Data in Brief 30 (2020)",
+        "licence": "CC BY 4.0",
+        "use": "stage 2 (ten WBC classes), stage 1 (countable WBC; platelets, border-cut and defocused "
+        "WBC as not countable)",
+    },
+    "txl_pbc_detection": {
+        "source": "TXL-PBC (GitHub lugan113/TXL-PBC_Dataset, commit 056d09e); integrates BCCD, PBC, "
+        "Raabin-WBC and a Kaggle set",
+        "licence": "MIT",
+        "use": "detector (WBC boxes); stage 1 (WBC boxes countable; RBC and platelet boxes not)",
+    },
+}
+
+
+def _run_info(folder: Path) -> dict:
+    run = json.loads((folder / "run.json").read_text())
+    history = json.loads((folder / "history.json").read_text())["history"]
+    run["epochs_run"] = len(history)
+    run["train_seconds"] = round(sum(h["seconds"] for h in history))
+    run["last_epoch"] = history[-1]
+    return run
+
+
+def tune_score_threshold(bundle_dir: Path, txl: Path, split: str = "val") -> float:
+    """The detector score that maximises F1 (IoU 0.5) on the validation fields."""
+    bundle = load_bundle(bundle_dir)
+    spec = bundle.manifest.detector
+    detector = Detector(OnnxRuntimeBackend(bundle.path(spec.file)), spec, score_threshold=0.0)
+    detections, truths = [], []
+    for record in (r for r in read_yolo(txl) if r.split == split):
+        found = detector(decode_image(record.image.read_bytes(), record.image.name))
+        detections.append((found.boxes, found.scores))
+        truths.append(np.array([[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.label == "WBC"]).reshape(-1, 4))
+    scores, hits, total = match_detections(detections, truths, 0.5)
+    order = np.argsort(-scores)
+    tp = np.cumsum(hits[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    recall = tp / max(total, 1)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    best = int(f1.argmax())
+    log.info(
+        "detector threshold %.3f: precision %.3f recall %.3f on %s",
+        scores[order][best],
+        precision[best],
+        recall[best],
+        split,
+    )
+    return float(scores[order][best])
+
+
+def stage1_test(bundle_dir: Path, stage1_dir: Path) -> dict:
+    bundle = load_bundle(bundle_dir)
+    data = np.load(stage1_dir / "test_set.npz")
+    spec = bundle.manifest.classifier
+    import cv2
+
+    crops = np.stack([cv2.resize(i, (spec.crop_size,) * 2, interpolation=cv2.INTER_AREA) for i in data["images"]])
+    countable, _ = Classifier(OnnxRuntimeBackend(bundle.path(spec.file)), len(bundle.class_names))(crops)
+    probs = np.stack([1 - countable, countable], axis=1)
+    report = classification_report(data["labels"], probs, ["not_countable", "countable"])
+    return {k: report[k] for k in ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc_ovr")} | {
+        "countable_sensitivity": report["per_class"]["countable"]["sensitivity"],
+        "not_countable_sensitivity": report["per_class"]["not_countable"]["sensitivity"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detector", type=Path, required=True)
+    parser.add_argument("--stage1", type=Path, required=True)
+    parser.add_argument("--stage2", type=Path, nargs=3, required=True, help="in the profile's member order")
+    parser.add_argument("--pbc", type=Path, default=ROOT.parent / "shared" / "data" / "pbc_cells")
+    parser.add_argument("--txl", type=Path, default=ROOT.parent / "shared" / "data" / "txl_pbc_detection")
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "lite-pbc")
+    parser.add_argument("--name", default="lite-pbc")
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--crop-margin", type=float, default=1.2)
+    parser.add_argument("--plots", type=Path, help="folder for the evaluation plots")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    runs = {"detector": _run_info(args.detector), "stage1": _run_info(args.stage1)}
+    runs |= {f"stage2_{i}": _run_info(d) for i, d in enumerate(args.stage2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp)
+        shutil.copy(args.detector / "best.pt", weights / "detector.pt")
+        shutil.copy(args.stage1 / "best.pt", weights / "stage1.pt")
+        for i, folder in enumerate(args.stage2):
+            shutil.copy(folder / "best.pt", weights / f"stage2_{i}.pt")
+        request = ExportRequest(
+            out_dir=args.out,
+            profile="lite",
+            name=args.name,
+            version=args.version,
+            classes=pbc_classes(),
+            detector_labels=("wbc",),
+            weights_dir=weights,
+            score_threshold=0.5,
+            crop_margin=args.crop_margin,
+            parity_images=sorted((ROOT / "samples" / "fields").glob("*.jpg")),
+        )
+        export_bundle(request)
+        threshold = tune_score_threshold(args.out, args.txl)
+        request.score_threshold = round(threshold, 4)
+        export_bundle(request)
+
+    cells = evaluate_cells(args.out, args.pbc, split="test", split_seed=0, out_dir=args.plots)
+    fields = evaluate_fields(args.out, "yolo", args.txl, ["WBC"], split="test", out_dir=args.plots)
+    s1 = stage1_test(args.out, args.stage1)
+    bundle = load_bundle(args.out)
+    pbc_counts = {f: len(list((args.pbc / f).glob("*.jpg"))) for f in PBC_WBC}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    provenance = dict(bundle.manifest.provenance)
+    provenance.update(
+        {
+            "trained_on": "peripheral blood (public data), NOT bone marrow; not for clinical use",
+            "data": DATA,
+            "class_counts": {"pbc_cells (all splits)": pbc_counts, "split": "image-wise 70/10/20, seed 0"},
+            "stage1_sources": runs["stage1"].get("sources"),
+            "detector_fields": runs["detector"].get("counts"),
+            "recipes": {
+                k: {
+                    "arch": v.get("arch") or v.get("profile"),
+                    "recipe": v["recipe"],
+                    "epochs_run": v["epochs_run"],
+                    "train_seconds": v["train_seconds"],
+                    "init": v.get("init", "random"),
+                }
+                for k, v in runs.items()
+            },
+            "trained_where": f"{platform.node()} ({platform.machine()}, CPU only)",
+            "commit": commit,
+            "metrics": {
+                "stage2_pbc_test": {
+                    k: cells[k]
+                    for k in (
+                        "n",
+                        "accuracy",
+                        "macro_precision",
+                        "macro_recall",
+                        "macro_f1",
+                        "macro_auc_ovr",
+                        "macro_ap",
+                    )
+                }
+                | {"per_class_sensitivity": {c: v["sensitivity"] for c, v in cells["per_class"].items()}},
+                "stage1_test": s1,
+                "detector_txl_test": {
+                    k: fields[k] for k in ("images", "ground_truth", "ap50", "coco_ap", "at_bundle_threshold")
+                },
+            },
+        }
+    )
+    write_manifest(args.out, bundle.manifest.model_copy(update={"provenance": provenance}))
+    load_bundle(args.out)
+    sys.stdout.write(json.dumps(provenance["metrics"]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
