@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from build_engines.profiles import PROFILES, build_detector
 from training.augment import AugmentConfig, colour_and_blur
-from training.loop import Recipe, seed_everything
+from training.loop import Recipe, RunBook, seed_everything
 from training.metrics import detection_report
 from training.readers import FieldAnnotation, read_fields, split_samples
 
@@ -77,7 +77,6 @@ def train_detector(
     resume: bool = True,
     init: Path | None = None,
 ) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed)
     model = build_detector(PROFILES[profile_name], num_classes=len(labels) + 1)
     if init is not None:
@@ -85,23 +84,16 @@ def train_detector(
     model.score_thresh = 0.01  # evaluation keeps low scores: AP needs the whole ranking
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.t_max or recipe.epochs)
+    book = RunBook(out_dir, recipe, model, optimiser, scheduler, metric="val_ap50")
     rng = np.random.default_rng(recipe.seed)
+    extra = book.resume() if resume else None
+    if extra is not None:
+        rng = extra["data_rng"]
     train = [(load_field(r), *field_targets(r, labels)) for r in records["train"]]
     val_images = [load_field(r) for r in records["val"]]
     val_truth = [field_targets(r, labels)[0] for r in records["val"]]
-    start, best, history = 0, -1.0, []
-    last = out_dir / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        rng = state["data_rng"]
-        start, best, history = state["epoch"] + 1, state["best"], state["history"]
-        log.info("resuming %s at epoch %d (best val AP50 %.4f)", out_dir, start, best)
     augment = AugmentConfig()
-    for epoch in range(start, recipe.epochs):
+    for epoch in range(book.start, recipe.epochs):
         model.train()
         t0 = time.time()
         order = rng.permutation(len(train))
@@ -132,27 +124,8 @@ def train_detector(
             "lr": scheduler.get_last_lr()[0],
             "seconds": time.time() - t0,
         }
-        history.append(entry)
-        log.info("%s epoch %d: %s", out_dir.name, epoch + 1, json.dumps({k: round(v, 4) for k, v in entry.items()}))
-        if report["ap50"] > best:
-            best = report["ap50"]
-            torch.save(model.state_dict(), out_dir / "best.pt")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "data_rng": rng,
-                "epoch": epoch,
-                "best": best,
-                "history": history,
-                "recipe": asdict(recipe),
-            },
-            last,
-        )
-        (out_dir / "history.json").write_text(json.dumps({"recipe": asdict(recipe), "history": history}, indent=1))
-    return {"best_val_ap50": best, "history": history}
+        book.end_epoch(entry, model, {"data_rng": rng})
+    return {"best_val_ap50": book.best, "history": book.history}
 
 
 def main(argv: list[str] | None = None) -> dict:

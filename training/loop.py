@@ -47,6 +47,53 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class RunBook:
+    """What every training loop shares: resuming from ``last.pt``, the per-epoch log and
+    ``history.json``, ``best.pt`` (the best validation ``metric``) and ``last.pt``."""
+
+    def __init__(self, out_dir: Path, recipe: Recipe, model: nn.Module, optimiser, scheduler, metric: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir, self.recipe, self.metric = out_dir, recipe, metric
+        self.model, self.optimiser, self.scheduler = model, optimiser, scheduler
+        self.start, self.best, self.history = 0, -1.0, []
+        self.last = out_dir / "last.pt"
+
+    def resume(self) -> dict | None:
+        """Restore model, optimiser, scheduler and torch's random state; the loop's own extras are returned."""
+        if not self.last.is_file():
+            return None
+        state = torch.load(self.last, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.start, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+        log.info("resuming %s at epoch %d (best %s %.4f)", self.out_dir, self.start, self.metric, self.best)
+        return state["extra"]
+
+    def end_epoch(self, entry: dict, best_module: nn.Module, extra: dict) -> None:
+        self.history.append(entry)
+        rounded = {k: round(v, 4) for k, v in entry.items()}
+        log.info("%s epoch %d: %s", self.out_dir.name, entry["epoch"], json.dumps(rounded))
+        if entry[self.metric] > self.best:
+            self.best = entry[self.metric]
+            torch.save(best_module.state_dict(), self.out_dir / "best.pt")
+        state = {
+            "model": self.model.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": entry["epoch"] - 1,
+            "best": self.best,
+            "history": self.history,
+            "recipe": asdict(self.recipe),
+            "extra": extra,
+        }
+        torch.save(state, self.last)
+        summary = {"recipe": asdict(self.recipe), "history": self.history}
+        (self.out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+
+
 def load_images(paths: Sequence[Path], short_side: int, threads: int = 2) -> list[np.ndarray]:
     """Decode and downscale once, so epochs cost compute, not JPEG decoding."""
 
@@ -119,31 +166,18 @@ def train_classifier(
     Writes ``last.pt`` (everything needed to resume) after every epoch, ``best.pt`` (the
     network's state dict, best validation macro-F1) and ``history.json``.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed)
     model = nn.Sequential(NormalisedInput(), network)
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.t_max or recipe.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    history: list[dict] = []
-    start, best = 0, -1.0
-    last = out_dir / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        train_set.rng = state["data_rng"]
-        start, best, history = state["epoch"] + 1, state["best"], state["history"]
-        generator_state = state["shuffle_rng"]
-        log.info("resuming %s at epoch %d (best val macro-F1 %.4f)", out_dir, start, best)
-    else:
-        generator_state = None
+    book = RunBook(out_dir, recipe, model, optimiser, scheduler, metric="val_macro_f1")
     generator = torch.Generator().manual_seed(recipe.seed)
-    if generator_state is not None:
-        generator.set_state(generator_state)
-    for epoch in range(start, recipe.epochs):
+    extra = book.resume() if resume else None
+    if extra is not None:
+        train_set.rng = extra["data_rng"]
+        generator.set_state(extra["shuffle_rng"])
+    for epoch in range(book.start, recipe.epochs):
         model.train()
         t0 = time.time()
         loader = DataLoader(
@@ -170,25 +204,5 @@ def train_classifier(
             "lr": scheduler.get_last_lr()[0],
             "seconds": time.time() - t0,
         }
-        history.append(entry)
-        log.info("%s epoch %d: %s", out_dir.name, epoch + 1, json.dumps({k: round(v, 4) for k, v in entry.items()}))
-        if report["macro_f1"] > best:
-            best = report["macro_f1"]
-            torch.save(network.state_dict(), out_dir / "best.pt")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "data_rng": train_set.rng,
-                "shuffle_rng": generator.get_state(),
-                "epoch": epoch,
-                "best": best,
-                "history": history,
-                "recipe": asdict(recipe),
-            },
-            last,
-        )
-        (out_dir / "history.json").write_text(json.dumps({"recipe": asdict(recipe), "history": history}, indent=1))
-    return {"best_val_macro_f1": best, "history": history}
+        book.end_epoch(entry, network, {"data_rng": train_set.rng, "shuffle_rng": generator.get_state()})
+    return {"best_val_macro_f1": book.best, "history": book.history}

@@ -81,3 +81,26 @@ def test_not_countable_transforms():
     assert (
         np.abs(np.diff(blurred.astype(float), axis=1)).mean() < np.abs(np.diff(cell.astype(float), axis=1)).mean() / 2
     )
+
+
+def test_detector_training_run_resumes(tmp_path):
+    from training.detection import train_detector
+    from training.readers import Box, FieldAnnotation
+
+    torch.set_num_threads(1)
+    records = []
+    for i in range(2):
+        path = tmp_path / f"f{i}.png"
+        image = np.full((160, 160, 3), 230, np.uint8)
+        image[40:100, 50:110] = (120, 40, 140)
+        import cv2
+
+        cv2.imwrite(str(path), image)
+        records.append(FieldAnnotation(path, 160, 160, [Box(50, 40, 110, 100, "WBC"), Box(0, 0, 9, 9, "RBC")]))
+    splits = {"train": records, "val": records[:1]}
+    out = tmp_path / "run"
+    first = train_detector(splits, ["WBC"], "lite", Recipe(epochs=1, lr=1e-3, batch_size=2, t_max=None), out)
+    assert len(first["history"]) == 1 and (out / "best.pt").is_file()
+    again = train_detector(splits, ["WBC"], "lite", Recipe(epochs=2, lr=1e-3, batch_size=2, t_max=None), out)
+    assert [h["epoch"] for h in again["history"]] == [1, 2]
+    assert again["history"][0] == first["history"][0]  # epoch 1 came from the checkpoint
