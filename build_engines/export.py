@@ -31,6 +31,7 @@ from build_engines.profiles import (
     build_detector,
 )
 from edge import __version__
+from edge.analysis.detect import fit_field
 from edge.capture.decode import decode_image
 from edge.engines.bundle import (
     BundleManifest,
@@ -129,11 +130,12 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
         )
 
 
-def _parity_fields(paths: Sequence[Path], rng: np.random.Generator) -> list[np.ndarray]:
+def _parity_fields(paths: Sequence[Path], rng: np.random.Generator, min_size: int, max_size: int) -> list[np.ndarray]:
+    """The fields as the appliance hands them to the graph (already fitted to the input size)."""
     fields = [decode_image(p.read_bytes(), str(p)) for p in paths]
     if not fields:
         fields = [rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)]
-    return fields
+    return [fit_field(f, min_size, max_size)[0] for f in fields]
 
 
 def _check_detector(graph: DetectorGraph, path: Path, fields: list[np.ndarray]) -> tuple[float, float]:
@@ -176,7 +178,7 @@ def export_bundle(request: ExportRequest) -> Path:
     profile = PROFILES[request.profile]
     detector, classifier, trained = build_models(request)
     rng = np.random.default_rng(request.seed)
-    fields = _parity_fields(request.parity_images, rng)
+    fields = _parity_fields(request.parity_images, rng, profile.detector_min_size, profile.detector_max_size)
     crop = profile.crop_size
     request.out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=request.out_dir.parent))
@@ -241,13 +243,15 @@ def export_bundle(request: ExportRequest) -> Path:
                     TensorSpec(name="boxes", dtype="float32", shape=["anchors", 4]),
                     TensorSpec(name="scores", dtype="float32", shape=["anchors", len(request.detector_labels)]),
                 ],
-                normalisation=f"inside graph: x/255, RetinaNet transform (resize to short side "
-                f"{profile.detector_min_size}, max {profile.detector_max_size}; ImageNet mean/std)",
+                normalisation=f"the appliance fits a field to short side {profile.detector_min_size} px "
+                f"(long side at most {profile.detector_max_size}); inside the graph: x/255, ImageNet mean/std",
                 labels=list(request.detector_labels),
                 cell_labels=list(request.cell_labels or request.detector_labels),
                 score_threshold=request.score_threshold,
                 nms_iou=request.nms_iou,
                 max_detections=request.max_detections,
+                input_min_size=profile.detector_min_size,
+                input_max_size=profile.detector_max_size,
             ),
             classifier=ClassifierSpec(
                 file=CLASSIFIER_FILE,

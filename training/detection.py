@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         t_max=None,
         weight_decay=args.weight_decay,
         seed=args.seed,
+        resolution=PROFILES[args.profile].detector_min_size,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "run.json").write_text(

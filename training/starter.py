@@ -58,7 +58,23 @@ def _run_info(folder: Path) -> dict:
     run["epochs_run"] = len(history)
     run["train_seconds"] = round(sum(h["seconds"] for h in history))
     run["last_epoch"] = history[-1]
+    init = Path(run.get("init", "random"))
+    if init.name == "best.pt" and (init.parent / "run.json").is_file():
+        run["continued_from"] = _run_info(init.parent)  # a second phase: keep the first one's record
     return run
+
+
+def _recipe_record(run: dict) -> dict:
+    record = {
+        "arch": run.get("arch") or run.get("profile"),
+        "recipe": run["recipe"],
+        "epochs_run": run["epochs_run"],
+        "train_seconds": run["train_seconds"],
+        "init": run.get("init", "random"),
+    }
+    if "continued_from" in run:
+        record["continued_from"] = _recipe_record(run["continued_from"])
+    return record
 
 
 def tune_score_threshold(bundle_dir: Path, txl: Path, split: str = "val") -> float:
@@ -102,6 +118,76 @@ def stage1_test(bundle_dir: Path, stage1_dir: Path) -> dict:
         "countable_sensitivity": report["per_class"]["countable"]["sensitivity"],
         "not_countable_sensitivity": report["per_class"]["not_countable"]["sensitivity"],
     }
+
+
+def bundle_readme(manifest, size_mb: float) -> str:
+    """The bundle's README: its data, its held-back metrics, and what it is not for."""
+    p = manifest.provenance
+    m = p["metrics"]
+    s2, s1, det = m["stage2_pbc_test"], m["stage1_test"], m["detector_txl_test"]
+    lines = [
+        f"# {manifest.name} {manifest.version}",
+        "",
+        "**Trained on peripheral blood from public data sets, not on bone marrow. Not for clinical use.**",
+        "It has none of the seed paper's marrow classes that the rules need (no lymphoblasts, blasts,",
+        "megakaryoblasts, lymphoma or neuroblastoma cells), so the ALL, M7, lymphoma and neuroblastoma",
+        "rules report `not_applicable` with it. A lab trains its own bundle on its own annotated marrow",
+        "images with `training/` (see training/README.md).",
+        "",
+        f"Profile `{manifest.profile}`: detector {manifest.detector.architecture} "
+        f"(fields fitted to {manifest.detector.input_min_size} px short side by the appliance), "
+        f"classifier {manifest.classifier.architecture}, crops "
+        f"{manifest.classifier.crop_size} px with margin {manifest.classifier.crop_margin}. "
+        f"Size {size_mb:.1f} MB. Trained from random initialisation on {p['trained_where']}.",
+        "",
+        "## Data",
+        "",
+    ]
+    for name, info in p["data"].items():
+        lines.append(f"- `{name}`: {info['source']}; licence {info['licence']}; {info['use']}.")
+    lines += [
+        "- Stage 2 classes (PBC folder -> bundle class): "
+        + ", ".join(f"{c.aliases[0]} -> {c.name}" for c in manifest.classes)
+        + f"; images per class: {p['class_counts']['pbc_cells (all splits)']}; {p['class_counts']['split']}.",
+        f"- Stage 1 sources per split: {p['stage1_sources']}.",
+        f"- Detector fields per split (TXL-PBC's own splits): {p['detector_fields']}.",
+        "",
+        "## Held-back metrics (ONNX Runtime on this bundle, test splits never trained on)",
+        "",
+        "| part | data | metric | value |",
+        "|---|---|---|---|",
+        f"| stage 2 ensemble | PBC test, {s2['n']} cells | accuracy | {s2['accuracy']:.4f} |",
+        f"| | | macro precision / recall / F1 | {s2['macro_precision']:.4f} / {s2['macro_recall']:.4f} / "
+        f"{s2['macro_f1']:.4f} |",
+        f"| | | macro one-vs-rest AUC / AP | {s2['macro_auc_ovr']:.4f} / {s2['macro_ap']:.4f} |",
+        f"| stage 1 | built test set, {s1['n']} crops | accuracy | {s1['accuracy']:.4f} |",
+        f"| | | sensitivity countable / not countable | {s1['countable_sensitivity']:.4f} / "
+        f"{s1['not_countable_sensitivity']:.4f} |",
+        f"| detector | TXL-PBC test, {det['images']} fields, {det['ground_truth']} WBC | AP@0.5 | {det['ap50']:.4f} |",
+        f"| | | COCO AP (0.50:0.95) | {det['coco_ap']:.4f} |",
+        f"| | | recall / precision at score {det['at_bundle_threshold']['score_threshold']} | "
+        f"{det['at_bundle_threshold']['recall']:.4f} / {det['at_bundle_threshold']['precision']:.4f} |",
+        "",
+        "Per-class sensitivity (stage 2): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in s2["per_class_sensitivity"].items() if v == v),
+        "",
+        "Targets of the starter bundle: 10-class macro-F1 >= 0.90, WBC AP@0.5 >= 0.95.",
+        "Reproduce: `marrow-edge evaluate cells --bundle models/" + manifest.name + " ../shared/data/pbc_cells "
+        "--split test` and `marrow-edge evaluate fields --bundle models/"
+        + manifest.name
+        + " --format yolo --labels WBC --split test ../shared/data/txl_pbc_detection`.",
+        "",
+        "## Training",
+        "",
+    ]
+    for part, r in p["recipes"].items():
+        while r:
+            lines.append(
+                f"- {part}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
+                f"recipe {json.dumps(r['recipe'])}"
+            )
+            r, part = r.get("continued_from"), f"{part} (first phase)"
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,16 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             "class_counts": {"pbc_cells (all splits)": pbc_counts, "split": "image-wise 70/10/20, seed 0"},
             "stage1_sources": runs["stage1"].get("sources"),
             "detector_fields": runs["detector"].get("counts"),
-            "recipes": {
-                k: {
-                    "arch": v.get("arch") or v.get("profile"),
-                    "recipe": v["recipe"],
-                    "epochs_run": v["epochs_run"],
-                    "train_seconds": v["train_seconds"],
-                    "init": v.get("init", "random"),
-                }
-                for k, v in runs.items()
-            },
+            "recipes": {k: _recipe_record(v) for k, v in runs.items()},
             "trained_where": f"{platform.node()} ({platform.machine()}, CPU only)",
             "commit": commit,
             "metrics": {
@@ -194,7 +271,10 @@ def main(argv: list[str] | None = None) -> None:
             },
         }
     )
-    write_manifest(args.out, bundle.manifest.model_copy(update={"provenance": provenance}))
+    manifest = bundle.manifest.model_copy(update={"provenance": provenance})
+    write_manifest(args.out, manifest)
+    size_mb = sum(f.stat().st_size for f in args.out.iterdir()) / 1e6
+    (args.out / "README.md").write_text(bundle_readme(manifest, size_mb), encoding="utf-8")
     load_bundle(args.out)
     sys.stdout.write(json.dumps(provenance["metrics"]) + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edge.engines.backend import InferenceBackend
@@ -35,6 +36,25 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.nda
     return np.asarray(keep, dtype=np.int64)
 
 
+def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> tuple[np.ndarray, float]:
+    """Resize so the short side is ``min_size`` and the long side at most ``max_size``.
+
+    Done here rather than in the graph: the graph's float scale can round a side one pixel
+    differently from PyTorch (366 px -> 383 or 384), and INTER_AREA anti-aliases a large
+    camera frame where the graph's bilinear resize would not.
+    """
+    if min_size is None:
+        return field, 1.0
+    height, width = field.shape[:2]
+    scale = min(min_size / min(height, width), (max_size or 10**9) / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == (width, height):
+        return field, 1.0
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(field, size, interpolation=interpolation)
+    return resized, size[0] / width
+
+
 class Detector:
     def __init__(self, backend: InferenceBackend, spec: DetectorSpec, score_threshold: float | None = None):
         self.backend = backend
@@ -43,7 +63,8 @@ class Detector:
         self._cell_columns = np.array([spec.labels.index(name) for name in spec.cell_labels])
 
     def __call__(self, field: np.ndarray) -> Detections:
-        out = self.backend.run({"images": field[None]})
+        resized, scale = fit_field(field, self.spec.input_min_size, self.spec.input_max_size)
+        out = self.backend.run({"images": resized[None]})
         cell_scores = out["scores"][:, self._cell_columns]
         scores = cell_scores.max(axis=1)
         columns = cell_scores.argmax(axis=1)
@@ -54,4 +75,5 @@ class Detector:
         boxes = out["boxes"][candidates]
         kept = candidates[nms(boxes, scores[candidates], self.spec.nms_iou, self.spec.max_detections)]
         names = [self.spec.cell_labels[c] for c in columns[kept]]
-        return Detections(out["boxes"][kept].astype(np.float32), scores[kept].astype(np.float32), names)
+        boxes = out["boxes"][kept].astype(np.float32) / np.float32(scale)
+        return Detections(boxes, scores[kept].astype(np.float32), names)

@@ -64,6 +64,13 @@ class DetectorSpec(ModelSpec):
     nms_iou: float = Field(gt=0.0, le=1.0, description="IoU above which the lower-scoring box is dropped.")
     max_detections: int = Field(ge=1, description="Most cells kept per field, best scores first.")
     pre_nms_top_k: int = Field(1000, ge=1, description="Candidates entering NMS, best scores first.")
+    input_min_size: int | None = Field(
+        None,
+        ge=32,
+        description="The appliance resizes a field so its short side is this (long side at most "
+        "input_max_size) before the graph, with OpenCV; the graph then runs at scale 1. None: the graph resizes.",
+    )
+    input_max_size: int | None = Field(None, ge=32)
 
     @model_validator(mode="after")
     def _cell_labels_known(self) -> DetectorSpec:

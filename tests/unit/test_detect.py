@@ -62,3 +62,22 @@ def test_pre_nms_top_k_bounds_the_candidates():
 def test_cell_labels_must_be_known():
     with pytest.raises(ValueError, match="cell_labels not among labels"):
         _spec(cell_labels=["platelet"])
+
+
+def test_fit_field_short_side_long_side_cap_and_boxes_back_in_field_pixels():
+    from edge.analysis.detect import fit_field
+
+    small, scale = fit_field(np.zeros((366, 369, 3), np.uint8), 384, 640)
+    assert small.shape[:2] == (384, 387) and scale == pytest.approx(387 / 369)
+    wide, scale = fit_field(np.zeros((1536, 4096, 3), np.uint8), 384, 640)
+    assert wide.shape[:2] == (240, 640) and scale == pytest.approx(640 / 4096)
+    same, scale = fit_field(np.zeros((384, 500, 3), np.uint8), 384, 640)
+    assert same.shape[:2] == (384, 500) and scale == 1.0
+    assert fit_field(np.zeros((10, 20, 3), np.uint8), None, None)[1] == 1.0
+
+    boxes = np.array([[40, 40, 80, 80]], np.float32)  # in the fitted field's pixels
+    backend = FakeDetectorBackend(boxes, [[0.9]])
+    spec = _spec(labels=["wbc"], input_min_size=384, input_max_size=640)
+    found = Detector(backend, spec)(np.zeros((768, 1000, 3), np.uint8))  # fitted at scale 0.5
+    assert backend.calls == [(1, 384, 500, 3)]
+    assert found.boxes.tolist() == [[80, 80, 160, 160]]
