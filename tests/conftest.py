@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import DEFAULT_BUNDLE
 from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "fields"
-BUNDLE = ROOT / "models" / "lite-untrained"
+BUNDLE = DEFAULT_BUNDLE  # the bundle the appliance ships with
 SHARED_DATA = Path(os.environ.get("MARROW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

@@ -32,20 +32,21 @@ def bundle(bundle_dir):
 def test_field_analyzer_countable_decision(bundle):
     names = bundle.class_names
     boxes = np.array([[10, 10, 50, 50], [100, 100, 140, 140], [200, 10, 240, 50]], np.float32)
-    detector = Detector(FakeDetectorBackend(boxes, [[0.9], [0.8], [0.7]]), bundle.manifest.detector, 0.5)
-    lympho, other = names.index("lymphoblast"), names.index("monocyte")
+    spec = bundle.manifest.detector.model_copy(update={"input_min_size": None})  # boxes stay in these pixels
+    detector = Detector(FakeDetectorBackend(boxes, [[0.9], [0.8], [0.7]]), spec, 0.5)
+    first, second = 0, 1
 
     def fn(crops):
         probs = np.zeros((len(crops), len(names)), np.float32)
-        probs[:, lympho] = 0.7
-        probs[:, other] = 0.3
-        probs[1] = np.roll(probs[1], other - lympho)  # the second cell is a monocyte
+        probs[:, first] = 0.7
+        probs[:, second] = 0.3
+        probs[1] = np.roll(probs[1], second - first)  # the second cell is of the second class
         return np.array([0.9, 0.95, 0.2])[: len(crops)], probs
 
     analyzer = FieldAnalyzer(bundle, detector, Classifier(FakeClassifierBackend(fn), len(names)), 0.1, 0.5)
     result = analyzer(np.zeros((300, 300, 3), np.uint8), index=4, source="f.jpg")
     assert (result.index, result.source, result.width, result.height) == (4, "f.jpg", 300, 300)
-    assert [c.class_name for c in result.cells] == ["lymphoblast", "monocyte", "lymphoblast"]
+    assert [c.class_name for c in result.cells] == [names[0], names[1], names[0]]
     assert [c.countable for c in result.cells] == [True, True, False]  # stage 1 rejects the third
     assert result.cells[0].class_probability == pytest.approx(0.7)
     assert result.cells[1].box == (100.0, 100.0, 140.0, 140.0)
