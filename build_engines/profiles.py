@@ -67,7 +67,14 @@ PROFILES: dict[str, Profile] = {
 
 
 def build_classifier(arch: str, num_classes: int) -> nn.Module:
-    return models.get_model(arch, weights=None, num_classes=num_classes)
+    model = models.get_model(arch, weights=None, num_classes=num_classes)
+    for module in model.modules():
+        # torchvision's MNASNet keeps batch-norm statistics with momentum 0.0003, tuned for
+        # long ImageNet runs: from random init over a few thousand steps its running
+        # statistics stay near their initial values and evaluation collapses to one class.
+        if isinstance(module, nn.BatchNorm2d) and module.momentum is not None and module.momentum < 0.01:
+            module.momentum = 0.1
+    return model
 
 
 def _mobilenet_fpn(arch: str, out_channels: int) -> BackboneWithFPN:
