@@ -104,3 +104,9 @@ def test_detector_training_run_resumes(tmp_path):
     again = train_detector(splits, ["WBC"], "lite", Recipe(epochs=2, lr=1e-3, batch_size=2, t_max=None), out)
     assert [h["epoch"] for h in again["history"]] == [1, 2]
     assert again["history"][0] == first["history"][0]  # epoch 1 came from the checkpoint
+
+
+def test_batch_norm_statistics_can_follow_a_short_training_run():
+    for arch in PROFILES["lite"].stage2:
+        norms = [m for m in build_classifier(arch, 3).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms and min(m.momentum for m in norms) >= 0.01, arch
