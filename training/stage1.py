@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
             indent=1,
         )
     )
-    np.savez_compressed(args.out / "test_set.npz", images=np.stack(data["test"][0]), labels=np.array(data["test"][1]))
+    for split in ("val", "test"):  # kept for checkpoint choice (val) and held-back metrics (test)
+        images, labels = data[split]
+        np.savez_compressed(args.out / f"{split}_set.npz", images=np.stack(images), labels=np.array(labels))
     return train_classifier(build_classifier(args.arch, 2), train, val, names, recipe, args.out)
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,7 +105,7 @@ def tune_score_threshold(bundle_dir: Path, txl: Path, split: str = "val") -> flo
 
 def stage1_test(bundle_dir: Path, stage1_dir: Path) -> dict:
     bundle = load_bundle(bundle_dir)
-    data = np.load(stage1_dir / "test_set.npz")
+    data = np.load(stage1_dir / "test_set.npz")  # never used for training or choosing
     spec = bundle.manifest.classifier
     import cv2
 
@@ -190,6 +189,108 @@ def bundle_readme(manifest, size_mb: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _classifier_parts(pbc: Path, size: int):
+    """PBC val crops (scoring) and train crops (batch-norm calibration), as evaluation sees them."""
+    import cv2
+    import torch
+
+    from training.loop import load_images
+    from training.readers import read_cell_folders, split_samples
+
+    names = list(PBC_WBC)
+    splits = split_samples(read_cell_folders(pbc, names), seed=0)
+
+    def crops(items):
+        images = load_images([s.image for s in items], size)
+        return torch.from_numpy(np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in images]))
+
+    val = (crops(splits["val"]), np.array([names.index(s.label) for s in splits["val"]]))
+    calibration = crops(splits["train"][::4])
+    return val, calibration
+
+
+def choose_weights(args, weights: Path) -> dict:
+    """For every model: best.pt or last.pt, as trained or batch-norm recalibrated, by validation score."""
+    import torch
+
+    from build_engines.profiles import PROFILES, NormalisedInput, build_classifier, build_detector
+    from training.detection import field_targets, load_field, predict_fields
+    from training.metrics import detection_report
+    from training.recalibrate import choose_checkpoint
+
+    torch.set_num_threads(2)
+    profile = PROFILES["lite"]
+    prep = NormalisedInput()
+    choices = {}
+
+    def classify(model, x):
+        return model(prep(x))
+
+    def f1(model, crops, labels, names) -> float:
+        with torch.no_grad():
+            probs = torch.cat([torch.softmax(classify(model, crops[i : i + 64]), 1) for i in range(0, len(crops), 64)])
+        return classification_report(labels, probs.numpy(), names)["macro_f1"]
+
+    (val_x, val_y), calibration = _classifier_parts(args.pbc, profile.crop_size)
+    batches = [calibration[i : i + 64] for i in range(0, len(calibration), 64)]
+    for i, (folder, arch) in enumerate(zip(args.stage2, profile.stage2, strict=True)):
+        state, choices[f"stage2_{i}"] = choose_checkpoint(
+            lambda arch=arch: build_classifier(arch, len(PBC_WBC)),
+            folder,
+            lambda m: f1(m, val_x, val_y, list(PBC_WBC)),
+            lambda: batches,
+            classify,
+        )
+        torch.save(state, weights / f"stage2_{i}.pt")
+
+    data = np.load(args.stage1 / "val_set.npz")
+    s1_x, s1_y = torch.from_numpy(data["images"]), data["labels"]
+    half = len(s1_y) // 2  # the first half calibrates, the second scores: no input does both
+    s1_batches = [s1_x[:half][i : i + 64] for i in range(0, half, 64)]
+    import cv2
+
+    def fit(x):
+        return torch.from_numpy(
+            np.stack([cv2.resize(i, (profile.crop_size,) * 2, interpolation=cv2.INTER_AREA) for i in x.numpy()])
+        )
+
+    s1_score_x = fit(s1_x[half:])
+    s1_batches = [fit(b) for b in s1_batches]
+    state, choices["stage1"] = choose_checkpoint(
+        lambda: build_classifier(profile.stage1, 2),
+        args.stage1,
+        lambda m: f1(m, s1_score_x, s1_y[half:], ["not_countable", "countable"]),
+        lambda: s1_batches,
+        classify,
+    )
+    torch.save(state, weights / "stage1.pt")
+
+    records = read_yolo(args.txl)
+    train = [r for r in records if r.split == "train"][::4]
+    val = [r for r in records if r.split == "val"]
+    val_images = [load_field(r) for r in val]
+    val_truth = [field_targets(r, ["WBC"])[0] for r in val]
+    train_images = [load_field(r) for r in train]
+
+    def build_det():
+        model = build_detector(profile, num_classes=2)
+        model.score_thresh = 0.01
+        return model
+
+    def detect(model, image):
+        return model([torch.from_numpy(image).permute(2, 0, 1).float() / 255.0])
+
+    state, choices["detector"] = choose_checkpoint(
+        build_det,
+        args.detector,
+        lambda m: detection_report(predict_fields(m, val_images), val_truth)["ap50"],
+        lambda: train_images,
+        detect,
+    )
+    torch.save(state, weights / "detector.pt")
+    return choices
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", type=Path, required=True)
@@ -209,10 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     runs |= {f"stage2_{i}": _run_info(d) for i, d in enumerate(args.stage2)}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
-        shutil.copy(args.detector / "best.pt", weights / "detector.pt")
-        shutil.copy(args.stage1 / "best.pt", weights / "stage1.pt")
-        for i, folder in enumerate(args.stage2):
-            shutil.copy(folder / "best.pt", weights / f"stage2_{i}.pt")
+        choices = choose_weights(args, weights)
         request = ExportRequest(
             out_dir=args.out,
             profile="lite",
@@ -248,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             "stage1_sources": runs["stage1"].get("sources"),
             "detector_fields": runs["detector"].get("counts"),
             "recipes": {k: _recipe_record(v) for k, v in runs.items()},
+            "checkpoint_choice": choices,
             "trained_where": f"{platform.node()} ({platform.machine()}, CPU only)",
             "commit": commit,
             "metrics": {
