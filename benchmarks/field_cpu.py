@@ -71,7 +71,12 @@ def measure(analyzer: FieldAnalyzer, images: list[np.ndarray], repeats: int) -> 
     }
 
 
-def torch_baseline(bundle: Bundle, config) -> FieldAnalyzer | None:
+def torch_baseline(bundle: Bundle, config, boxes_per_field: int) -> FieldAnalyzer | None:
+    """The same architectures in PyTorch FP32 eager, random weights (a bundle ships no .pt).
+
+    Random weights find no cells at the bundle's threshold, so the baseline's detector keeps
+    its best ``boxes_per_field`` boxes: both pipelines then classify the same number of crops.
+    """
     try:
         from build_engines.export import ExportRequest, build_models
         from edge.engines.torch_reference import TorchBackend
@@ -84,14 +89,11 @@ def torch_baseline(bundle: Bundle, config) -> FieldAnalyzer | None:
         classes=list(manifest.classes),
         detector_labels=tuple(manifest.detector.labels),
     )
-    detector_graph, classifier_graph, _ = build_models(request)  # same architecture; speed only
-    detector = Detector(
-        TorchBackend(detector_graph, ["boxes", "scores"]), manifest.detector, config.analysis.score_threshold
-    )
+    detector_graph, classifier_graph, _ = build_models(request)
+    spec = manifest.detector.model_copy(update={"max_detections": max(1, boxes_per_field)})
+    detector = Detector(TorchBackend(detector_graph, ["boxes", "scores"]), spec, score_threshold=0.0)
     classifier = Classifier(
-        TorchBackend(classifier_graph, ["countable", "probs"]),
-        len(manifest.classes),
-        config.analysis.max_batch,
+        TorchBackend(classifier_graph, ["countable", "probs"]), len(manifest.classes), config.analysis.max_batch
     )
     return FieldAnalyzer(bundle, detector, classifier, config.analysis.crop_margin, config.analysis.countable_threshold)
 
@@ -110,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     appliance = build_appliance(config)
     bundle = load_bundle(config.bundle)
     runs = {"onnxruntime-cpu": measure(appliance.analyzer, images, args.repeats)}
-    baseline = None if args.no_baseline else torch_baseline(bundle, config)
+    ort = runs["onnxruntime-cpu"]
+    per_field = round(ort["cells"] / max(ort["fields"], 1))
+    baseline = None if args.no_baseline else torch_baseline(bundle, config, per_field)
     if baseline is not None:
         import torch
 
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     sys.stdout.write(markdown)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"field_cpu-{platform.node() or 'host'}-{report['date'][:10]}"
+        stem = f"field_cpu-{bundle.manifest.name}-{platform.node() or 'host'}-{report['date'][:10]}"
         (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / f"{stem}.md").write_text(markdown)
     return report

@@ -21,7 +21,7 @@ from edge.errors import ConfigError
 ENV_PREFIX = "MARROW_EDGE__"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # The bundle that ships in the repo; an installed wheel points at it through the config.
-DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "lite-untrained"
+DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "lite-pbc"
 
 
 class _Strict(BaseModel):

@@ -8,6 +8,7 @@ inference (one field at a time; crops as evaluated), removes most of that noise.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -77,7 +78,8 @@ def choose_checkpoint(
             record[label] = value
             log.info("%s %s: validation %.4f", run_dir.name, label, value)
             if chosen is None or value > chosen[0]:
-                chosen = (value, {k: v.clone() for k, v in model.state_dict().items()})
+                # deepcopy keeps the state dict's _metadata: MNASNet refuses a state without its version
+                chosen = (value, copy.deepcopy(model.state_dict()))
     if chosen is None:
         raise FileNotFoundError(f"{run_dir}: neither best.pt nor last.pt")
     best_label = max(record, key=record.get)

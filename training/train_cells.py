@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "arch": args.arch,
                 "classes": names,
                 "data": str(args.data),
+                "init": str(args.init) if args.init else "random",
                 "recipe": asdict(recipe),
                 "counts": {k: len(v) for k, v in splits.items()},
             },

@@ -41,3 +41,14 @@ def test_choose_checkpoint_prefers_the_better_validation_score(tmp_path):
     assert record["chosen"].startswith("last.pt")
     assert set(record["candidates"]) == {"best.pt", "best.pt recalibrated", "last.pt", "last.pt recalibrated"}
     assert torch.equal(state["3.weight"], good[3].weight)
+
+
+def test_chosen_state_loads_into_a_fresh_mnasnet(tmp_path):
+    from build_engines.profiles import build_classifier
+
+    torch.save(build_classifier("mnasnet0_5", 3).state_dict(), tmp_path / "best.pt")
+    x = torch.rand(2, 3, 32, 32)
+    state, _ = choose_checkpoint(
+        lambda: build_classifier("mnasnet0_5", 3), tmp_path, lambda m: 0.0, lambda: [x], lambda m, b: m(b)
+    )
+    build_classifier("mnasnet0_5", 3).load_state_dict(state)  # needs the state's version metadata

@@ -9,9 +9,12 @@ CUDA_PRESENT = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def test_cpu_runs_and_says_so(bundle_dir):
+    from edge.engines.bundle import load_bundle
+
+    size = load_bundle(bundle_dir).manifest.classifier.crop_size
     backend = OnnxRuntimeBackend(bundle_dir / "classifier.onnx", ["cpu"], threads=1)
     assert backend.providers == ["CPUExecutionProvider"]
-    out = backend.run({"images": np.zeros((2, 224, 224, 3), np.uint8)})
+    out = backend.run({"images": np.zeros((2, size, size, 3), np.uint8)})
     assert set(out) == {"countable", "probs"} and out["probs"].shape[0] == 2
 
 
