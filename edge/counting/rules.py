@@ -68,30 +68,14 @@ def evaluate(rule: RuleSpec, k: int, n: int, known_classes: set[str], confidence
     """positive when the whole interval lies above the threshold, negative when it lies at or
     below it, else indeterminate with the further cells that would settle it."""
     threshold = rule.above_percent / 100.0
+
+    def without_percent(state: RuleOutcome, note: str) -> RuleState:
+        return RuleState(rule.id, rule.label, rule.class_name, rule.above_percent, None, None, state, None, note)
+
     if rule.class_name not in known_classes:
-        return RuleState(
-            rule.id,
-            rule.label,
-            rule.class_name,
-            rule.above_percent,
-            None,
-            None,
-            "not_applicable",
-            None,
-            f"the model bundle has no class {rule.class_name!r}",
-        )
+        return without_percent("not_applicable", f"the model bundle has no class {rule.class_name!r}")
     if n == 0:
-        return RuleState(
-            rule.id,
-            rule.label,
-            rule.class_name,
-            rule.above_percent,
-            None,
-            None,
-            "indeterminate",
-            None,
-            "no countable cells yet",
-        )
+        return without_percent("indeterminate", "no countable cells yet")
     low, high = wilson(k, n, confidence)
     percent = 100.0 * k / n
     ci = (100.0 * low, 100.0 * high)
