@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge.analysis.classify import Classifier
@@ -17,8 +16,9 @@ from edge.capture.decode import decode_image
 from edge.engines.bundle import Bundle, load_bundle
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from edge.errors import EdgeError
+from training.augment import eval_cell
 from training.metrics import classification_report, detection_report, plot_classification, plot_detection
-from training.readers import read_cell_folders, read_fields, split_samples
+from training.readers import FieldAnnotation, read_cell_folders, read_fields, split_samples
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,7 @@ def evaluate_cells(
     spec = bundle.manifest.classifier
     backend = OnnxRuntimeBackend(bundle.path(spec.file), threads=threads)
     classifier = Classifier(backend, len(bundle.manifest.classes), max_batch=32)
-    crops = np.stack(
-        [
-            cv2.resize(
-                decode_image(s.image.read_bytes(), s.image.name), (spec.crop_size,) * 2, interpolation=cv2.INTER_AREA
-            )
-            for s in samples
-        ]
-    )
+    crops = np.stack([eval_cell(decode_image(s.image.read_bytes(), s.image.name), spec.crop_size) for s in samples])
     p_countable, probs = classifier(crops)
     labels = np.array([mapping[s.label] for s in samples])
     report = classification_report(labels, probs, bundle.class_names)
@@ -78,6 +71,23 @@ def evaluate_cells(
     if out_dir:
         report["plots"] = [str(p) for p in plot_classification(report, probs, labels, out_dir)]
     return report
+
+
+def detect_fields(
+    bundle: Bundle, records: list[FieldAnnotation], labels: list[str] | None = None, threads: int = 0
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
+    """Every detection (no score threshold: AP needs the whole ranking) and the ground-truth
+    boxes of ``labels`` (default: the bundle's cell labels, matched case-insensitively)."""
+    spec = bundle.manifest.detector
+    wanted = {name.lower() for name in (labels or spec.cell_labels)}
+    detector = Detector(OnnxRuntimeBackend(bundle.path(spec.file), threads=threads), spec, score_threshold=0.0)
+    detections, truths = [], []
+    for record in records:
+        found = detector(decode_image(record.image.read_bytes(), record.image.name))
+        detections.append((found.boxes, found.scores))
+        boxes = [[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.label.lower() in wanted]
+        truths.append(np.array(boxes, np.float32).reshape(-1, 4))
+    return detections, truths
 
 
 def evaluate_fields(
@@ -93,24 +103,12 @@ def evaluate_fields(
     (default: the bundle's cell labels, matched case-insensitively)."""
     bundle = load_bundle(bundle_dir)
     spec = bundle.manifest.detector
-    wanted = {name.lower() for name in (labels or spec.cell_labels)}
     records = read_fields(fmt, data_dir)
     if split:
         records = [r for r in records if r.split == split]
         if not records:
             raise EdgeError(f"{data_dir}: no fields in split {split!r}")
-    backend = OnnxRuntimeBackend(bundle.path(spec.file), threads=threads)
-    detector = Detector(backend, spec, score_threshold=0.0)  # AP needs the whole ranking
-    detections, truths = [], []
-    for record in records:
-        image = decode_image(record.image.read_bytes(), record.image.name)
-        found = detector(image)
-        detections.append((found.boxes, found.scores))
-        truths.append(
-            np.array([[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.label.lower() in wanted], np.float32).reshape(
-                -1, 4
-            )
-        )
+    detections, truths = detect_fields(bundle, records, labels, threads)
     report = detection_report(detections, truths)
     at = spec.score_threshold
     kept = [(b[s >= at], s[s >= at]) for b, s in detections]

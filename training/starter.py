@@ -23,12 +23,11 @@ import numpy as np
 
 from build_engines.export import ExportRequest, export_bundle
 from edge.analysis.classify import Classifier
-from edge.analysis.detect import Detector
-from edge.capture.decode import decode_image
 from edge.engines.bundle import load_bundle, write_manifest
 from edge.engines.onnxruntime import OnnxRuntimeBackend
-from training.evaluate import evaluate_cells, evaluate_fields
-from training.metrics import classification_report, match_detections
+from training.augment import eval_cell
+from training.evaluate import detect_fields, evaluate_cells, evaluate_fields
+from training.metrics import classification_report, detection_pr, match_detections
 from training.pbc import PBC_WBC, pbc_classes
 from training.readers import read_yolo
 
@@ -78,38 +77,24 @@ def _recipe_record(run: dict) -> dict:
 
 def tune_score_threshold(bundle_dir: Path, txl: Path, split: str = "val") -> float:
     """The detector score that maximises F1 (IoU 0.5) on the validation fields."""
-    bundle = load_bundle(bundle_dir)
-    spec = bundle.manifest.detector
-    detector = Detector(OnnxRuntimeBackend(bundle.path(spec.file)), spec, score_threshold=0.0)
-    detections, truths = [], []
-    for record in (r for r in read_yolo(txl) if r.split == split):
-        found = detector(decode_image(record.image.read_bytes(), record.image.name))
-        detections.append((found.boxes, found.scores))
-        truths.append(np.array([[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.label == "WBC"]).reshape(-1, 4))
+    records = [r for r in read_yolo(txl) if r.split == split]
+    detections, truths = detect_fields(load_bundle(bundle_dir), records, ["WBC"])
     scores, hits, total = match_detections(detections, truths, 0.5)
-    order = np.argsort(-scores)
-    tp = np.cumsum(hits[order])
-    precision = tp / np.arange(1, len(order) + 1)
-    recall = tp / max(total, 1)
+    precision, recall = detection_pr(scores, hits, total)
+    ranked = scores[np.argsort(-scores, kind="stable")]  # the order detection_pr ranks in
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
     best = int(f1.argmax())
     log.info(
-        "detector threshold %.3f: precision %.3f recall %.3f on %s",
-        scores[order][best],
-        precision[best],
-        recall[best],
-        split,
+        "detector threshold %.3f: precision %.3f recall %.3f on %s", ranked[best], precision[best], recall[best], split
     )
-    return float(scores[order][best])
+    return float(ranked[best])
 
 
 def stage1_test(bundle_dir: Path, stage1_dir: Path) -> dict:
     bundle = load_bundle(bundle_dir)
     data = np.load(stage1_dir / "test_set.npz")  # never used for training or choosing
     spec = bundle.manifest.classifier
-    import cv2
-
-    crops = np.stack([cv2.resize(i, (spec.crop_size,) * 2, interpolation=cv2.INTER_AREA) for i in data["images"]])
+    crops = np.stack([eval_cell(i, spec.crop_size) for i in data["images"]])
     countable, _ = Classifier(OnnxRuntimeBackend(bundle.path(spec.file)), len(bundle.class_names))(crops)
     probs = np.stack([1 - countable, countable], axis=1)
     report = classification_report(data["labels"], probs, ["not_countable", "countable"])
@@ -191,7 +176,6 @@ def bundle_readme(manifest, size_mb: float) -> str:
 
 def _classifier_parts(pbc: Path, size: int):
     """PBC val crops (scoring) and train crops (batch-norm calibration), as evaluation sees them."""
-    import cv2
     import torch
 
     from training.loop import load_images
@@ -202,7 +186,7 @@ def _classifier_parts(pbc: Path, size: int):
 
     def crops(items):
         images = load_images([s.image for s in items], size)
-        return torch.from_numpy(np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in images]))
+        return torch.from_numpy(np.stack([eval_cell(i, size) for i in images]))
 
     val = (crops(splits["val"]), np.array([names.index(s.label) for s in splits["val"]]))
     calibration = crops(splits["train"][::4])
@@ -244,18 +228,11 @@ def choose_weights(args, weights: Path) -> dict:
         torch.save(state, weights / f"stage2_{i}.pt")
 
     data = np.load(args.stage1 / "val_set.npz")
-    s1_x, s1_y = torch.from_numpy(data["images"]), data["labels"]
+    s1_x = torch.from_numpy(np.stack([eval_cell(i, profile.crop_size) for i in data["images"]]))
+    s1_y = data["labels"]
     half = len(s1_y) // 2  # the first half calibrates, the second scores: no input does both
-    s1_batches = [s1_x[:half][i : i + 64] for i in range(0, half, 64)]
-    import cv2
-
-    def fit(x):
-        return torch.from_numpy(
-            np.stack([cv2.resize(i, (profile.crop_size,) * 2, interpolation=cv2.INTER_AREA) for i in x.numpy()])
-        )
-
-    s1_score_x = fit(s1_x[half:])
-    s1_batches = [fit(b) for b in s1_batches]
+    s1_batches = [s1_x[i : min(i + 64, half)] for i in range(0, half, 64)]
+    s1_score_x = s1_x[half:]
     state, choices["stage1"] = choose_checkpoint(
         lambda: build_classifier(profile.stage1, 2),
         args.stage1,
