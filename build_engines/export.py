@@ -38,6 +38,7 @@ from edge.engines.bundle import (
     ClassifierSpec,
     ClassSpec,
     DetectorSpec,
+    FileEntry,
     Parity,
     TensorSpec,
     file_entry,
@@ -50,6 +51,7 @@ from edge.errors import BundleError
 log = logging.getLogger(__name__)
 
 OPSET = 17
+TORCH_DIR = "torch"
 DETECTOR_FILE = "detector.onnx"
 CLASSIFIER_FILE = "classifier.onnx"
 CLASSIFIER_TOLERANCE = 1e-4  # probabilities
@@ -75,6 +77,7 @@ class ExportRequest:
     parity_images: Sequence[Path] = ()
     provenance: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    include_torch_weights: bool = True  # copy the state dicts into the bundle for the PyTorch backends
 
 
 def _load_weights(module: nn.Module, path: Path, what: str) -> None:
@@ -87,8 +90,20 @@ def _load_weights(module: nn.Module, path: Path, what: str) -> None:
         raise BundleError(f"{path} does not fit the {what}: {detail}") from None
 
 
-def build_models(request: ExportRequest) -> tuple[DetectorGraph, FusedClassifier, bool]:
-    """The two graphs to export, and whether any weights were loaded (False: untrained)."""
+WEIGHT_FILES = ("detector.pt", "stage1.pt")  # + stage2_<i>.pt per ensemble member
+
+
+def weight_files(profile: str) -> list[str]:
+    """The state-dict files of a profile's models, as training saves and bundles carry them."""
+    return [*WEIGHT_FILES, *(f"stage2_{i}.pt" for i in range(len(PROFILES[profile].stage2)))]
+
+
+def build_models(request: ExportRequest, require_all: bool = False) -> tuple[DetectorGraph, FusedClassifier, bool]:
+    """The two graphs to export, and whether any weights were loaded (False: untrained).
+
+    ``require_all``: every model must find its weights (a runtime backend must never run a
+    half-random ensemble); otherwise a missing file leaves that model random, with a warning.
+    """
     profile = PROFILES[request.profile]
     torch.manual_seed(request.seed)
     detector = build_detector(profile, num_classes=len(request.detector_labels) + 1)
@@ -109,6 +124,8 @@ def build_models(request: ExportRequest) -> tuple[DetectorGraph, FusedClassifier
             if path.is_file():
                 _load_weights(module, path, what)
                 trained = True
+            elif require_all:
+                raise BundleError(f"{path} is missing: the {what} has no weights")
             else:
                 log.warning("no %s in %s: that model keeps random weights", file, request.weights_dir)
     graphs = DetectorGraph(detector).eval(), FusedClassifier(stage1, members).eval()
@@ -227,6 +244,14 @@ def export_bundle(request: ExportRequest) -> Path:
                 inputs=f"3 random uint8 crops {crop}x{crop}; countable and probs",
             ),
         ]
+        files = {
+            DETECTOR_FILE: file_entry(staging / DETECTOR_FILE),
+            CLASSIFIER_FILE: file_entry(staging / CLASSIFIER_FILE),
+        }
+        torch_weights = None
+        if trained and request.include_torch_weights and request.weights_dir is not None:
+            torch_weights = TORCH_DIR
+            files.update(_copy_weights(request.weights_dir, staging, profile.name))
         manifest = BundleManifest(
             name=request.name,
             version=request.version,
@@ -268,10 +293,8 @@ def export_bundle(request: ExportRequest) -> Path:
                 stage1=profile.stage1,
                 stage2=list(profile.stage2),
             ),
-            files={
-                DETECTOR_FILE: file_entry(staging / DETECTOR_FILE),
-                CLASSIFIER_FILE: file_entry(staging / CLASSIFIER_FILE),
-            },
+            files=files,
+            torch_weights=torch_weights,
             parity=parity,
             provenance={
                 "weights": str(request.weights_dir) if trained else "random initialisation (untrained)",
@@ -299,3 +322,74 @@ def export_bundle(request: ExportRequest) -> Path:
         cls_diff,
     )
     return request.out_dir
+
+
+def _copy_weights(weights_dir: Path, bundle_dir: Path, profile: str) -> dict[str, FileEntry]:
+    """Copy the profile's state dicts into ``bundle_dir/torch``; their manifest entries."""
+    (bundle_dir / TORCH_DIR).mkdir(exist_ok=True)
+    entries = {}
+    for name in weight_files(profile):
+        source = weights_dir / name
+        if not source.is_file():
+            raise BundleError(f"{source} is missing: a bundle carries all of its models' weights or none")
+        shutil.copyfile(source, bundle_dir / TORCH_DIR / name)
+        entries[f"{TORCH_DIR}/{name}"] = file_entry(bundle_dir / TORCH_DIR / name)
+    return entries
+
+
+def attach_torch_weights(bundle_dir: Path, weights_dir: Path, parity_images: Sequence[Path] = ()) -> Path:
+    """Add the PyTorch state dicts a bundle was exported from, after checking they reproduce its ONNX files.
+
+    For bundles exported before bundles carried them. The same parity check as export: every
+    anchor's score and box, and the classifier on random crops; a mismatch adds nothing.
+    """
+    bundle = load_bundle(bundle_dir)
+    manifest = bundle.manifest
+    profile = PROFILES[manifest.profile]
+    request = ExportRequest(
+        out_dir=bundle_dir,
+        profile=manifest.profile,
+        classes=list(manifest.classes),
+        detector_labels=tuple(manifest.detector.labels),
+        weights_dir=weights_dir,
+    )
+    detector, classifier, _ = build_models(request, require_all=True)
+    rng = np.random.default_rng(0)
+    fields = _parity_fields(parity_images, rng, profile.detector_min_size, profile.detector_max_size)
+    score_diff, box_diff = _check_detector(detector, bundle.path(manifest.detector.file), fields)
+    crops = rng.integers(0, 256, size=(3, profile.crop_size, profile.crop_size, 3), dtype=np.uint8)
+    cls_diff = _check_classifier(classifier, bundle.path(manifest.classifier.file), crops)
+    entries = _copy_weights(weights_dir, bundle_dir, profile.name)
+    parity = [p for p in manifest.parity if p.model != TORCH_DIR]
+    parity.append(
+        Parity(
+            model=TORCH_DIR,
+            output=f"detector scores {score_diff:.2e}, boxes {box_diff:.3f} px; classifier {cls_diff:.2e}",
+            max_abs_diff=max(score_diff, cls_diff),
+            tolerance=SCORE_TOLERANCE,
+            inputs=f"{len(fields)} field(s), 3 random crops; weights reproduce the bundle's ONNX files",
+        )
+    )
+    updated = manifest.model_copy(
+        update={"files": {**manifest.files, **entries}, "torch_weights": TORCH_DIR, "parity": parity}
+    )
+    write_manifest(bundle_dir, updated)
+    load_bundle(bundle_dir)
+    log.info("attached PyTorch weights to %s (parity %.2e, %.3f px, %.2e)", bundle_dir, score_diff, box_diff, cls_diff)
+    return bundle_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Attach PyTorch weights to an exported bundle (parity-checked).")
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt")
+    parser.add_argument("--parity-images", type=Path, nargs="*", default=[])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    attach_torch_weights(args.bundle, args.weights, args.parity_images)
+
+
+if __name__ == "__main__":
+    main()

@@ -147,9 +147,16 @@ class FusedClassifier(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.prep(crops)
-        countable = torch.softmax(self.stage1(x), dim=1)[:, 1]
-        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+        return self.classify(self.prep(crops))
+
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised NCHW crops (any float dtype) -> (P(countable), class probabilities) in float32.
+
+        Softmax and the ensemble mean run in float32 whatever the networks' precision: in
+        FP16 a near-tie between two classes would otherwise be rounded away.
+        """
+        countable = torch.softmax(self.stage1(x).float(), dim=1)[:, 1]
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
         return countable, probs
 
 
@@ -175,14 +182,20 @@ class DetectorGraph(nn.Module):
         features = list(det.backbone(images.tensors).values())
         head = det.head(features)
         anchors = det.anchor_generator(images, features)[0]
-        boxes = det.box_coder.decode_single(head["bbox_regression"][0], anchors)
         resized_h, resized_w = images.image_sizes[0]
-        boxes = box_ops.clip_boxes_to_image(boxes, (resized_h, resized_w))
+        boxes, scores = self.decode(head, anchors, (resized_h, resized_w))
         scale = torch.stack(
             [
                 image.shape[2] / torch.tensor(resized_w, dtype=torch.float32),
                 image.shape[1] / torch.tensor(resized_h, dtype=torch.float32),
             ]
         ).repeat(2)
-        scores = torch.sigmoid(head["cls_logits"][0])[:, 1:]
         return boxes * scale, scores
+
+    def decode(
+        self, head: dict[str, torch.Tensor], anchors: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head outputs of one image -> (boxes clipped to ``size``, per-label scores), in float32."""
+        boxes = self.detector.box_coder.decode_single(head["bbox_regression"][0].float(), anchors)
+        boxes = box_ops.clip_boxes_to_image(boxes, size)
+        return boxes, torch.sigmoid(head["cls_logits"][0].float())[:, 1:]

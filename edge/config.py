@@ -22,6 +22,7 @@ ENV_PREFIX = "MARROW_EDGE__"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # The bundle that ships in the repo; an installed wheel points at it through the config.
 DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "lite-pbc"
+DEFAULT_SAMPLES = PACKAGE_ROOT.parent / "samples" / "fields"
 
 
 class _Strict(BaseModel):
@@ -29,8 +30,11 @@ class _Strict(BaseModel):
 
 
 class EngineConfig(_Strict):
-    backend: Literal["onnxruntime"] = Field(
-        "onnxruntime", description="Inference backend. TensorRT and PyTorch come with the gpu/train extras."
+    backend: Literal["onnxruntime", "torch", "tensorrt"] = Field(
+        "onnxruntime",
+        description="onnxruntime: the default, CPU or its CUDA/TensorRT providers. torch: the fused "
+        "field path on PyTorch (needs torch; CUDA for speed). tensorrt: engines built from the bundle "
+        "(needs TensorRT and cuda-python).",
     )
     providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
         default_factory=lambda: ["cpu"],
@@ -40,6 +44,28 @@ class EngineConfig(_Strict):
         False, description="Refuse to start when a requested provider is not the one that really runs."
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime; 0 lets it choose.")
+    device: Literal["cuda", "cpu"] = Field("cuda", description="Device of the torch and tensorrt backends.")
+    precision: Literal["fp16", "fp32"] = Field(
+        "fp16", description="Precision of the torch and tensorrt backends (fp16 needs a GPU)."
+    )
+    cuda_graphs: bool = Field(True, description="Replay the torch backend's networks as CUDA graphs.")
+    torch_weights: Path | None = Field(
+        None, description="Folder of PyTorch state dicts; None takes the bundle's torch/ folder."
+    )
+    verify: bool = Field(
+        True,
+        description="Compare a torch or tensorrt engine with ONNX Runtime FP32 on verify_fields before use "
+        "(tolerances from the bundle); a failure stops the start.",
+    )
+    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields for that check.")
+    engine_cache: Path = Field(
+        Path("/var/cache/marrow-edge/engines"), description="Where built TensorRT engines are kept."
+    )
+    on_engine_mismatch: Literal["rebuild", "refuse"] = Field(
+        "rebuild",
+        description="A cached engine built for another GPU, TensorRT, bundle or profile: "
+        "rebuild it, or refuse to start.",
+    )
 
 
 class AnalysisConfig(_Strict):

@@ -1,9 +1,16 @@
-"""One field in, one FieldResult out: detect -> crop -> classify -> countable decision."""
+"""One field in, one FieldResult out: detect -> crop -> classify -> countable decision.
+
+The model part (detector, crops, classifier) sits behind :class:`FieldModel`: the host
+path here runs two backends with crops cut on the CPU; the fused GPU path
+(``edge.engines.torch_fused``) keeps the field on the device. Both return
+:class:`FieldOutputs`; the countable decision and the result are the same for either.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -11,6 +18,60 @@ from edge.analysis.classify import Classifier
 from edge.analysis.crops import crop_cells
 from edge.analysis.detect import Detector
 from edge.engines.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class FieldOutputs:
+    """What the models say about one field, before any decision."""
+
+    boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in field pixels
+    scores: np.ndarray  # (K,) detector scores
+    p_countable: np.ndarray  # (K,) stage-1 P(countable)
+    probs: np.ndarray  # (K, C) stage-2 ensemble mean
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FieldModel(Protocol):
+    """Detector + crops + classifier on one backend family."""
+
+    name: str
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None) -> FieldOutputs:
+        """``boxes`` given: classify those instead of the detector's (benchmarks fix the cell count so)."""
+        ...
+
+
+class HostFieldModel:
+    """Detector and classifier backends with the crops cut on the host (ONNX Runtime on the CPU)."""
+
+    def __init__(self, detector: Detector, classifier: Classifier, crop_size: int, crop_margin: float) -> None:
+        self.detector = detector
+        self.classifier = classifier
+        self.crop_size = crop_size
+        self.crop_margin = crop_margin
+        self.name = detector.backend.name
+
+    @property
+    def providers(self) -> list[str]:
+        return self.detector.backend.providers
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None) -> FieldOutputs:
+        t0 = time.perf_counter()
+        detections = self.detector(image)
+        t1 = time.perf_counter()
+        if boxes is None:
+            boxes, scores = detections.boxes, detections.scores
+        else:
+            boxes, scores = np.asarray(boxes, np.float32), np.ones(len(boxes), np.float32)
+        crops = crop_cells(image, boxes, self.crop_size, self.crop_margin)
+        t2 = time.perf_counter()
+        p_countable, probs = self.classifier(crops)
+        t3 = time.perf_counter()
+        timings = {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3}
+        return FieldOutputs(boxes, scores, p_countable, probs, timings)
 
 
 @dataclass(frozen=True)
@@ -39,45 +100,28 @@ class FieldResult:
 
 
 class FieldAnalyzer:
-    """Everything the count path does to one field, on whatever backends it was given."""
+    """Everything the count path does to one field, on whatever model it was given."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        detector: Detector,
-        classifier: Classifier,
-        crop_margin: float | None = None,
-        countable_threshold: float | None = None,
-    ) -> None:
+    def __init__(self, bundle: Bundle, model: FieldModel, countable_threshold: float | None = None) -> None:
         spec = bundle.manifest.classifier
-        self.detector = detector
-        self.classifier = classifier
-        self.crop_size = spec.crop_size
-        self.crop_margin = spec.crop_margin if crop_margin is None else crop_margin
+        self.model = model
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])
 
     def __call__(self, image: np.ndarray, index: int = 0, source: str = "") -> FieldResult:
-        t0 = time.perf_counter()
-        detections = self.detector(image)
-        t1 = time.perf_counter()
-        crops = crop_cells(image, detections.boxes, self.crop_size, self.crop_margin)
-        t2 = time.perf_counter()
-        p_countable, probs = self.classifier(crops)
-        t3 = time.perf_counter()
-        winners = probs.argmax(axis=1) if len(probs) else np.empty(0, np.int64)
+        out = self.model(image)
+        winners = out.probs.argmax(axis=1) if len(out.probs) else np.empty(0, np.int64)
         cells = [
             Cell(
-                box=tuple(float(v) for v in detections.boxes[i]),  # type: ignore[arg-type]
-                detector_score=float(detections.scores[i]),
+                box=tuple(float(v) for v in out.boxes[i]),  # type: ignore[arg-type]
+                detector_score=float(out.scores[i]),
                 class_name=self.class_names[winners[i]],
-                class_probability=float(probs[i, winners[i]]),
-                probabilities=probs[i],
-                p_countable=float(p_countable[i]),
-                countable=bool(p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]),
+                class_probability=float(out.probs[i, winners[i]]),
+                probabilities=out.probs[i],
+                p_countable=float(out.p_countable[i]),
+                countable=bool(out.p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]),
             )
             for i in range(len(winners))
         ]
-        timings = {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3}
-        return FieldResult(index, source, image.shape[1], image.shape[0], cells, timings)
+        return FieldResult(index, source, image.shape[1], image.shape[0], cells, dict(out.timings_ms))

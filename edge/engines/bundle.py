@@ -104,6 +104,22 @@ class Parity(_Strict):
     inputs: str
 
 
+class VerificationSpec(_Strict):
+    """How close another runtime or precision (TensorRT, FP16, PyTorch CUDA) must stay to ONNX
+    Runtime FP32 on fixed real fields before the appliance uses it."""
+
+    box_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU at which two runtimes' boxes are the same cell.")
+    min_detection_agreement: float = Field(
+        0.95, ge=0.0, le=1.0, description="Matched boxes over the larger of the two box counts, all fields together."
+    )
+    min_class_agreement: float = Field(
+        0.95, ge=0.0, le=1.0, description="Same winning class on the same crops (reference boxes)."
+    )
+    max_probability_diff: float = Field(
+        0.05, gt=0.0, le=1.0, description="Largest difference of any class probability or P(countable)."
+    )
+
+
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -121,6 +137,12 @@ class BundleManifest(_Strict):
     classifier: ClassifierSpec
     files: dict[str, FileEntry]
     parity: list[Parity] = Field(default_factory=list)
+    verification: VerificationSpec = Field(default_factory=VerificationSpec)
+    torch_weights: str | None = Field(
+        None,
+        description="Folder in the bundle with the PyTorch state dicts the ONNX files were exported from "
+        "(detector.pt, stage1.pt, stage2_<i>.pt), for the PyTorch backends; every file is listed in files.",
+    )
     provenance: dict[str, Any] = Field(
         default_factory=dict, description="Training data, recipe, metrics, commit, tool versions."
     )

@@ -10,15 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge import __version__
-from edge.analysis.classify import Classifier
-from edge.analysis.detect import Detector
 from edge.analysis.field import FieldAnalyzer, FieldResult
 from edge.capture.source import CameraSource
 from edge.config import AppConfig
 from edge.counting.rules import RulePack, load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
-from edge.engines.onnxruntime import OnnxRuntimeBackend
+from edge.engines.field_models import build_field_model
 from edge.errors import PublishError
 from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
 from edge.mqtt.publisher import Publisher
@@ -51,16 +49,8 @@ class Appliance:
 def build_appliance(config: AppConfig) -> Appliance:
     bundle = load_bundle(config.bundle)
     manifest = bundle.manifest
-    engine = config.engine
-    backends = [
-        OnnxRuntimeBackend(bundle.path(spec.file), engine.providers, engine.threads, engine.require_providers)
-        for spec in (manifest.detector, manifest.classifier)
-    ]
-    detector = Detector(backends[0], manifest.detector, config.analysis.score_threshold)
-    classifier = Classifier(backends[1], len(manifest.classes), config.analysis.max_batch)
-    analyzer = FieldAnalyzer(
-        bundle, detector, classifier, config.analysis.crop_margin, config.analysis.countable_threshold
-    )
+    model, _ = build_field_model(bundle, config)
+    analyzer = FieldAnalyzer(bundle, model, config.analysis.countable_threshold)
     # Warm up: the first run of a session allocates and plans; keep that out of the first field.
     analyzer(np.full((256, 256, 3), 200, np.uint8))
     provenance = Provenance(
@@ -68,8 +58,8 @@ def build_appliance(config: AppConfig) -> Appliance:
         bundle=BundleRef(
             name=manifest.name, version=manifest.version, hash=bundle.short_hash, untrained=manifest.untrained
         ),
-        backend=backends[0].name,
-        providers=backends[0].providers,
+        backend=model.name,
+        providers=model.providers,
     )
     if manifest.untrained:
         log.warning("bundle %s is UNTRAINED (random weights): counts exercise the system, nothing more", manifest.name)

@@ -16,6 +16,7 @@ def small_bundle(tmp_path, bundle_dir):
     root.mkdir()
     manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text())
     for name in manifest["files"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"model bytes of " + name.encode())
         manifest["files"][name] = file_entry(root / name).model_dump()
     (root / MANIFEST_NAME).write_text(json.dumps(manifest))
@@ -38,6 +39,13 @@ def test_missing_manifest(tmp_path):
 def test_missing_file(small_bundle):
     (small_bundle / "detector.onnx").unlink()
     with pytest.raises(BundleError, match=r"file detector\.onnx is missing"):
+        load_bundle(small_bundle)
+
+
+def test_tampered_torch_weights_are_refused(small_bundle):
+    with (small_bundle / "torch" / "stage2_1.pt").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match=r"torch/stage2_1\.pt does not match its manifest"):
         load_bundle(small_bundle)
 
 

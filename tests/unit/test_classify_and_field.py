@@ -3,7 +3,7 @@ import pytest
 
 from edge.analysis.classify import Classifier
 from edge.analysis.detect import Detector
-from edge.analysis.field import FieldAnalyzer
+from edge.analysis.field import FieldAnalyzer, HostFieldModel
 from edge.engines.bundle import load_bundle
 from edge.engines.fake import FakeClassifierBackend, FakeDetectorBackend
 
@@ -43,7 +43,8 @@ def test_field_analyzer_countable_decision(bundle):
         probs[1] = np.roll(probs[1], second - first)  # the second cell is of the second class
         return np.array([0.9, 0.95, 0.2])[: len(crops)], probs
 
-    analyzer = FieldAnalyzer(bundle, detector, Classifier(FakeClassifierBackend(fn), len(names)), 0.1, 0.5)
+    model = HostFieldModel(detector, Classifier(FakeClassifierBackend(fn), len(names)), 32, 0.1)
+    analyzer = FieldAnalyzer(bundle, model, 0.5)
     result = analyzer(np.zeros((300, 300, 3), np.uint8), index=4, source="f.jpg")
     assert (result.index, result.source, result.width, result.height) == (4, "f.jpg", 300, 300)
     assert [c.class_name for c in result.cells] == [names[0], names[1], names[0]]

@@ -1,0 +1,152 @@
+"""Choose, build and verify the field model the config asks for.
+
+onnxruntime: the host path (default, CPU or ORT's CUDA/TensorRT providers).
+torch: the fused field path on PyTorch (CUDA FP16 with CUDA graphs, or the CPU in FP32).
+tensorrt: engines built from the bundle's ONNX files, cached per GPU and TensorRT version.
+Every engine other than ONNX Runtime FP32 is compared with it on real fields before use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.analysis.classify import Classifier
+from edge.analysis.detect import Detector
+from edge.analysis.field import FieldModel, HostFieldModel
+from edge.capture.replay import open_replay
+from edge.config import AppConfig
+from edge.engines.bundle import Bundle
+from edge.engines.onnxruntime import OnnxRuntimeBackend
+from edge.engines.verify import VerificationReport, verify_model
+from edge.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendAvailability:
+    name: str
+    available: bool
+    devices: tuple[str, ...]
+    why_not: str = ""
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> list[BackendAvailability]:
+    """What this machine can run, without initialising CUDA more than a device count."""
+    result = [BackendAvailability("onnxruntime", True, ("cpu",))]
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" in providers:
+        result[0] = BackendAvailability("onnxruntime", True, ("cpu", "cuda"))
+    if _has("torch") and _has("torchvision"):
+        import torch
+
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        result.append(BackendAvailability("torch", True, devices))
+    else:
+        result.append(BackendAvailability("torch", False, (), "torch/torchvision not installed (the train extra)"))
+    if _has("tensorrt") and _has("cuda"):
+        result.append(BackendAvailability("tensorrt", True, ("cuda",)))
+    else:
+        missing = [m for m, name in (("tensorrt", "tensorrt"), ("cuda", "cuda-python")) if not _has(m)]
+        result.append(BackendAvailability("tensorrt", False, (), f"not installed: {', '.join(missing)}"))
+    return result
+
+
+def require_backend(name: str, device: str) -> None:
+    """A clear error naming what is available when ``name`` on ``device`` is not."""
+    backends = available_backends()
+    listing = "; ".join(
+        f"{b.name} ({', '.join(b.devices)})" if b.available else f"{b.name} (unavailable: {b.why_not})"
+        for b in backends
+    )
+    chosen = next(b for b in backends if b.name == name)
+    if not chosen.available:
+        raise EngineError(f"backend {name} is not available here: {chosen.why_not}. Available: {listing}")
+    if name != "onnxruntime" and device not in chosen.devices:
+        raise EngineError(f"backend {name} cannot run on {device} here. Available: {listing}")
+
+
+def onnxruntime_model(bundle: Bundle, config: AppConfig, providers: list | None = None) -> HostFieldModel:
+    manifest = bundle.manifest
+    engine = config.engine
+    backends = [
+        OnnxRuntimeBackend(
+            bundle.path(spec.file), providers or engine.providers, engine.threads, engine.require_providers
+        )
+        for spec in (manifest.detector, manifest.classifier)
+    ]
+    detector = Detector(backends[0], manifest.detector, config.analysis.score_threshold)
+    classifier = Classifier(backends[1], len(manifest.classes), config.analysis.max_batch)
+    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, config))
+
+
+def _margin(bundle: Bundle, config: AppConfig) -> float:
+    margin = config.analysis.crop_margin
+    return bundle.manifest.classifier.crop_margin if margin is None else margin
+
+
+def torch_model(bundle: Bundle, config: AppConfig) -> FieldModel:
+    from edge.engines.torch_fused import TorchFusedFieldModel, load_torch_models
+
+    engine = config.engine
+    detector, classifier = load_torch_models(bundle, engine.torch_weights)
+    return TorchFusedFieldModel(
+        detector,
+        classifier,
+        bundle.manifest.detector,
+        bundle.manifest.classifier,
+        device=engine.device,
+        precision=engine.precision,
+        cuda_graphs=engine.cuda_graphs,
+        max_batch=max(config.analysis.max_batch, 1),
+        score_threshold=config.analysis.score_threshold,
+        crop_margin=_margin(bundle, config),
+    )
+
+
+def tensorrt_model(bundle: Bundle, config: AppConfig) -> HostFieldModel:
+    from build_engines.tensorrt import ensure_engines
+
+    from edge.engines.tensorrt import TensorRTBackend
+
+    engine = config.engine
+    plans = ensure_engines(bundle, engine.engine_cache, engine.precision, engine.on_engine_mismatch)
+    manifest = bundle.manifest
+    detector = Detector(TensorRTBackend(plans["detector"]), manifest.detector, config.analysis.score_threshold)
+    classifier = Classifier(
+        TensorRTBackend(plans["classifier"]), len(manifest.classes), min(config.analysis.max_batch, 64)
+    )
+    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, config))
+
+
+def verification_fields(config: AppConfig) -> list[np.ndarray]:
+    fields = [f.image for f in open_replay(config.engine.verify_fields).frames() if f.image is not None]
+    if not fields:
+        raise EngineError(f"engine.verify_fields {config.engine.verify_fields} holds no readable field")
+    return fields
+
+
+def build_field_model(bundle: Bundle, config: AppConfig) -> tuple[FieldModel, VerificationReport | None]:
+    engine = config.engine
+    require_backend(engine.backend, engine.device)
+    if engine.backend == "onnxruntime":
+        return onnxruntime_model(bundle, config), None
+    model = torch_model(bundle, config) if engine.backend == "torch" else tensorrt_model(bundle, config)
+    if not engine.verify:
+        log.warning("engine.verify is off: %s runs without a comparison with ONNX Runtime FP32", model.name)
+        return model, None
+    reference = onnxruntime_model(bundle, config, providers=["cpu"])
+    return model, verify_model(model, reference, verification_fields(config), bundle.manifest.verification)

@@ -1,0 +1,122 @@
+"""The fused PyTorch field path on the CPU (FP32): the same cells as ONNX Runtime, on real fields."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch backend needs the train extra (torch)")
+
+from benchmarks.fields import compose_field  # noqa: E402
+from edge.analysis.crops import crop_cells  # noqa: E402
+from edge.config import AppConfig  # noqa: E402
+from edge.engines.bundle import load_bundle  # noqa: E402
+from edge.engines.field_models import (  # noqa: E402
+    build_field_model,
+    onnxruntime_model,
+    torch_model,
+    verification_fields,
+)
+from edge.engines.torch_fused import TorchFusedFieldModel, bucket, fitted_size, load_torch_models  # noqa: E402
+from edge.engines.verify import compare_models  # noqa: E402
+from edge.errors import EngineError  # noqa: E402
+
+CPU = {"backend": "torch", "device": "cpu", "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def fused(bundle):
+    return torch_model(bundle, AppConfig(engine=CPU))
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    return onnxruntime_model(bundle, AppConfig())
+
+
+def test_fused_cpu_matches_onnxruntime_on_the_sample_fields(bundle, fused, reference):
+    report = compare_models(fused, reference, verification_fields(AppConfig()), bundle.manifest.verification)
+    assert report.reference_boxes >= 8 and report.matched_boxes == report.reference_boxes
+    assert report.class_agreement == 1.0
+    assert report.max_probability_diff < 0.02, report  # resize/crop arithmetic differs, the cells do not
+
+
+def test_fused_cpu_on_thirty_real_cells(fused, reference):
+    image, boxes = compose_field(30, 720, 960, seed=3)
+    ours, theirs = fused(image, boxes), reference(image, boxes)
+    assert ours.probs.shape == theirs.probs.shape == (30, 10)
+    agreement = (ours.probs.argmax(1) == theirs.probs.argmax(1)).mean()
+    assert agreement >= 0.9, agreement
+    assert np.abs(ours.p_countable - theirs.p_countable).max() < 0.1
+
+
+def test_device_crops_match_host_crops_at_the_border(bundle):
+    """RoIAlign on a replicate-padded frame against OpenCV crops, a box cut by the field edge included."""
+    detector, classifier = load_torch_models(bundle)
+    spec = bundle.manifest.classifier
+    model = TorchFusedFieldModel(detector, classifier, bundle.manifest.detector, spec, "cpu", "fp32", False)
+    rng = np.random.default_rng(0)
+    image = (rng.random((300, 400, 3)) * 40 + np.linspace(0, 200, 400)[None, :, None]).astype(np.uint8)
+    boxes = np.array([[100, 80, 220, 200], [0, 0, 90, 70], [330, 240, 400, 300]], np.float32)
+    host = crop_cells(image, boxes, spec.crop_size, spec.crop_margin).astype(np.float32)
+    with torch.no_grad():
+        frame = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        normalised = model._crop(frame, torch.from_numpy(boxes))
+    device = (normalised * model._std + model._mean).permute(0, 2, 3, 1).numpy()
+    assert device.shape == host.shape
+    assert np.abs(device - host).mean() < 3.0  # grey levels out of 255
+    assert np.abs(device - host).max() < 40.0
+
+
+def test_empty_field_gives_no_cells(fused):
+    out = fused(np.full((480, 640, 3), 235, np.uint8))
+    assert out.boxes.shape == (0, 4) and out.probs.shape == (0, 10)
+
+
+def test_fp16_on_the_cpu_is_refused(bundle):
+    with pytest.raises(EngineError, match="fp16 needs a CUDA device"):
+        torch_model(bundle, AppConfig(engine={**CPU, "precision": "fp16"}))
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(bundle):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(EngineError, match=r"backend torch cannot run on cuda here\. Available: onnxruntime"):
+        build_field_model(bundle, AppConfig(engine={"backend": "torch", "device": "cuda"}))
+
+
+def test_tensorrt_unavailable_names_what_is(bundle):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(EngineError, match=r"backend tensorrt is not available here: not installed: tensorrt.*torch"):
+        build_field_model(bundle, AppConfig(engine={"backend": "tensorrt"}))
+
+
+def test_appliance_on_the_torch_backend_verifies_before_use(bundle, caplog):
+    caplog.set_level("INFO")
+    model, report = build_field_model(bundle, AppConfig(engine=CPU))
+    assert report is not None and report.passed and report.cells_compared >= 8
+    assert model.name == "torch-cpu-fp32"
+    assert "verified torch-cpu-fp32 against onnxruntime" in caplog.text
+
+
+def test_bundle_without_torch_weights_is_refused(bundle, tmp_path):
+    plain = bundle.manifest.model_copy(update={"torch_weights": None})
+    bare = type(bundle)(root=tmp_path, manifest=plain, digest=bundle.digest)
+    with pytest.raises(EngineError, match="carries no PyTorch weights"):
+        load_torch_models(bare)
+
+
+def test_helpers():
+    assert [bucket(n) for n in (1, 2, 3, 17, 64, 65)] == [1, 2, 4, 32, 64, 65]
+    assert fitted_size(1440, 1920, 384, 640) == (384, 512)
+    assert fitted_size(366, 369, 384, 640) == (384, 387)
+    assert fitted_size(100, 200, None, None) == (100, 200)

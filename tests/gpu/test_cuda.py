@@ -1,0 +1,109 @@
+"""GPU paths, run by benchmarks/gpu_check.sh on a CUDA machine; skipped (with the reason) elsewhere.
+
+TensorRT and ONNX Runtime's CUDA provider are tested where they are installed; this project's
+GPU machines have neither (see the README's backend table), so those tests skip there too.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the GPU paths need torch (the train extra)")
+
+from benchmarks.fields import compose_field  # noqa: E402
+from edge.config import AppConfig  # noqa: E402
+from edge.engines.bundle import load_bundle  # noqa: E402
+from edge.engines.field_models import (  # noqa: E402
+    build_field_model,
+    onnxruntime_model,
+    torch_model,
+    verification_fields,
+)
+from edge.engines.verify import compare_models  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
+
+CUDA = {"backend": "torch", "device": "cuda", "precision": "fp16", "cuda_graphs": True}
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def fp16_graphs(bundle):
+    return torch_model(bundle, AppConfig(engine=CUDA))
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    return onnxruntime_model(bundle, AppConfig())
+
+
+def test_fp16_graphs_match_onnxruntime_fp32_on_real_fields(bundle, fp16_graphs, reference):
+    report = compare_models(fp16_graphs, reference, verification_fields(AppConfig()), bundle.manifest.verification)
+    print("verification", report.as_dict())
+    assert report.passed, report.failures
+    assert report.class_agreement == 1.0
+
+
+def test_fp16_on_sixty_real_cells_agrees_with_onnxruntime(fp16_graphs, reference):
+    image, boxes = compose_field(60, 1440, 1920, seed=7)
+    ours, theirs = fp16_graphs(image, boxes), reference(image, boxes)
+    agreement = float((ours.probs.argmax(1) == theirs.probs.argmax(1)).mean())
+    diff = float(np.abs(ours.probs - theirs.probs).max())
+    print(f"60 cells: class agreement {agreement:.3f}, max probability difference {diff:.4f}")
+    assert agreement >= 0.9 and diff < 0.2
+
+
+def test_cuda_graphs_replay_what_eager_computes(bundle, fp16_graphs):
+    eager = torch_model(bundle, AppConfig(engine={**CUDA, "cuda_graphs": False}))
+    for n in (1, 3, 30, 70):  # buckets 1, 4, 32 and 64 + 8: padding must not leak into real crops
+        image, boxes = compose_field(n, 720, 960, seed=n)
+        a, b = fp16_graphs(image, boxes), eager(image, boxes)
+        assert a.probs.shape == (n, 10)
+        np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)
+        np.testing.assert_allclose(a.p_countable, b.p_countable, atol=2e-3)
+    assert fp16_graphs.graph_failures == []
+    assert set(fp16_graphs._classifier_graphs) >= {1, 4, 8, 32, 64}
+
+
+def test_detections_match_between_graph_replays(fp16_graphs):
+    image = verification_fields(AppConfig())[0]
+    first, second = fp16_graphs(image), fp16_graphs(image)
+    np.testing.assert_array_equal(first.boxes, second.boxes)
+    assert len(first.boxes) >= 1
+
+
+def test_appliance_on_cuda_verifies_and_reports_the_gpu(bundle):
+    model, report = build_field_model(bundle, AppConfig(engine=CUDA))
+    assert report is not None and report.passed
+    assert torch.cuda.get_device_name(0) in model.providers[0]
+
+
+def test_only_boxes_and_probabilities_come_down(bundle, fp16_graphs):
+    """The crops stay on the device: the host receives (K, 4) boxes and (K, C) probabilities only."""
+    image, boxes = compose_field(30, 1440, 1920, seed=1)
+    out = fp16_graphs(image, boxes)
+    assert out.boxes.shape == (30, 4) and out.probs.shape == (30, 10) and out.p_countable.shape == (30,)
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in (out.boxes, out.probs))
+
+
+def test_onnxruntime_cuda_provider(bundle):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed (too large to carry to this project's GPU machines)")
+    config = AppConfig(engine={"providers": ["cuda"], "require_providers": True})
+    model = onnxruntime_model(bundle, config)
+    assert model.providers[0] == "CUDAExecutionProvider"
+
+
+def test_tensorrt_engine_builds_and_verifies(bundle, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installable here (NVIDIA's index is unreachable)")
+    config = AppConfig(engine={"backend": "tensorrt", "engine_cache": tmp_path})
+    model, report = build_field_model(bundle, config)
+    assert report is not None and report.passed and model.name == "tensorrt"
