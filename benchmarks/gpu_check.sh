@@ -47,8 +47,9 @@ cat "$out/machine.txt"
 tag=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-') if torch.cuda.is_available() else 'cpu')")
 
 echo "== GPU tests"
+# shellcheck disable=SC2086  # GPU_TESTS is a list of paths
 timeout "${GPU_TEST_TIMEOUT:-240}" python3 -m pytest -q -rs -s -p no:cacheprovider \
-    tests/gpu tests/engines tests/unit/test_verify.py 2>&1 | tee "$out/gpu-tests.log"
+    ${GPU_TESTS:-tests/gpu tests/engines tests/unit/test_verify.py} 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmark"

@@ -186,8 +186,8 @@ class DetectorGraph(nn.Module):
         boxes, scores = self.decode(head, anchors, (resized_h, resized_w))
         scale = torch.stack(
             [
-                image.shape[2] / torch.tensor(resized_w, dtype=torch.float32),
-                image.shape[1] / torch.tensor(resized_h, dtype=torch.float32),
+                image.shape[2] / torch.tensor(resized_w, dtype=torch.float32, device=image.device),
+                image.shape[1] / torch.tensor(resized_h, dtype=torch.float32, device=image.device),
             ]
         ).repeat(2)
         return boxes * scale, scores

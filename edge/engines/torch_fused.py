@@ -44,6 +44,36 @@ def fitted_size(height: int, width: int, min_size: int | None, max_size: int | N
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def decode_boxes(
+    rel_codes: torch.Tensor, anchors: torch.Tensor, weights: Sequence[float], clip: float, size: tuple[int, int]
+) -> torch.Tensor:
+    """torchvision's ``BoxCoder.decode_single`` + ``clip_boxes_to_image`` without host tensors.
+
+    torchvision builds ``torch.tensor(0.5, device=...)`` inside, a host-to-device copy that
+    CUDA graph capture refuses; python scalars keep the same arithmetic capturable.
+    """
+    widths = anchors[:, 2] - anchors[:, 0]
+    heights = anchors[:, 3] - anchors[:, 1]
+    ctr_x = anchors[:, 0] + 0.5 * widths
+    ctr_y = anchors[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx, dy = rel_codes[:, 0] / wx, rel_codes[:, 1] / wy
+    dw = torch.clamp(rel_codes[:, 2] / ww, max=clip)
+    dh = torch.clamp(rel_codes[:, 3] / wh, max=clip)
+    pred_x, pred_y = dx * widths + ctr_x, dy * heights + ctr_y
+    half_w, half_h = 0.5 * torch.exp(dw) * widths, 0.5 * torch.exp(dh) * heights
+    height, width = size
+    return torch.stack(
+        (
+            (pred_x - half_w).clamp(0, width),
+            (pred_y - half_h).clamp(0, height),
+            (pred_x + half_w).clamp(0, width),
+            (pred_y + half_h).clamp(0, height),
+        ),
+        dim=1,
+    )
+
+
 def bucket(n: int, buckets: Sequence[int] = BATCH_BUCKETS) -> int:
     """The smallest bucket that holds ``n`` crops (``n`` itself beyond the largest)."""
     return next((b for b in buckets if b >= n), n)
@@ -82,6 +112,7 @@ class TorchFusedFieldModel:
         device: str = "cuda",
         precision: Precision = "fp16",
         cuda_graphs: bool = True,
+        parallel_members: bool = True,
         max_batch: int = 64,
         score_threshold: float | None = None,
         crop_margin: float | None = None,
@@ -100,7 +131,11 @@ class TorchFusedFieldModel:
         self.crop_margin = classifier_spec.crop_margin if crop_margin is None else crop_margin
         self.max_batch = max_batch
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        # The ensemble's networks run side by side on their own streams inside the classifier's
+        # CUDA graph: at a field's batch size one network leaves most of a large GPU idle.
+        self.parallel_members = parallel_members and self.cuda_graphs
         self.name = f"torch-{self.device.type}-{precision}" + ("-graphs" if self.cuda_graphs else "")
+        self._streams: list[torch.cuda.Stream] = []
         self._cell_columns = torch.tensor(
             [detector_spec.labels.index(n) for n in detector_spec.cell_labels], device=self.device
         )
@@ -120,7 +155,8 @@ class TorchFusedFieldModel:
     @property
     def providers(self) -> list[str]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return [f"torch:{self.device.type}:{name}:{self.precision}" + (":cuda-graphs" if self.cuda_graphs else "")]
+        extras = (":cuda-graphs" if self.cuda_graphs else "") + (":parallel-members" if self.parallel_members else "")
+        return [f"torch:{self.device.type}:{name}:{self.precision}{extras}"]
 
     # -- stages -------------------------------------------------------------------------
     def _upload(self, image: np.ndarray) -> torch.Tensor:
@@ -157,10 +193,14 @@ class TorchFusedFieldModel:
         anchors = self._anchors_for(x, size)
         graph_det = self.detector
 
+        det = graph_det.detector
+        coder = det.box_coder
+
         def heads(inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            det = graph_det.detector
             head = det.head(list(det.backbone(inp).values()))
-            return graph_det.decode(head, anchors, size)
+            rel = head["bbox_regression"][0].float()
+            boxes = decode_boxes(rel, anchors, coder.weights, coder.bbox_xform_clip, size)
+            return boxes, torch.sigmoid(head["cls_logits"][0].float())[:, 1:]
 
         if not self.cuda_graphs:
             return heads(x)
@@ -227,15 +267,37 @@ class TorchFusedFieldModel:
             graphed = self._classifier_graphs.get(size)
             if graphed is None:
                 try:
-                    graphed = self._classifier_graphs[size] = _Graphed(self.classifier.classify, chunk)
+                    graphed = self._classifier_graphs[size] = _Graphed(self._classify_graph_body, chunk)
                 except RuntimeError as exc:
-                    self._graph_failed(f"classifier batch {size}: {exc}")
-                    self.cuda_graphs = False
+                    self._graph_failed(f"classifier batch {size} (parallel={self.parallel_members}): {exc}")
+                    if self.parallel_members:
+                        self.parallel_members = False
+                    else:
+                        self.cuda_graphs = False
+                    self._classifier_graphs.clear()
                     return self._classify(crops)
             c, p = graphed(chunk)
             countable.append(c[:n].clone())
             probs.append(p[:n].clone())
         return torch.cat(countable), torch.cat(probs)
+
+    def _classify_graph_body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.parallel_members:
+            return self.classifier.classify(x)
+        nets = [self.classifier.stage1, *self.classifier.members]
+        if not self._streams:
+            self._streams = [torch.cuda.Stream(self.device) for _ in nets]
+        current = torch.cuda.current_stream(self.device)
+        logits = []
+        for net, stream in zip(nets, self._streams, strict=True):
+            stream.wait_stream(current)  # fork: x is ready
+            with torch.cuda.stream(stream):
+                logits.append(net(x))
+        for stream in self._streams:
+            current.wait_stream(stream)  # join before the softmax and mean
+        countable = torch.softmax(logits[0].float(), dim=1)[:, 1]
+        probs = torch.stack([torch.softmax(v.float(), dim=1) for v in logits[1:]]).mean(dim=0)
+        return countable, probs
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -120,3 +120,18 @@ def test_helpers():
     assert fitted_size(1440, 1920, 384, 640) == (384, 512)
     assert fitted_size(366, 369, 384, 640) == (384, 387)
     assert fitted_size(100, 200, None, None) == (100, 200)
+
+
+def test_capturable_box_decoding_equals_torchvision(bundle):
+    from torchvision.ops import boxes as box_ops
+
+    from edge.engines.torch_fused import decode_boxes
+
+    coder = load_torch_models(bundle)[0].detector.box_coder
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.rand(500, 2, generator=generator) * 300
+    anchors = torch.cat([anchors, anchors + 20 + torch.rand(500, 2, generator=generator) * 100], dim=1)
+    rel = torch.randn(500, 4, generator=generator) * 2  # large enough to hit the exp clip and the borders
+    expected = box_ops.clip_boxes_to_image(coder.decode_single(rel, anchors), (320, 400))
+    ours = decode_boxes(rel, anchors, coder.weights, coder.bbox_xform_clip, (320, 400))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
