@@ -20,7 +20,7 @@ from edge.analysis.field import FieldModel, HostFieldModel
 from edge.capture.replay import open_replay
 from edge.config import AppConfig
 from edge.engines.bundle import Bundle
-from edge.engines.onnxruntime import OnnxRuntimeBackend
+from edge.engines.onnxruntime import OnnxRuntimeBackend, provider_options
 from edge.engines.verify import VerificationReport, verify_model
 from edge.errors import EngineError
 
@@ -82,9 +82,10 @@ def require_backend(name: str, device: str) -> None:
 def onnxruntime_model(bundle: Bundle, config: AppConfig, providers: list | None = None) -> HostFieldModel:
     manifest = bundle.manifest
     engine = config.engine
+    options = provider_options(engine.precision, engine.engine_cache)
     backends = [
         OnnxRuntimeBackend(
-            bundle.path(spec.file), providers or engine.providers, engine.threads, engine.require_providers
+            bundle.path(spec.file), providers or engine.providers, engine.threads, engine.require_providers, options
         )
         for spec in (manifest.detector, manifest.classifier)
     ]
@@ -119,7 +120,6 @@ def torch_model(bundle: Bundle, config: AppConfig) -> FieldModel:
 
 def tensorrt_model(bundle: Bundle, config: AppConfig) -> HostFieldModel:
     from build_engines.tensorrt import ensure_engines
-
     from edge.engines.tensorrt import TensorRTBackend
 
     engine = config.engine

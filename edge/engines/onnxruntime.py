@@ -24,6 +24,23 @@ _ORT_NAMES: dict[str, str] = {
 }
 
 
+_SHORT = {v: k for k, v in _ORT_NAMES.items()}
+
+
+def provider_options(precision: str, cache: Path) -> dict[str, dict[str, str | int | bool]]:
+    """Options of the GPU providers (documented names of ONNX Runtime's TensorRT and CUDA EPs)."""
+    return {
+        "tensorrt": {
+            "trt_fp16_enable": precision == "fp16",
+            "trt_engine_cache_enable": True,  # ORT keys its cache by graph, GPU and TensorRT version
+            "trt_engine_cache_path": str(cache / "onnxruntime-trt"),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache / "onnxruntime-trt"),
+        },
+        "cuda": {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True},
+    }
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -33,6 +50,7 @@ class OnnxRuntimeBackend:
         providers: list[ProviderName] | None = None,
         threads: int = 0,
         require_providers: bool = False,
+        provider_options: dict[str, dict[str, str | int | bool]] | None = None,
     ) -> None:
         import onnxruntime as ort  # lazy: keeps `marrow-edge --help` fast
 
@@ -50,8 +68,13 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
+            chosen = [p for p in wanted if p in available]
+            options_for = provider_options or {}
             self._session = ort.InferenceSession(
-                str(model), sess_options=options, providers=[p for p in wanted if p in available]
+                str(model),
+                sess_options=options,
+                providers=chosen,
+                provider_options=[options_for.get(_SHORT[p], {}) for p in chosen],
             )
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             raise EngineError(f"ONNX Runtime cannot load {model}: {exc}") from None

@@ -1,0 +1,159 @@
+"""The TensorRT build orchestration without TensorRT: cache keys, sidecars, stale and tampered
+plans, verification that refuses a wrong engine, and the FP16 graph TensorRT 11 needs.
+
+The builder and the engine runner are replaced by stand-ins here (TensorRT cannot be installed
+on these machines); the plan bytes stand-in is the ONNX file itself, run by ONNX Runtime.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.engines.bundle import load_bundle
+from edge.engines.engine_cache import EngineKey, find_plan, plan_paths, store_plan
+from edge.engines.onnxruntime import OnnxRuntimeBackend
+from edge.errors import EngineError
+
+
+def key(**change):
+    base = {
+        "model": "classifier",
+        "onnx_sha256": "a" * 64,
+        "gpu_name": "NVIDIA H200",
+        "compute_capability": "9.0",
+        "tensorrt_version": "10.13.0",
+        "precision": "fp16",
+        "strongly_typed": False,
+        "profile": {"images": [[1, 128, 128, 3], [16, 128, 128, 3], [64, 128, 128, 3]]},
+    }
+    return EngineKey(**{**base, **change})
+
+
+def test_plan_is_found_only_for_its_own_key(tmp_path):
+    plan = store_plan(tmp_path, key(), b"plan bytes", 12.0, {"passed": True})
+    assert find_plan(tmp_path, key(), "rebuild") == plan
+    assert find_plan(tmp_path, key(gpu_name="NVIDIA H100 80GB HBM3"), "rebuild") is None
+    assert find_plan(tmp_path, key(tensorrt_version="11.0.0"), "rebuild") is None
+    assert find_plan(tmp_path, key(onnx_sha256="b" * 64), "rebuild") is None
+
+
+def test_refuse_names_what_changed(tmp_path):
+    store_plan(tmp_path, key(), b"plan bytes", 12.0, {})
+    with pytest.raises(EngineError, match=r"gpu_name: NVIDIA H200 -> Orin.*compute_capability: 9\.0 -> 8\.7"):
+        find_plan(tmp_path, key(gpu_name="Orin", compute_capability="8.7"), "refuse")
+    with pytest.raises(EngineError, match="no engine built yet"):
+        find_plan(tmp_path / "empty", key(), "refuse")
+
+
+def test_tampered_plan_or_sidecar_is_never_loaded(tmp_path):
+    plan = store_plan(tmp_path, key(), b"plan bytes", 1.0, {})
+    plan.write_bytes(b"other bytes")
+    assert find_plan(tmp_path, key(), "rebuild") is None
+    plan = store_plan(tmp_path, key(), b"plan bytes", 1.0, {})
+    plan_paths(tmp_path, key())[1].write_text("{ not json")
+    assert find_plan(tmp_path, key(), "rebuild") is None
+
+
+def test_a_new_build_removes_the_stale_plan(tmp_path):
+    old = store_plan(tmp_path, key(tensorrt_version="10.12.0"), b"old", 1.0, {})
+    new = store_plan(tmp_path, key(), b"new", 1.0, {})
+    assert not old.exists() and new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, new.with_suffix(".json").name])
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+def fake_key(bundle, model, onnx_path, precision):
+    from build_engines.tensorrt import engine_profiles
+    from edge.engines.bundle import sha256_file
+
+    return key(model=model, onnx_sha256=sha256_file(onnx_path), precision=precision,
+               profile=engine_profiles(bundle)[model])  # fmt: skip
+
+
+class Builds:
+    """Stand-in builder: the 'plan' is the ONNX file; counts builds."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, onnx_path: Path, k, timing_cache: Path) -> bytes:
+        self.count += 1
+        return onnx_path.read_bytes()
+
+
+def ort_runner(shift=0):
+    """Stand-in engine: ONNX Runtime on the 'plan' (the ONNX bytes); ``shift`` rolls the classes."""
+
+    def make(plan_bytes):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(plan_bytes, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+
+        def run(inputs):
+            out = dict(zip(names, session.run(names, inputs), strict=True))
+            if "probs" in out and shift:
+                out["probs"] = np.roll(out["probs"], shift, axis=1)
+            return out
+
+        return run
+
+    return make
+
+
+def test_engines_are_built_verified_cached_and_reused(bundle, tmp_path):
+    from build_engines.tensorrt import ensure_engines
+
+    builds = Builds()
+    plans = ensure_engines(bundle, tmp_path, "fp16", "rebuild", builder=builds, key_for=fake_key, runner=ort_runner())
+    assert set(plans) == {"detector", "classifier"} and builds.count == 2
+    sidecar = plans["classifier"].with_suffix(".json").read_text()
+    assert '"class_agreement": 1.0' in sidecar and '"passed": true' in sidecar
+    again = ensure_engines(bundle, tmp_path, "fp16", "rebuild", builder=builds, key_for=fake_key, runner=ort_runner())
+    assert again == plans and builds.count == 2  # nothing rebuilt
+
+
+def test_an_engine_that_disagrees_is_refused_and_not_cached(bundle, tmp_path):
+    from build_engines.tensorrt import ensure_engines
+
+    with pytest.raises(EngineError, match=r"classifier engine does not match ONNX Runtime FP32: .*class agreement"):
+        ensure_engines(
+            bundle, tmp_path, "fp16", "rebuild", builder=Builds(), key_for=fake_key, runner=ort_runner(shift=1)
+        )
+    assert not list(tmp_path.glob("classifier-*.plan"))
+
+
+def test_engine_profiles_cover_the_fields_and_batches(bundle):
+    from build_engines.tensorrt import engine_profiles
+
+    profiles = engine_profiles(bundle)
+    low, opt, high = profiles["classifier"]["images"]
+    assert (low[0], opt[0], high[0]) == (1, 16, 64) and low[1:] == [128, 128, 3]
+    _, det_opt, det_high = profiles["detector"]["images"]
+    assert det_opt == [1, 384, 512, 3] and det_high == [1, 640, 640, 3]
+
+
+def test_fp16_graph_for_strongly_typed_tensorrt_agrees_with_fp32(bundle, tmp_path, samples):
+    pytest.importorskip("onnxconverter_common", reason="the FP16 graph needs onnxconverter-common (gpu extra)")
+    from build_engines.fp16 import fp16_variant
+    from build_engines.tensorrt import reference_inputs
+    from edge.capture.replay import open_replay
+
+    fields = [f.image for f in open_replay(samples).frames() if f.image is not None]
+    crops = np.concatenate(reference_inputs(bundle, fields)["classifier"])
+    path = fp16_variant(bundle.path("classifier.onnx"), tmp_path / "classifier-fp16.onnx")
+    import onnx
+
+    graph = onnx.load(str(path))
+    weights = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in graph.graph.initializer}
+    assert np.dtype(np.float16) in weights  # the convolutions really are FP16
+    ours = OnnxRuntimeBackend(path).run({"images": crops})
+    theirs = OnnxRuntimeBackend(bundle.path("classifier.onnx")).run({"images": crops})
+    assert ours["probs"].dtype == np.float32  # outputs keep their type
+    assert (ours["probs"].argmax(1) == theirs["probs"].argmax(1)).all()
+    assert np.abs(ours["probs"] - theirs["probs"]).max() < bundle.manifest.verification.max_probability_diff
