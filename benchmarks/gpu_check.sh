@@ -7,7 +7,8 @@
 #
 # Needs python3 with torch (CUDA), torchvision, onnxruntime, OpenCV, numpy, pytest, pyyaml.
 # Packages missing there (pydantic, paho-mqtt) can come as wheels in $WHEELS (default
-# .whl): they are installed into a private folder, nothing from the network.
+# .whl): they are installed into a private folder, nothing from the network. Set
+# MARROW_COMMIT to the commit being measured when the tree was copied without its .git.
 set -uo pipefail
 
 out=${1:?usage: gpu_check.sh OUT_DIR [benchmark options]}

@@ -62,6 +62,8 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
+    if os.environ.get("MARROW_COMMIT"):  # a copied tree without its .git (the GPU machines) says which
+        return os.environ["MARROW_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
@@ -369,6 +371,9 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{r['stage_ms']['crop']['p50']:.2f} | {classify:.2f} | {floor_text} | {r['fields_per_s']} | "
                     f"{r['cells_per_s']} | {speedup} | {r['host_peak_mb']} | {device_mb} |"
                 )
+        lines.append("")
+        engines = {b: next(iter(r.values())).get("providers") for b, r in data["backends"].items() if "error" not in r}
+        lines += ["What ran (backend: engine):", ""] + [f"- {b}: {', '.join(p or [])}" for b, p in engines.items()]
         lines.append("")
         if data.get("verification"):
             lines += ["Verification against ONNX Runtime FP32 (bundled sample fields):", ""]
