@@ -46,6 +46,8 @@ class TensorRTBackend:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         data = plan if isinstance(plan, bytes) else Path(plan).read_bytes()
+        # The plan's file name carries its cache key digest: results name the exact engine.
+        self.plan_name = "in memory" if isinstance(plan, bytes) else Path(plan).name
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise EngineError("TensorRT could not deserialise the engine (built for another GPU or TensorRT?)")
@@ -70,7 +72,7 @@ class TensorRTBackend:
 
     @property
     def providers(self) -> list[str]:
-        return [f"tensorrt {self._trt.__version__}"]
+        return [f"tensorrt {self._trt.__version__} {self.plan_name}"]
 
     def _max_shape(self, name: str) -> tuple[int, ...]:
         if name in self.inputs:
