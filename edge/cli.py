@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,16 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Without --broker or mqtt.url, the broker on localhost:1883 is used if one answers; "
         "otherwise an embedded mosquitto is started on a free loopback port for this run.",
     )
-    p.add_argument("--source", required=True, type=Path, help="folder of images, one image, or a video file")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--source", type=Path, help="folder of images, one image, or a video file: every field counts")
+    where.add_argument(
+        "--camera",
+        metavar="SPEC",
+        help="a live camera in this process, through the field gate: 0, /dev/video0, rtsp://..., "
+        "genicam:SERIAL[@CTI], sim[:SCRIPT.yaml] (the simulated microscope), or a folder/video to replay",
+    )
+    where.add_argument("--ring", metavar="NAME", help="read the frame ring of a running `marrow-edge capture`")
+    p.add_argument("--fps", type=float, help="camera frame rate (replays are paced to it)")
     p.add_argument("--config", type=Path, help="YAML config file (see config.example.yaml)")
     p.add_argument("--broker", metavar="mqtt://HOST:PORT", help="MQTT broker (overrides mqtt.url)")
     p.add_argument("--device-id", help="device id in topics and messages (overrides device_id)")
@@ -35,6 +45,22 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--specimen-id", help="specimen id recorded with the slide")
     p.add_argument("--max-fields", type=int, metavar="N", help="stop after N fields of the source")
     p.add_argument("--quiet", action="store_true", help="print only the final report")
+
+
+def _capture_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "capture",
+        help="the capture daemon: camera frames into the shared-memory frame ring",
+        description="Grab frames from CAMERA into the frame ring NAME, never waiting for a reader; "
+        "reconnects with backoff when the camera goes away. Under systemd: Type=notify with a watchdog.",
+    )
+    p.add_argument("--camera", required=True, metavar="SPEC", help="as for `run --camera`")
+    p.add_argument("--ring", default="capture", help="frame ring name (default: capture)")
+    p.add_argument("--slots", type=int, default=8, help="ring slots (default: 8)")
+    p.add_argument("--fps", type=float, help="camera frame rate")
+    p.add_argument("--width", type=int, help="camera frame width")
+    p.add_argument("--height", type=int, help="camera frame height")
+    p.add_argument("--exposure", type=float, help="camera exposure (device units)")
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub)
+    _capture_parser(sub)
     _export_parser(sub)
     _evaluate_parser(sub)
     return parser
@@ -170,8 +197,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(config.logging.level)
     if args.max_fields is not None and args.max_fields < 1:
         raise EdgeError("--max-fields must be at least 1")
-    source = open_replay(args.source)
-    appliance = build_appliance(config)
+    capture = None
+    if args.source:
+        source = open_replay(args.source)
+        appliance = build_appliance(config)
+    else:
+        from edge.capture.cameras import CameraSettings, open_camera
+        from edge.capture.daemon import CaptureThread, GatedRingSource
+
+        camera = open_camera(args.camera, CameraSettings(fps=args.fps)) if args.camera else None
+        appliance = build_appliance(config)  # before the camera runs: the ring keeps only the newest frames
+        ring = args.ring or f"run-{os.getpid()}"
+        if camera is not None:
+            capture = CaptureThread(camera, ring).start()
+        source = GatedRingSource(ring, idle_timeout=5.0 if args.camera else 30.0)
     manifest = appliance.bundle.manifest
     out = sys.stdout
     out.write(
@@ -219,6 +258,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         finally:
             publisher.close()
             source.close()
+            if capture is not None:
+                capture.close()
         console.report(run, manifest.untrained)
     finally:
         if broker:
@@ -227,6 +268,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
         return 5
     return 1 if run.publish_failures else 0
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edge.capture.cameras import CameraSettings, open_camera
+    from edge.capture.daemon import capture_loop
+
+    settings = CameraSettings(args.width, args.height, args.fps, args.exposure)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemctl stop: close the ring cleanly
+    stats = capture_loop(open_camera(args.camera, settings), args.ring, args.slots, stop)
+    sys.stdout.write(f"capture: {stats.frames} frames, {stats.corrupt} corrupt\n")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -280,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        commands = {"run": _cmd_run, "export": _cmd_export, "evaluate": _cmd_evaluate}
+        commands = {"run": _cmd_run, "capture": _cmd_capture, "export": _cmd_export, "evaluate": _cmd_evaluate}
         return commands[args.command](args)
     except EdgeError as exc:
         sys.stderr.write(f"marrow-edge: error: {exc}\n")

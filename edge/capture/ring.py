@@ -62,12 +62,17 @@ class RingFrame:
     skipped: int  # frames written since the reader's previous frame that it never saw
 
 
+_CREATED_HERE: set[str] = set()  # segments this process's writer made (and the tracker must keep)
+
+
 def _attach(segment: str) -> shared_memory.SharedMemory:
     shm = shared_memory.SharedMemory(name=segment, create=False)
     # Python < 3.13 registers attached segments with the resource tracker, which unlinks them
-    # when the reader exits: the writer's ring would vanish under it.
-    with contextlib.suppress(Exception):
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    # when the reader exits: the writer's ring would vanish under it. A reader in the writer's
+    # own process (`run --camera`) shares the writer's registration, which must stay.
+    if segment not in _CREATED_HERE:
+        with contextlib.suppress(Exception):
+            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     return shm
 
 
@@ -120,6 +125,7 @@ class FrameRing:
         self._shm = shared_memory.SharedMemory(
             name=self.segment, create=True, size=HEADER_BYTES + self.slots * slot_bytes
         )
+        _CREATED_HERE.add(self.segment)
         self._shape = shape
         self._slot_bytes = slot_bytes
         self.generation += 1
@@ -153,6 +159,7 @@ class FrameRing:
         self._shm.close()
         with contextlib.suppress(FileNotFoundError):
             self._shm.unlink()
+        _CREATED_HERE.discard(self.segment)
         self._shm = None
 
     def write(self, image: np.ndarray, timestamp: float | None = None) -> int:

@@ -1,0 +1,174 @@
+"""The capture daemon (camera -> frame ring) and the pipeline's gated view of the ring.
+
+``capture_loop`` runs under systemd as ``marrow-edge capture`` (Type=notify with a watchdog:
+READY once the ring exists, WATCHDOG while frames flow, STATUS with the rates) or in a thread
+of ``marrow-edge run --camera`` for development. ``GatedRingSource`` is what the count path
+reads: the ring's newest frames through the field gate, yielding only accepted fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from edge.capture.gate import Decision, FieldGate, GateEvent
+from edge.capture.ring import FrameRing, RingReader
+from edge.capture.source import CameraSource, Frame
+from edge.errors import CameraError
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (``$NOTIFY_SOCKET``); False when not run by systemd. No dependency needed."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec for this process, or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6
+
+
+@dataclass
+class CaptureStats:
+    frames: int = 0
+    corrupt: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        return self.frames / max(time.monotonic() - self.started, 1e-9)
+
+
+def capture_loop(
+    source: CameraSource,
+    ring_name: str,
+    slots: int = 8,
+    stop: threading.Event | None = None,
+    notify: Callable[[str], bool] = sd_notify,
+) -> CaptureStats:
+    """Camera frames into the ring until the source ends or ``stop`` is set. Never waits on a reader."""
+    stop = stop or threading.Event()
+    stats = CaptureStats()
+    with FrameRing(ring_name, slots) as ring:  # refuses a second daemon on the same ring
+        notify(f"READY=1\nSTATUS=waiting for frames from {source.name}")
+        log.info("capture: %s -> ring %s (%d slots)", source.name, ring_name, slots)
+        watchdog = watchdog_interval()
+        last_ping = last_status = time.monotonic()
+        try:
+            for frame in source.frames():
+                if stop.is_set():
+                    break
+                if frame.image is None:
+                    stats.corrupt += 1  # skipped and counted; the stream goes on
+                    log.warning("capture: frame %s skipped: %s", frame.name, frame.error)
+                    continue
+                ring.write(frame.image, frame.timestamp or None)
+                stats.frames += 1
+                now = time.monotonic()
+                if watchdog is not None and now - last_ping >= watchdog:
+                    notify("WATCHDOG=1")
+                    last_ping = now
+                if now - last_status >= 5.0:
+                    notify(
+                        f"STATUS={stats.rate():.1f} frames/s, {ring.overwritten} overwritten unread, "
+                        f"{stats.corrupt} corrupt"
+                    )
+                    last_status = now
+        finally:
+            source.close()
+            notify("STOPPING=1")
+            log.info(
+                "capture: %d frames, %d corrupt, %d overwritten unread", stats.frames, stats.corrupt, ring.overwritten
+            )
+    return stats
+
+
+class GatedRingSource:
+    """The ring's newest frames through the field gate; yields the accepted fields only.
+
+    Ends when the writer has been silent for ``idle_timeout`` seconds (the capture stopped).
+    ``on_event`` hears every gate decision (for the display and status); decisions that
+    change are logged with their reason.
+    """
+
+    def __init__(
+        self,
+        ring_name: str,
+        gate: FieldGate | None = None,
+        idle_timeout: float = 5.0,
+        on_event: Callable[[GateEvent], None] | None = None,
+    ) -> None:
+        self.name = f"ring {ring_name}"
+        self.reader = RingReader(ring_name)
+        self.gate = gate or FieldGate()
+        self.idle_timeout = idle_timeout
+        self.on_event = on_event
+        self._closed = False
+
+    def frames(self) -> Iterator[Frame]:
+        last_decision: Decision | None = None
+        accepted = 0
+        idle_since = time.monotonic()
+        while not self._closed:
+            got = self.reader.wait(0.1)
+            if got is None:
+                if time.monotonic() - idle_since > self.idle_timeout:
+                    log.info("%s: no frame for %.0f s: the capture has stopped", self.name, self.idle_timeout)
+                    return
+                continue
+            idle_since = time.monotonic()
+            event = self.gate(got.image)
+            if self.on_event is not None:
+                self.on_event(event)
+            if event.decision is not last_decision:
+                log.info("gate: %s (%s)", event.decision.value, event.reason)
+                last_decision = event.decision
+            if event.accepted:
+                yield Frame(accepted, f"field-{accepted:04d}@{got.seq}", got.image, None, got.timestamp)
+                accepted += 1
+
+    def close(self) -> None:
+        self._closed = True
+        self.reader.close()
+
+
+class CaptureThread:
+    """``marrow-edge run --camera``: the capture daemon's loop in a thread of this process."""
+
+    def __init__(self, source: CameraSource, ring_name: str, slots: int = 8) -> None:
+        self.stop = threading.Event()
+        self.error: CameraError | None = None
+        self.stats: CaptureStats | None = None
+        self._thread = threading.Thread(target=self._run, args=(source, ring_name, slots), daemon=True)
+
+    def _run(self, source: CameraSource, ring_name: str, slots: int) -> None:
+        try:
+            self.stats = capture_loop(source, ring_name, slots, self.stop, notify=lambda m: False)
+        except CameraError as exc:
+            self.error = exc
+            log.error("capture: %s", exc)
+
+    def start(self) -> CaptureThread:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(timeout=10)
