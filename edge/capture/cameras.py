@@ -139,7 +139,7 @@ class Reconnecting:
         on_state: StateCallback | None = None,
         first_delay: float = 0.5,
         max_delay: float = 30.0,
-        max_attempts: int | None = None,
+        max_attempts: int | None = None,  # consecutive failures without a frame; None: forever
     ) -> None:
         self.opener = opener
         self.name = name
@@ -157,8 +157,10 @@ class Reconnecting:
             try:
                 self._source = self.opener()
                 self.on_state("streaming", self.name)
-                delay, attempts = self.first_delay, 0
                 for frame in self._source.frames():
+                    # Backoff resets only once frames flow: a camera that opens and fails at
+                    # once must not spin.
+                    delay, attempts = self.first_delay, 0
                     yield Frame(index, frame.name, frame.image, frame.error, frame.timestamp)
                     index += 1
                 return  # a finite source (a file) ended normally

@@ -79,12 +79,13 @@ def _attach(segment: str) -> shared_memory.SharedMemory:
 class FrameRing:
     """The writer side. ``write`` never waits for a reader."""
 
-    def __init__(self, name: str, slots: int = 8, lock_dir: Path = LOCK_DIR) -> None:
+    def __init__(self, name: str, slots: int = 8, lock_dir: Path | None = None) -> None:
         if slots < 2:
             raise ValueError("a ring needs at least 2 slots")
         self.name = name
         self.slots = slots
         self.segment = _segment_name(name)
+        lock_dir = LOCK_DIR if lock_dir is None else lock_dir
         lock_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = lock_dir / f"{self.segment}.lock"
         self._lock = self._lock_path.open("a+")
