@@ -210,7 +210,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ring = args.ring or f"run-{os.getpid()}"
         if camera is not None:
             capture = CaptureThread(camera, ring).start()
-        source = GatedRingSource(ring, idle_timeout=5.0 if args.camera else 30.0)
+        from edge.capture.gate import FieldGate, GateSettings
+
+        gate = FieldGate(GateSettings(**config.gate.model_dump()))
+        source = GatedRingSource(ring, gate, idle_timeout=5.0 if args.camera else 30.0)
     manifest = appliance.bundle.manifest
     out = sys.stdout
     out.write(
@@ -237,6 +240,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         factory = MessageFactory(config.device_id, appliance.provenance)
         publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
         publisher.connect()
+        if args.ring:
+            from edge.capture.daemon import sd_notify
+
+            sd_notify(f"READY=1\nSTATUS=counting fields from ring {args.ring}")
         slide = Slide(specimen_id=args.specimen_id)
         out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/slide/{slide.slide_id}/\n")
         total = len(source.paths) if isinstance(source, ImageFilesSource) else None
@@ -275,12 +282,16 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     import threading
 
     from edge.capture.cameras import CameraSettings, open_camera
-    from edge.capture.daemon import capture_loop
+    from edge.capture.daemon import capture_loop, sd_notify
+
+    def camera_state(state: str, detail: str) -> None:
+        # Retrying an absent camera is alive, not hung: keep the watchdog fed and say why.
+        sd_notify(f"WATCHDOG=1\nSTATUS=camera {state}: {detail}")
 
     settings = CameraSettings(args.width, args.height, args.fps, args.exposure)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemctl stop: close the ring cleanly
-    stats = capture_loop(open_camera(args.camera, settings), args.ring, args.slots, stop)
+    stats = capture_loop(open_camera(args.camera, settings, camera_state), args.ring, args.slots, stop)
     sys.stdout.write(f"capture: {stats.frames} frames, {stats.corrupt} corrupt\n")
     return 0
 

@@ -119,6 +119,21 @@ class MqttConfig(_Strict):
         return value
 
 
+class GateConfig(_Strict):
+    """When a live camera's frame counts as a field (edge.capture.gate)."""
+
+    still_px: float = Field(2.0, ge=0, description="Shift per frame (px) under which the stage counts as still.")
+    still_frames: int = Field(3, ge=1, description="Still frames in a row before a field may count.")
+    focus_ratio: float = Field(
+        0.2, gt=0, le=1, description="Sharpness against the slide's sharpest still frame below which: blurred."
+    )
+    dark_below: float = Field(40.0, ge=0, le=255, description="Mean grey level below which: too dark.")
+    bright_above: float = Field(235.0, ge=0, le=255, description="Mean grey level above which: overexposed.")
+    max_overlap: float = Field(
+        0.3, ge=0, le=1, description="Share of the field already counted above which it is refused."
+    )
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -134,6 +149,7 @@ class AppConfig(_Strict):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     counting: CountingConfig = Field(default_factory=CountingConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 

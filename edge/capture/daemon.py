@@ -125,8 +125,12 @@ class GatedRingSource:
     def frames(self) -> Iterator[Frame]:
         last_decision: Decision | None = None
         accepted = 0
-        idle_since = time.monotonic()
+        idle_since = last_ping = time.monotonic()
+        watchdog = watchdog_interval()
         while not self._closed:
+            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+                sd_notify("WATCHDOG=1")  # fed while frames are read or awaited, not while a field hangs
+                last_ping = time.monotonic()
             got = self.reader.wait(0.1)
             if got is None:
                 if time.monotonic() - idle_since > self.idle_timeout:

@@ -146,3 +146,21 @@ def test_last_will_says_offline_when_the_process_dies(broker, recorder, samples,
         time.sleep(0.05)
     assert states[0] == "online" and states[-1] == "offline"
     assert not recorder.on("/report")
+
+
+def test_live_camera_through_the_gate_counts_each_stop_once(broker, recorder, tmp_path):
+    """The simulated microscope in one process: capture thread -> ring -> gate -> count -> MQTT."""
+    script = tmp_path / "scan.yaml"
+    script.write_text(
+        "- [rest, 5]\n- [goto, 700, 0, 20]\n- [rest, 8]\n- [goto, 700, 600, 15]\n- [defocus, 6, 4.0]\n"
+        "- [rest, 6]\n- [goto, 20, 15, 25]\n- [rest, 8]\n- [goto, 1400, 900, 30]\n- [rest, 8]\n"
+    )
+    # 8 frames/s: slow enough that a busy 2-core CI machine still sees every rest's frames
+    proc = marrow_edge("run", "--camera", f"sim:{script}", "--fps", "8", "--broker", broker.url)
+    assert proc.returncode == 0, proc.stderr
+    reports = recorder.wait_for("/report")
+    fields = recorder.on("/field")
+    # four stops on new area (the start, two pans, the far corner); the return and the defocus are refused
+    assert len(fields) == 4 and reports[0]["fields"] == 4
+    assert "gate: blurred" in proc.stderr and "gate: already_counted" in proc.stderr
+    assert "capture: 131 frames, 0 corrupt" in proc.stderr

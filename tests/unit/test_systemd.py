@@ -1,0 +1,89 @@
+"""The systemd units, the mosquitto configuration and the install script."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.mqtt.broker import answers, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = sorted((ROOT / "systemd").glob("marrow-edge-*.service"))
+
+
+def test_every_service_is_there():
+    names = {u.name for u in UNITS}
+    assert names == {f"marrow-edge-{n}.service" for n in ("capture", "engines", "pipeline", "display")}
+
+
+def test_units_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    # verify checks that ExecStart binaries exist: point them at this checkout's interpreter.
+    bin_dir = Path(sys.executable).parent
+    for unit in UNITS:
+        text = unit.read_text().replace("/opt/marrow-edge/.venv/bin/python", sys.executable)
+        text = text.replace("/opt/marrow-edge/.venv/bin/marrow-edge", str(bin_dir / "marrow-edge"))
+        (tmp_path / unit.name).write_text(text)
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", *sorted(str(p) for p in tmp_path.glob("*.service"))],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    problems = [
+        line
+        for line in proc.stderr.splitlines()
+        # Units this one orders itself after but that this test machine lacks are not its problem.
+        if line.strip() and "mosquitto.service" not in line and "Failed to prepare filename" not in line
+    ]
+    assert proc.returncode == 0 and not problems, proc.stderr
+
+
+def test_capture_unit_keeps_the_ring_reachable():
+    text = (ROOT / "systemd" / "marrow-edge-capture.service").read_text()
+    assert "Type=notify" in text and "WatchdogSec=" in text
+    assert "\nPrivateDevices=yes" not in text  # a private /dev/shm would hide the frame ring
+    assert "DeviceAllow=char-video4linux rw" in text
+    pipeline = (ROOT / "systemd" / "marrow-edge-pipeline.service").read_text()
+    assert "DeviceAllow=char-nvidia-uvm rw" in pipeline and "LoadCredential=mqtt-password" in pipeline
+
+
+def test_install_script_stages_a_tree_and_keeps_local_config(tmp_path):
+    env = {**os.environ, "DESTDIR": str(tmp_path), "SKIP_PIP": "1"}
+    subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], check=True, env=env, capture_output=True)
+    assert (tmp_path / "etc/systemd/system/marrow-edge-capture.service").is_file()
+    assert (tmp_path / "opt/marrow-edge/models/lite-pbc/bundle.json").is_file()
+    assert (tmp_path / "etc/mosquitto/conf.d/marrow-edge.conf").is_file()
+    config = tmp_path / "etc/marrow-edge/config.yaml"
+    config.write_text("device_id: lab-box-7\n")
+    subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], check=True, env=env, capture_output=True)
+    assert config.read_text() == "device_id: lab-box-7\n"  # an update keeps the lab's settings
+    assert oct((tmp_path / "etc/marrow-edge/mqtt-password").stat().st_mode & 0o777) == "0o600"
+
+
+def test_mosquitto_config_listens_on_loopback_only(mosquitto, tmp_path):
+    text = (ROOT / "systemd" / "mosquitto" / "marrow-edge.conf").read_text()
+    assert "listener 1883 127.0.0.1" in text
+    port = free_port()
+    conf = tmp_path / "m.conf"
+    conf.write_text(
+        text.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1").replace(
+            "persistence true", f"persistence true\npersistence_location {tmp_path}/"
+        )
+    )
+    proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while not answers("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answers("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(5)
