@@ -198,6 +198,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.max_fields is not None and args.max_fields < 1:
         raise EdgeError("--max-fields must be at least 1")
     capture = None
+    camera = None
+    publisher: MqttPublisher | None = None
     if args.source:
         source = open_replay(args.source)
         appliance = build_appliance(config)
@@ -205,11 +207,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from edge.capture.cameras import CameraSettings, open_camera
         from edge.capture.daemon import CaptureThread, GatedRingSource
 
-        camera = open_camera(args.camera, CameraSettings(fps=args.fps)) if args.camera else None
-        appliance = build_appliance(config)  # before the camera runs: the ring keeps only the newest frames
+        def camera_state(state: str, detail: str) -> None:
+            if publisher is not None:
+                publisher.camera_state(state, detail)  # retained status: the display shows it
+
+        camera = open_camera(args.camera, CameraSettings(fps=args.fps), camera_state) if args.camera else None
+        appliance = build_appliance(config)
         ring = args.ring or f"run-{os.getpid()}"
-        if camera is not None:
-            capture = CaptureThread(camera, ring).start()
         from edge.capture.gate import FieldGate, GateSettings
 
         gate = FieldGate(GateSettings(**config.gate.model_dump()))
@@ -240,6 +244,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         factory = MessageFactory(config.device_id, appliance.provenance)
         publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
         publisher.connect()
+        if camera is not None:  # after the models load: the ring keeps only the newest frames
+            capture = CaptureThread(camera, ring).start()
         if args.ring:
             from edge.capture.daemon import sd_notify
 

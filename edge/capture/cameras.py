@@ -13,6 +13,7 @@ wrappers every live source needs: reconnect with backoff, and pacing for replays
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -148,12 +149,12 @@ class Reconnecting:
         self.max_delay = max_delay
         self.max_attempts = max_attempts
         self.reconnects = 0
-        self._closed = False
+        self._closed = threading.Event()
         self._source: CameraSource | None = None
 
     def frames(self) -> Iterator[Frame]:
         delay, attempts, index = self.first_delay, 0, 0
-        while not self._closed:
+        while not self._closed.is_set():
             try:
                 self._source = self.opener()
                 self.on_state("streaming", self.name)
@@ -175,11 +176,11 @@ class Reconnecting:
                 if self._source is not None:
                     self._source.close()
                     self._source = None
-                time.sleep(delay)
+                self._closed.wait(delay)  # close() ends the wait at once
                 delay = min(delay * 2, self.max_delay)
 
     def close(self) -> None:
-        self._closed = True
+        self._closed.set()
         if self._source is not None:
             self._source.close()
 

@@ -158,6 +158,7 @@ class CaptureThread:
 
     def __init__(self, source: CameraSource, ring_name: str, slots: int = 8) -> None:
         self.stop = threading.Event()
+        self.source = source
         self.error: CameraError | None = None
         self.stats: CaptureStats | None = None
         self._thread = threading.Thread(target=self._run, args=(source, ring_name, slots), daemon=True)
@@ -175,4 +176,5 @@ class CaptureThread:
 
     def close(self) -> None:
         self.stop.set()
+        self.source.close()  # ends a reconnect wait or a blocking read
         self._thread.join(timeout=10)

@@ -18,6 +18,10 @@ class Published:
 class MemoryPublisher:
     sent: list[Published] = field(default_factory=list)
     closed: bool = False
+    camera_states: list[tuple[str, str]] = field(default_factory=list)
+
+    def camera_state(self, state: str, detail: str) -> None:
+        self.camera_states.append((state, detail))
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
         self.sent.append(Published(topic, message, retain))

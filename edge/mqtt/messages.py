@@ -43,10 +43,19 @@ class Envelope(_Model):
     time: dt.datetime = Field(description="UTC time the message was made.")
 
 
+class CameraState(_Model):
+    state: Literal["streaming", "reconnecting", "absent"] = Field(
+        description="streaming: frames flow; reconnecting: it went away and is being reopened with backoff; "
+        "absent: it cannot be opened (unplugged, busy, no permission)."
+    )
+    detail: str = Field(description="The camera, or why it is not streaming.")
+
+
 class StatusMessage(Envelope):
     kind: Literal["status"] = "status"
     state: Literal["online", "offline", "stopped"]
     provenance: Provenance | None = None
+    camera: CameraState | None = Field(None, description="The live camera's state; absent for file replays.")
 
 
 class CellOut(_Model):
@@ -142,8 +151,10 @@ class MessageFactory:
             "time": dt.datetime.now(dt.timezone.utc),
         }
 
-    def status(self, state: Literal["online", "offline", "stopped"]) -> StatusMessage:
-        return StatusMessage(**self._envelope(), state=state, provenance=self.provenance)
+    def status(
+        self, state: Literal["online", "offline", "stopped"], camera: CameraState | None = None
+    ) -> StatusMessage:
+        return StatusMessage(**self._envelope(), state=state, provenance=self.provenance, camera=camera)
 
     def field(self, slide: Slide, result: FieldResult, class_names: list[str]) -> FieldMessage:
         cells = [

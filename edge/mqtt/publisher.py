@@ -14,13 +14,17 @@ from pydantic import BaseModel
 
 from edge.config import MqttConfig
 from edge.errors import PublishError
-from edge.mqtt.messages import MessageFactory, encode
+from edge.mqtt.messages import CameraState, MessageFactory, encode
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
+    def camera_state(self, state: str, detail: str) -> None:
+        """The live camera changed state (streaming, reconnecting, absent)."""
+        ...
+
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None: ...
 
     def close(self) -> None:
@@ -55,6 +59,7 @@ class MqttPublisher:
             client.username_pw_set(config.username, password)
         client.will_set(topics.status, encode(factory.status("offline")), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._camera: CameraState | None = None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client
@@ -67,7 +72,7 @@ class MqttPublisher:
             client.disconnect()  # a refusal (bad credentials, not authorised) will not heal by retrying
             self._connected.set()
             return
-        client.publish(self.topics.status, encode(self.factory.status("online")), qos=1, retain=True)
+        client.publish(self.topics.status, encode(self.factory.status("online", self._camera)), qos=1, retain=True)
         if self._connected.is_set():
             log.info("MQTT reconnected to %s:%d", self.host, self.port)
         self._connected.set()
@@ -95,6 +100,13 @@ class MqttPublisher:
             self._client.loop_stop()
             raise PublishError(f"MQTT broker mqtt://{self.host}:{self.port} refused the connection: {self._refusal}")
         log.info("MQTT connected to mqtt://%s:%d as %s", self.host, self.port, self.topics.device_id)
+
+    def camera_state(self, state: str, detail: str) -> None:
+        """Republish the retained ``online`` status with the camera's new state (any thread)."""
+        self._camera = CameraState(state=state, detail=detail)  # type: ignore[arg-type]
+        if self._connected.is_set() and self._refusal is None:
+            message = encode(self.factory.status("online", self._camera))
+            self._client.publish(self.topics.status, message, qos=1, retain=True)
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
         info = self._client.publish(topic, encode(message), qos=self.config.qos, retain=retain)

@@ -164,3 +164,13 @@ def test_live_camera_through_the_gate_counts_each_stop_once(broker, recorder, tm
     assert len(fields) == 4 and reports[0]["fields"] == 4
     assert "gate: blurred" in proc.stderr and "gate: already_counted" in proc.stderr
     assert "capture: 131 frames, 0 corrupt" in proc.stderr
+
+
+def test_absent_camera_is_retried_and_shown_in_the_status(broker, recorder):
+    proc = marrow_edge("run", "--camera", "/dev/video99", "--broker", broker.url, timeout=120)
+    assert proc.returncode == 5  # nothing could be counted, said in one line
+    assert error_lines(proc) == ["marrow-edge: error: no field of the source could be counted"]
+    assert "camera /dev/video99: cannot open" in proc.stderr and "retrying in" in proc.stderr
+    statuses = [m for m in recorder.on("/status") if m.get("camera")]
+    assert statuses and statuses[0]["camera"]["state"] == "absent"
+    assert "cannot open" in statuses[0]["camera"]["detail"]
