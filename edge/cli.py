@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge import __version__
-from edge.errors import EdgeError
+from edge.errors import EdgeError, PublishError
 
 log = logging.getLogger("edge")
 
@@ -214,10 +214,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         camera = open_camera(args.camera, CameraSettings(fps=args.fps), camera_state) if args.camera else None
         appliance = build_appliance(config)
         ring = args.ring or f"run-{os.getpid()}"
-        from edge.capture.gate import FieldGate, GateSettings
+        from edge.capture.gate import FieldGate, GateEvent, GateSettings
 
         gate = FieldGate(GateSettings(**config.gate.model_dump()))
-        source = GatedRingSource(ring, gate, idle_timeout=5.0 if args.camera else 30.0)
+        last_decision: list[str] = []
+
+        def gate_event(event: GateEvent) -> None:
+            # Changes and every accepted field: the display flashes them; a still stage sends nothing.
+            if publisher is None or (last_decision[-1:] == [event.decision.value] and not event.accepted):
+                return
+            last_decision[:] = [event.decision.value]
+            try:
+                publisher.publish(topics.gate, factory.gate(event))
+            except PublishError as exc:
+                log.warning("gate event not published: %s", exc)
+
+        source = GatedRingSource(ring, gate, idle_timeout=5.0 if args.camera else 30.0, on_event=gate_event)
     manifest = appliance.bundle.manifest
     out = sys.stdout
     out.write(

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.analysis.field import FieldResult
+from edge.capture.gate import GateEvent
 from edge.counting.rules import RuleOutcome
 from edge.counting.tally import Slide, Tally
 
@@ -56,6 +57,19 @@ class StatusMessage(Envelope):
     state: Literal["online", "offline", "stopped"]
     provenance: Provenance | None = None
     camera: CameraState | None = Field(None, description="The live camera's state; absent for file replays.")
+
+
+class GateMessage(Envelope):
+    """A field-gate decision; sent when the decision changes, and for every accepted field."""
+
+    kind: Literal["gate"] = "gate"
+    decision: Literal["accepted", "moving", "settling", "blurred", "dark", "bright", "already_counted"]
+    reason: str = Field(description="In words, for the display, e.g. 'stage moving (40 px/frame)'.")
+    frame: int = Field(ge=0, description="Frames the gate has seen on this slide.")
+    position: tuple[float, float] = Field(description="Stage position on the slide (px), from image registration.")
+    sharpness_ratio: float = Field(description="Focus against the slide's sharpest still frame.")
+    brightness: float = Field(description="Mean grey level 0-255.")
+    overlap: float = Field(description="Share of this field already counted.")
 
 
 class CellOut(_Model):
@@ -155,6 +169,18 @@ class MessageFactory:
         self, state: Literal["online", "offline", "stopped"], camera: CameraState | None = None
     ) -> StatusMessage:
         return StatusMessage(**self._envelope(), state=state, provenance=self.provenance, camera=camera)
+
+    def gate(self, event: GateEvent) -> GateMessage:
+        return GateMessage(
+            **self._envelope(),
+            decision=event.decision.value,  # type: ignore[arg-type]
+            reason=event.reason,
+            frame=event.frame,
+            position=(round(event.position[0], 1), round(event.position[1], 1)),
+            sharpness_ratio=round(event.sharpness_ratio, 3),
+            brightness=round(event.brightness, 1),
+            overlap=round(event.overlap, 3),
+        )
 
     def field(self, slide: Slide, result: FieldResult, class_names: list[str]) -> FieldMessage:
         cells = [

@@ -18,6 +18,11 @@ class Topics:
     def status(self) -> str:
         return f"{self.root}/status"
 
+    @property
+    def gate(self) -> str:
+        """Field-gate decisions of a live camera (not retained): what the display flashes."""
+        return f"{self.root}/gate"
+
     def field(self, slide_id: str) -> str:
         return f"{self.root}/slide/{slide_id}/field"
 

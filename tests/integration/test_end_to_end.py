@@ -164,6 +164,10 @@ def test_live_camera_through_the_gate_counts_each_stop_once(broker, recorder, tm
     assert len(fields) == 4 and reports[0]["fields"] == 4
     assert "gate: blurred" in proc.stderr and "gate: already_counted" in proc.stderr
     assert "capture: 131 frames, 0 corrupt" in proc.stderr
+    gate = recorder.on("/gate")
+    decisions = [m["decision"] for m in gate]
+    assert decisions.count("accepted") == 4 and "blurred" in decisions and "moving" in decisions
+    assert any(m["decision"] == "already_counted" and "already counted" in m["reason"] for m in gate)
 
 
 def test_absent_camera_is_retried_and_shown_in_the_status(broker, recorder):
