@@ -38,6 +38,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     )
     where.add_argument("--ring", metavar="NAME", help="read the frame ring of a running `marrow-edge capture`")
     p.add_argument("--fps", type=float, help="camera frame rate (replays are paced to it)")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="with --camera/--ring: end the slide after S seconds without a frame (default 5 / 30)",
+    )
     p.add_argument("--config", type=Path, help="YAML config file (see config.example.yaml)")
     p.add_argument("--broker", metavar="mqtt://HOST:PORT", help="MQTT broker (overrides mqtt.url)")
     p.add_argument("--device-id", help="device id in topics and messages (overrides device_id)")
@@ -229,7 +235,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             except PublishError as exc:
                 log.warning("gate event not published: %s", exc)
 
-        source = GatedRingSource(ring, gate, idle_timeout=5.0 if args.camera else 30.0, on_event=gate_event)
+        idle = args.idle_timeout or (5.0 if args.camera else 30.0)
+        source = GatedRingSource(ring, gate, idle_timeout=idle, on_event=gate_event)
     manifest = appliance.bundle.manifest
     out = sys.stdout
     out.write(

@@ -178,3 +178,36 @@ def test_absent_camera_is_retried_and_shown_in_the_status(broker, recorder):
     statuses = [m for m in recorder.on("/status") if m.get("camera")]
     assert statuses and statuses[0]["camera"]["state"] == "absent"
     assert "cannot open" in statuses[0]["camera"]["detail"]
+
+
+def test_capture_daemon_and_pipeline_as_two_processes(broker, recorder, tmp_path):
+    """The systemd layout: `marrow-edge capture` feeds the ring, `marrow-edge run --ring` counts."""
+    import subprocess
+    import sys
+    import uuid
+
+    from tests.cli_helpers import ROOT
+
+    script = tmp_path / "scan.yaml"
+    script.write_text("- [rest, 6]\n- [goto, 700, 0, 12]\n- [rest, 8]\n- [goto, 20, 10, 12]\n- [rest, 8]\n")
+    ring = f"it-{uuid.uuid4().hex[:8]}"
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--ring", ring, "--idle-timeout", "4", "--broker", broker.url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in pipeline.stdout:  # start the camera once the pipeline is ready (models loaded, connected)
+            if line.startswith("mqtt: publishing to"):
+                break
+        capture = marrow_edge("capture", "--camera", f"sim:{script}", "--fps", "8", "--ring", ring, timeout=120)
+        assert capture.returncode == 0, capture.stderr
+        assert "capture: 46 frames, 0 corrupt" in capture.stdout
+        _, err = pipeline.communicate(timeout=180)
+    finally:
+        pipeline.kill()
+    assert pipeline.returncode == 0, err
+    assert len(recorder.on("/field")) == 2  # the start and the new stop; the return is refused
+    assert "gate: already_counted" in err
