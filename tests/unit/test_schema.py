@@ -1,0 +1,62 @@
+"""The committed JSON Schemas and AsyncAPI document: up to date, and real payloads validate."""
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from edge.capture.gate import Decision, GateEvent
+from edge.counting.rules import load_rule_pack
+from edge.counting.tally import Slide, Tally
+from edge.mqtt.messages import CameraState, MessageFactory, encode
+from edge.mqtt.schema import SCHEMAS_DIR, stale
+from tests.unit.test_messages import CLASSES, PROVENANCE, _result
+
+
+def test_committed_schemas_match_the_models():
+    assert stale() == [], "schemas/ is out of date: run python -m edge.mqtt.schema"
+
+
+def test_a_changed_model_makes_the_check_fail(tmp_path):
+    assert set(stale(tmp_path)) >= {"asyncapi.yaml", "json/StatusMessage.json"}  # nothing written there
+
+
+@pytest.fixture(scope="module")
+def payloads():
+    factory = MessageFactory("box-1", PROVENANCE)
+    slide = Slide(specimen_id="S-1")
+    tally = Tally(CLASSES, load_rule_pack(), target_count=1)
+    tally.add(_result())
+    event = GateEvent(
+        7, Decision.BLURRED, "out of focus (5% of the slide's sharpest)", (10.0, 2.5), 0.1, 0.01, 0.05, 180.0, 0.0
+    )
+    return {
+        "StatusMessage": factory.status("online", CameraState(state="absent", detail="camera 0: cannot open")),
+        "GateMessage": factory.gate(event),
+        "FieldMessage": factory.field(slide, _result(), ["lymphoblast", "lymphocyte"]),
+        "TallyMessage": factory.tally(slide, tally),
+        "ReportMessage": factory.report(slide, tally),
+    }
+
+
+def test_real_payloads_validate_against_the_committed_schemas(payloads):
+    for name, message in payloads.items():
+        schema = json.loads((SCHEMAS_DIR / "json" / f"{name}.json").read_text())
+        jsonschema.validate(json.loads(encode(message)), schema)
+    broken = json.loads(encode(payloads["GateMessage"]))
+    broken["decision"] = "maybe"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads((SCHEMAS_DIR / "json" / "GateMessage.json").read_text()))
+
+
+def test_asyncapi_document_names_every_channel():
+    doc = yaml.safe_load((SCHEMAS_DIR / "asyncapi.yaml").read_text())
+    assert doc["asyncapi"] == "3.0.0"
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert "marrow/v1/{device_id}/slide/{slide_id}/report" in addresses and "marrow/v1/{device_id}/status" in addresses
+    for channel in doc["channels"].values():
+        for ref in channel["messages"].values():
+            message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
+            assert message["payload"]["$ref"].rsplit("/", 1)[1] in doc["components"]["schemas"]
+    assert doc["components"]["messages"]["status"]["bindings"]["mqtt"] == {"qos": 1, "retain": True}
