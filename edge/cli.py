@@ -208,6 +208,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     publisher: MqttPublisher | None = None
     if args.source:
         source = open_replay(args.source)
+        if args.fps:
+            from edge.capture.cameras import Paced
+
+            source = Paced(source, args.fps)
         appliance = build_appliance(config)
     else:
         from edge.capture.cameras import CameraSettings, open_camera

@@ -110,6 +110,13 @@ class MqttConfig(_Strict):
     publish_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a PUBACK.")
     username: str | None = None
     password: SecretStr | None = Field(None, description="Set through the environment, never in a file.")
+    outbox: Path | None = Field(
+        None,
+        description="SQLite outbox: every field, tally and report message is on disk before it is published and "
+        "re-sent after a reconnect or a restart until acknowledged. None: memory only (demos); the appliance "
+        "sets /var/lib/marrow-edge/outbox.sqlite.",
+    )
+    outbox_max_mb: int = Field(512, ge=1, description="Outbox size above which the health alarm is raised.")
 
     @field_validator("url")
     @classmethod

@@ -41,9 +41,13 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """A private mosquitto on 127.0.0.1, no persistence, stopped with ``stop()``."""
+    """A private mosquitto on 127.0.0.1, stopped with ``stop()``.
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    ``persistence``: sessions and queued messages survive ``stop(keep_state=True)`` and a
+    ``start()`` on the same port (the fault tests restart the broker mid-slide).
+    """
+
+    def __init__(self, port: int | None = None, binary: str | None = None, persistence: bool = False) -> None:
         self.binary = binary or find_mosquitto()
         if not self.binary:
             raise PublishError(
@@ -54,6 +58,7 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="marrow-mosquitto-")
         self._process: subprocess.Popen[bytes] | None = None
+        self.persistence = persistence
 
     @property
     def url(self) -> str:
@@ -61,8 +66,13 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         conf = Path(self._dir.name) / "mosquitto.conf"
+        persistence = (
+            f"persistence true\npersistence_location {self._dir.name}/\nautosave_interval 1\n"
+            if self.persistence
+            else "persistence false\n"
+        )
         conf.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
             "log_dest stderr\nlog_type error\nlog_type warning\n",
             encoding="utf-8",
         )
@@ -81,7 +91,7 @@ class EmbeddedBroker:
         log.info("started embedded mosquitto on %s (%s)", self.url, self.binary)
         return self
 
-    def stop(self) -> None:
+    def stop(self, keep_state: bool = False) -> None:
         if self._process and self._process.poll() is None:
             self._process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -91,7 +101,8 @@ class EmbeddedBroker:
                 self._process.wait()
         if self._process and self._process.stderr:
             self._process.stderr.close()
-        self._dir.cleanup()
+        if not keep_state:
+            self._dir.cleanup()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.mqtt.messages import CameraState, MessageFactory, encode
+from edge.mqtt.outbox import Outbox
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class MqttPublisher:
 
     ``publish`` waits for the PUBACK. While the broker is away paho keeps QoS-1 messages and
     sends them after it reconnects; such messages are counted as unconfirmed and waited for
-    at close. (A disk outbox that survives a restart is a later stage.)
+    at close. With an outbox (``mqtt.outbox``) each message is on disk before it is sent and
+    deleted on its PUBACK; what a previous run left unacknowledged is re-sent, in order, as
+    soon as the broker answers. Consumers de-duplicate on ``message_id``.
     """
 
     def __init__(self, host: str, port: int, topics: Topics, factory: MessageFactory, config: MqttConfig):
@@ -48,7 +51,12 @@ class MqttPublisher:
         self.config = config
         self._connected = threading.Event()
         self._refusal: str | None = None
-        self._pending: list[mqtt.MQTTMessageInfo] = []
+        self._inflight: set[int] = set()  # mids of QoS-1 messages not yet acknowledged
+        self.outbox = Outbox(config.outbox, config.outbox_max_mb * 2**20) if config.outbox else None
+        self._rows: dict[int, int] = {}  # paho mid -> outbox row, until its PUBACK
+        self._early_acks: set[int] = set()  # PUBACKs that beat the bookkeeping
+        self._rows_lock = threading.Lock()
+        self._backlog_sent = False
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"marrow-edge-{topics.device_id}-{uuid.uuid4().hex[:8]}",
@@ -62,6 +70,7 @@ class MqttPublisher:
         self._camera: CameraState | None = None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         self._client = client
 
     # paho callbacks run on its network thread
@@ -73,9 +82,48 @@ class MqttPublisher:
             self._connected.set()
             return
         client.publish(self.topics.status, encode(self.factory.status("online", self._camera)), qos=1, retain=True)
+        if self.outbox is not None and not self._backlog_sent:
+            self._backlog_sent = True
+            self._resend_backlog(client)
         if self._connected.is_set():
             log.info("MQTT reconnected to %s:%d", self.host, self.port)
         self._connected.set()
+
+    def _resend_backlog(self, client: mqtt.Client) -> None:
+        """What an earlier run left unacknowledged, in order, before anything new.
+
+        Within a run paho itself re-sends its in-flight messages after a reconnect; rows
+        from before this process started have no paho message and are sent here.
+        """
+        rows = self.outbox.pending() if self.outbox else []
+        if rows:
+            log.warning("MQTT outbox: re-sending %d message(s) left unacknowledged by an earlier run", len(rows))
+        for row in rows:
+            info = client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+            self._track(info.mid, row.row_id)
+
+    def _track(self, mid: int, row_id: int | None) -> None:
+        """Remember a sent message until its PUBACK (which may already have come)."""
+        with self._rows_lock:
+            acked = mid in self._early_acks
+            self._early_acks.discard(mid)
+            if not acked:
+                self._inflight.add(mid)
+                if row_id is not None:
+                    self._rows[mid] = row_id
+        if acked and row_id is not None and self.outbox is not None:
+            self.outbox.delete(row_id)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._rows_lock:
+            if mid in self._inflight:
+                self._inflight.discard(mid)
+                row_id = self._rows.pop(mid, None)
+            else:
+                self._early_acks.add(mid)
+                row_id = None
+        if row_id is not None and self.outbox is not None:
+            self.outbox.delete(row_id)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -109,20 +157,32 @@ class MqttPublisher:
             self._client.publish(self.topics.status, message, qos=1, retain=True)
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
-        info = self._client.publish(topic, encode(message), qos=self.config.qos, retain=retain)
-        try:
-            info.wait_for_publish(self.config.publish_timeout_s)
-        except ValueError:
-            raise PublishError(f"MQTT queue full, {topic} not queued") from None
-        except RuntimeError as exc:  # not connected: paho keeps it and sends it after reconnecting
-            log.warning("MQTT %s not acknowledged yet (%s); kept for resending", topic, exc)
-        if not info.is_published():
-            self._pending.append(info)
+        payload = encode(message)
+        durable = self.outbox is not None and not topic.endswith("/gate")  # gate events are ephemeral
+        row_id = self.outbox.put(topic, payload, retain) if durable else None  # type: ignore[union-attr]
+        info = self._client.publish(topic, payload, qos=self.config.qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            raise PublishError(f"MQTT queue full, {topic} not queued")  # the outbox still holds it
+        if self.config.qos == 0:
+            return
+        self._track(info.mid, row_id)
+        # Wait for the PUBACK while connected; while the broker is away paho keeps the message
+        # (and the outbox has it on disk) and sends it after reconnecting.
+        deadline = time.monotonic() + self.config.publish_timeout_s
+        while self._client.is_connected() and time.monotonic() < deadline:
+            with self._rows_lock:
+                if info.mid not in self._inflight:
+                    return
+            time.sleep(0.001)
+        with self._rows_lock:
+            waiting = info.mid in self._inflight
+        if waiting:
+            log.warning("MQTT %s not acknowledged yet; kept for resending", topic)
 
     @property
     def unconfirmed(self) -> int:
-        self._pending = [i for i in self._pending if not i.is_published()]
-        return len(self._pending)
+        with self._rows_lock:
+            return len(self._inflight)
 
     def close(self) -> None:
         deadline = time.monotonic() + self.config.publish_timeout_s
@@ -135,3 +195,8 @@ class MqttPublisher:
             info.wait_for_publish(self.config.publish_timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        if self.outbox is not None:
+            left = len(self.outbox)
+            if left:
+                log.error("MQTT outbox: %d message(s) kept in %s for the next run", left, self.outbox.path)
+            self.outbox.close()

@@ -21,11 +21,18 @@ class Received:
 
 
 class Recorder:
-    def __init__(self, host: str, port: int, pattern: str) -> None:
+    """``persistent``: a session the broker keeps (and queues for) while this client is away."""
+
+    def __init__(self, host: str, port: int, pattern: str, persistent: bool = False) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:6]}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"recorder-{uuid.uuid4().hex[:6]}",
+            clean_session=not persistent,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = lambda c, *_: c.subscribe(pattern, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message

@@ -125,16 +125,17 @@ def test_sd_notify_without_systemd(monkeypatch):
 
 def test_gated_ring_source_counts_each_stop_once(samples):
     slide = build_slide(samples, 8, 6)
-    script = [["rest", 5], ["goto", 700, 0, 12], ["rest", 6], ["goto", 10, 10, 12], ["rest", 6]]
+    # 10 frames/s and rests of 8 frames: a loaded 2-core machine still sees 3 still frames per rest
+    script = [["rest", 8], ["goto", 700, 0, 12], ["rest", 8], ["goto", 10, 10, 12], ["rest", 8]]
     name = f"t-{uuid.uuid4().hex[:8]}"
     source = GatedRingSource(name, idle_timeout=1.5)
-    capture = CaptureThread(SimulatedMicroscope(slide, script, fps=30), name).start()
+    capture = CaptureThread(SimulatedMicroscope(slide, script, fps=10), name).start()
     try:
         fields = list(source.frames())
     finally:
         capture.close()
         source.close()
     assert len(fields) == 2  # the start and the new stop; the return is refused
-    assert capture.error is None and capture.stats.frames == 41
+    assert capture.error is None and capture.stats.frames == 48
     assert RingReader(name).latest() is None  # the ring is gone with the capture
     assert threading.active_count() >= 1
