@@ -186,6 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.config import load_config, parse_mqtt_url
     from edge.counting.tally import Slide
     from edge.mqtt.broker import EmbeddedBroker, answers
+    from edge.mqtt.commands import CommandHandler, SlideControl
     from edge.mqtt.messages import MessageFactory
     from edge.mqtt.publisher import MqttPublisher
     from edge.mqtt.topics import Topics
@@ -266,6 +267,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         topics = Topics(config.mqtt.topic_prefix, config.device_id)
         factory = MessageFactory(config.device_id, appliance.provenance)
         publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
+        control = SlideControl(config.counting.target_count)
+        publisher.serve_commands(CommandHandler(control, factory))
         publisher.connect()
         if camera is not None:  # after the models load: the ring keeps only the newest frames
             capture = CaptureThread(camera, ring).start()
@@ -290,6 +293,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 args.max_fields,
                 console.field,
                 console.skip,
+                control,
             )
         finally:
             publisher.close()

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -16,6 +16,9 @@ from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.mqtt.messages import CameraState, MessageFactory, encode
 from edge.mqtt.outbox import Outbox
+
+if TYPE_CHECKING:
+    from edge.mqtt.commands import CommandHandler
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._commands: CommandHandler | None = None
         self._client = client
 
     # paho callbacks run on its network thread
@@ -81,6 +86,8 @@ class MqttPublisher:
             client.disconnect()  # a refusal (bad credentials, not authorised) will not heal by retrying
             self._connected.set()
             return
+        if self._commands is not None:
+            client.subscribe(self.topics.commands, qos=1)  # before the birth message: online means listening
         client.publish(self.topics.status, encode(self.factory.status("online", self._camera)), qos=1, retain=True)
         if self.outbox is not None and not self._backlog_sent:
             self._backlog_sent = True
@@ -124,6 +131,19 @@ class MqttPublisher:
                 row_id = None
         if row_id is not None and self.outbox is not None:
             self.outbox.delete(row_id)
+
+    def serve_commands(self, handler: CommandHandler) -> None:
+        """Answer ``cmd/<verb>`` with ``cmd/<verb>/reply`` (call before ``connect``)."""
+        self._commands = handler
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._commands is None:
+            return
+        verb = message.topic.rsplit("/", 1)[-1]
+        reply = self._commands.handle(verb, bytes(message.payload))
+        if not reply.ok:
+            log.warning("command %s refused: %s", verb[:64], reply.error)
+        client.publish(self.topics.command_reply(verb[:64]), encode(reply), qos=1)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:

@@ -23,6 +23,14 @@ class Topics:
         """Field-gate decisions of a live camera (not retained): what the display flashes."""
         return f"{self.root}/gate"
 
+    @property
+    def commands(self) -> str:
+        """Subscription filter for every command verb (one level: replies do not match)."""
+        return f"{self.root}/cmd/+"
+
+    def command_reply(self, verb: str) -> str:
+        return f"{self.root}/cmd/{verb}/reply"
+
     def field(self, slide_id: str) -> str:
         return f"{self.root}/slide/{slide_id}/field"
 

@@ -18,6 +18,7 @@ from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
 from edge.engines.field_models import build_field_model
 from edge.errors import PublishError
+from edge.mqtt.commands import SlideControl
 from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.topics import Topics
@@ -87,6 +88,7 @@ def run_slide(
     max_fields: int | None = None,
     on_field: FieldCallback | None = None,
     on_skip: SkipCallback | None = None,
+    control: SlideControl | None = None,
 ) -> SlideRun:
     """Count every field of ``source`` as one slide; publish field, tally and the final report.
 
@@ -104,9 +106,16 @@ def run_slide(
             run.publish_failures += 1
             log.error("publish to %s failed: %s", topic, exc)
 
+    if control is not None:
+        control.begin(slide)
     for taken, frame in enumerate(source.frames()):
         if max_fields is not None and taken >= max_fields:
             break
+        if control is not None:
+            tally.target_count = control.target_count  # set_target applies from the next field
+            if control.stop_requested.is_set():
+                log.info("slide %s stopped by command", slide.slide_id)
+                break
         if frame.image is None:
             reason = frame.error or "unreadable"
         else:
@@ -128,5 +137,9 @@ def run_slide(
         if on_field:
             on_field(result, tally)
     slide.ended = dt.datetime.now(dt.timezone.utc)
+    if control is not None:
+        tally.target_count = control.target_count
     send(topics.report(slide.slide_id), factory.report(slide, tally), retain=True)
+    if control is not None:
+        control.end()
     return run

@@ -42,8 +42,12 @@ class Recorder:
             raise RuntimeError("recorder could not subscribe")
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            payload = json.loads(message.payload)
+        except (ValueError, UnicodeDecodeError):  # e.g. a malformed command a test sent on purpose
+            payload = {"_raw": bytes(message.payload).decode(errors="replace")}
         with self._lock:
-            self.messages.append(Received(message.topic, json.loads(message.payload), bool(message.retain)))
+            self.messages.append(Received(message.topic, payload, bool(message.retain)))
 
     def on(self, suffix: str) -> list[dict[str, Any]]:
         with self._lock:

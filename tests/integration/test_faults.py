@@ -91,3 +91,44 @@ def test_outbox_left_by_a_killed_run_is_sent_first_at_the_next_start(broker, tmp
     recorder.close()
     assert ids[:5] == [f"old-{i}" for i in range(5)] and len(ids) == 6  # the backlog first, in order
     assert len(Outbox(path)) == 0  # every row acknowledged and deleted
+
+
+def test_commands_over_mqtt_stop_a_slide_and_bad_ones_are_answered(broker, samples):
+    import os
+    import subprocess
+    import sys
+
+    import paho.mqtt.publish as publish
+
+    recorder = Recorder(broker.host, broker.port, "marrow/v1/cmd-box/#")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--source", str(samples), "--fps", "2",
+         "--device-id", "cmd-box", "--broker", broker.url],
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(recorder.on("/field")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def send(verb, payload):
+            topic = f"marrow/v1/cmd-box/cmd/{verb}"
+            publish.single(topic, payload, qos=1, hostname=broker.host, port=broker.port)
+
+        send("set_target", "{oops")
+        send("reboot", "{}")
+        send("set_target", '{"target_count": 40, "request_id": "t1"}')
+        send("stop_slide", '{"request_id": "s1"}')
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    replies = {m.topic.split("/")[-2]: m.payload for m in recorder.messages if m.topic.endswith("/reply")}
+    assert replies["set_target"]["ok"] is True and replies["set_target"]["target_count"] == 40
+    assert replies["reboot"]["ok"] is False and "unknown verb" in replies["reboot"]["error"]
+    malformed = [m.payload for m in recorder.messages if m.topic.endswith("set_target/reply") and not m.payload["ok"]]
+    assert malformed and "malformed JSON" in malformed[0]["error"]
+    assert replies["stop_slide"]["ok"] is True and replies["stop_slide"]["request_id"] == "s1"
+    report = recorder.wait_for("/report")[0]
+    assert report["fields"] < 8 and report["target_count"] == 40  # stopped early, with the new target
+    recorder.close()

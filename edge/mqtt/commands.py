@@ -1,0 +1,171 @@
+"""Commands on ``marrow/v1/<device_id>/cmd/<verb>``, answered on ``cmd/<verb>/reply``.
+
+Verbs: ``start_slide`` (specimen_id, target_count), ``stop_slide``, ``set_target``
+(target_count), ``ping``. Payloads are JSON objects validated by pydantic; an optional
+``request_id`` is echoed. Anything else (an unknown verb, malformed JSON, a payload over
+4 KiB, a bad value) changes nothing and is answered with a precise error. ``handle`` never
+raises: a command can not stop the count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.counting.tally import Slide
+from edge.mqtt.messages import Envelope, MessageFactory
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 4096
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str | None = Field(None, max_length=64, description="Echoed in the reply.")
+
+
+class StartSlide(_Command):
+    specimen_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+    target_count: int | None = Field(None, ge=1, le=100_000)
+
+
+class StopSlide(_Command):
+    pass
+
+
+class SetTarget(_Command):
+    target_count: int = Field(ge=1, le=100_000)
+
+
+class Ping(_Command):
+    pass
+
+
+VERBS: dict[str, type[_Command]] = {
+    "start_slide": StartSlide,
+    "stop_slide": StopSlide,
+    "set_target": SetTarget,
+    "ping": Ping,
+}
+
+
+class CommandReply(Envelope):
+    kind: Literal["reply"] = "reply"
+    verb: str = Field(max_length=64)
+    request_id: str | None = None
+    ok: bool
+    error: str | None = Field(None, description="Why nothing was done, when ok is false.")
+    state: Literal["idle", "counting"]
+    slide_id: str | None = None
+    specimen_id: str | None = None
+    target_count: int | None = None
+
+
+class SlideControl:
+    """What commands may change, shared by the MQTT thread and the count loop."""
+
+    def __init__(self, target_count: int) -> None:
+        self._lock = threading.Lock()
+        self.target_count = target_count
+        self.slide: Slide | None = None
+        self.pending_specimen: str | None = None
+        self.stop_requested = threading.Event()
+
+    @property
+    def state(self) -> Literal["idle", "counting"]:
+        return "counting" if self.slide is not None else "idle"
+
+    def begin(self, slide: Slide) -> None:
+        with self._lock:
+            self.slide = slide
+            self.stop_requested.clear()
+
+    def end(self) -> None:
+        with self._lock:
+            self.slide = None
+
+    def start(self, command: StartSlide) -> str | None:
+        with self._lock:
+            if self.slide is not None:
+                return f"slide {self.slide.slide_id} is being counted: send stop_slide first"
+            self.pending_specimen = command.specimen_id
+            if command.target_count is not None:
+                self.target_count = command.target_count
+        return None
+
+    def stop(self) -> str | None:
+        with self._lock:
+            if self.slide is None:
+                return "no slide is being counted"
+            self.stop_requested.set()
+        return None
+
+    def set_target(self, command: SetTarget) -> str | None:
+        with self._lock:
+            self.target_count = command.target_count
+        return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"{where}: {first['msg']}"
+
+
+class CommandHandler:
+    def __init__(self, control: SlideControl, factory: MessageFactory) -> None:
+        self.control = control
+        self.factory = factory
+
+    def _reply(self, verb: str, request_id: str | None, error: str | None) -> CommandReply:
+        slide = self.control.slide
+        return CommandReply(
+            **self.factory._envelope(),
+            verb=verb[:64],
+            request_id=request_id,
+            ok=error is None,
+            error=error,
+            state=self.control.state,
+            slide_id=slide.slide_id if slide else None,
+            specimen_id=slide.specimen_id if slide else self.control.pending_specimen,
+            target_count=self.control.target_count,
+        )
+
+    def handle(self, verb: str, payload: bytes) -> CommandReply:
+        request_id = None
+        try:
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                too_big = f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit"
+                return self._reply(verb, None, too_big)
+            if verb not in VERBS:
+                return self._reply(verb, None, f"unknown verb {verb[:64]!r}; verbs: {', '.join(sorted(VERBS))}")
+            try:
+                data = json.loads(payload.decode("utf-8")) if payload.strip() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                return self._reply(verb, None, f"malformed JSON: {exc}")
+            if not isinstance(data, dict):
+                return self._reply(verb, None, f"expected a JSON object, got {type(data).__name__}")
+            maybe_id = data.get("request_id")
+            request_id = maybe_id if isinstance(maybe_id, str) and len(maybe_id) <= 64 else None
+            try:
+                command = VERBS[verb].model_validate(data)
+            except ValidationError as exc:
+                return self._reply(verb, request_id, _first_error(exc))
+            if isinstance(command, StartSlide):
+                error = self.control.start(command)
+            elif isinstance(command, StopSlide):
+                error = self.control.stop()
+            elif isinstance(command, SetTarget):
+                error = self.control.set_target(command)
+            else:
+                error = None
+            return self._reply(verb, request_id, error)
+        except Exception as exc:  # a command must never take the appliance down
+            log.exception("command %r failed", verb[:64])
+            return self._reply(verb, request_id, f"internal error: {type(exc).__name__}")
