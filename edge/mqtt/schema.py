@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
 from edge.mqtt.messages import (
     SCHEMA_VERSION,
     FieldMessage,
@@ -39,6 +40,7 @@ class Channel:
     retained: bool
     qos: int
     description: str
+    action: str = "send"  # send: the box publishes; receive: the box listens (commands)
 
 
 CHANNELS = [
@@ -69,6 +71,26 @@ CHANNELS = [
         "The slide's running differential with intervals and rule states, after every field.",
     ),
     Channel("report", "slide/{slide_id}/report", ReportMessage, True, 1, "The slide's final report."),
+    *(
+        Channel(
+            f"cmd_{verb}",
+            f"cmd/{verb}",
+            model,
+            False,
+            1,
+            f"Command {verb}: a JSON object (at most {MAX_PAYLOAD_BYTES} bytes); answered on cmd/{verb}/reply.",
+            "receive",
+        )
+        for verb, model in VERBS.items()
+    ),
+    Channel(
+        "cmd_reply",
+        "cmd/{verb}/reply",
+        CommandReply,
+        False,
+        1,
+        "The answer to every command, valid or not: ok, or a precise error; the slide state after it.",
+    ),
 ]
 
 
@@ -86,6 +108,8 @@ def asyncapi() -> dict[str, Any]:
         parameters = {"device_id": {"description": "The box (config device_id)."}}
         if "{slide_id}" in c.address:
             parameters["slide_id"] = {"description": "The slide (UTC start time and a random suffix)."}
+        if "{verb}" in c.address:
+            parameters["verb"] = {"description": "The command's verb.", "enum": sorted(VERBS)}
         messages[c.name] = {
             "name": c.name,
             "title": c.model.__name__,
@@ -100,8 +124,8 @@ def asyncapi() -> dict[str, Any]:
             "parameters": parameters,
             "messages": {c.name: {"$ref": f"#/components/messages/{c.name}"}},
         }
-        operations[f"publish_{c.name}"] = {
-            "action": "send",
+        operations[f"{c.action}_{c.name}"] = {
+            "action": c.action,
             "channel": {"$ref": f"#/channels/{c.name}"},
             "messages": [{"$ref": f"#/channels/{c.name}/messages/{c.name}"}],
         }
@@ -110,7 +134,8 @@ def asyncapi() -> dict[str, Any]:
         "info": {
             "title": "marrow-edge MQTT API",
             "version": SCHEMA_VERSION,
-            "description": "What a marrow-edge box publishes. Every payload carries schema_version, device_id, "
+            "description": "What a marrow-edge box publishes and the commands it takes. Every payload it "
+            "sends carries schema_version, device_id, "
             "seq, a unique message_id (de-duplicate on it), UTC time; results carry provenance. "
             "Generated from edge/mqtt/messages.py by `python -m edge.mqtt.schema`.",
         },
