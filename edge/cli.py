@@ -184,6 +184,7 @@ class LiveConsole:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.capture.replay import ImageFilesSource, open_replay
     from edge.config import load_config, parse_mqtt_url
+    from edge.counting.journal import SlideJournal
     from edge.counting.tally import Slide
     from edge.mqtt.broker import EmbeddedBroker, answers
     from edge.mqtt.commands import CommandHandler, SlideControl
@@ -276,7 +277,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from edge.capture.daemon import sd_notify
 
             sd_notify(f"READY=1\nSTATUS=counting fields from ring {args.ring}")
-        slide = Slide(specimen_id=args.specimen_id)
+        journal = SlideJournal(config.counting.journal) if config.counting.journal else None
+        slide = journal.open_slide() if journal else None
+        if slide is not None:
+            out.write(f"resuming slide {slide.slide_id} (specimen {slide.specimen_id}) after a restart\n")
+        else:
+            slide = Slide(specimen_id=args.specimen_id)
         out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/slide/{slide.slide_id}/\n")
         total = len(source.paths) if isinstance(source, ImageFilesSource) else None
         if total and args.max_fields:
@@ -294,6 +300,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 console.field,
                 console.skip,
                 control,
+                journal,
             )
         finally:
             publisher.close()

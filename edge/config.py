@@ -95,6 +95,11 @@ class CountingConfig(_Strict):
         description="Class roles that make up the denominator of the percentages.",
     )
     rules: Path | None = Field(None, description="YAML rule pack; None uses the embedded default.")
+    journal: Path | None = Field(
+        None,
+        description="SQLite slide journal: the open slide survives a crash or restart and resumes without "
+        "counting a field twice. None: memory only (demos); the appliance sets /var/lib/marrow-edge/slides.sqlite.",
+    )
 
 
 class MqttConfig(_Strict):

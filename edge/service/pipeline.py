@@ -13,6 +13,7 @@ from edge import __version__
 from edge.analysis.field import FieldAnalyzer, FieldResult
 from edge.capture.source import CameraSource
 from edge.config import AppConfig
+from edge.counting.journal import SlideJournal
 from edge.counting.rules import RulePack, load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
@@ -89,6 +90,7 @@ def run_slide(
     on_field: FieldCallback | None = None,
     on_skip: SkipCallback | None = None,
     control: SlideControl | None = None,
+    journal: SlideJournal | None = None,
 ) -> SlideRun:
     """Count every field of ``source`` as one slide; publish field, tally and the final report.
 
@@ -106,6 +108,12 @@ def run_slide(
             run.publish_failures += 1
             log.error("publish to %s failed: %s", topic, exc)
 
+    seen: set[str] = set()
+    if journal is not None:
+        journal.begin(slide)
+        if resumed := journal.replay(slide, tally):
+            log.warning("slide %s resumed after a restart: %d field(s) already in its tally", slide.slide_id, resumed)
+        seen = journal.seen(slide)
     if control is not None:
         control.begin(slide)
     for taken, frame in enumerate(source.frames()):
@@ -116,6 +124,9 @@ def run_slide(
             if control.stop_requested.is_set():
                 log.info("slide %s stopped by command", slide.slide_id)
                 break
+        if frame.name in seen:
+            log.info("field %s was counted before the restart: not again", frame.name)
+            continue
         if frame.image is None:
             reason = frame.error or "unreadable"
         else:
@@ -127,10 +138,14 @@ def run_slide(
                 reason = f"{frame.name}: analysis failed: {exc}"
         if reason:
             log.warning("skipped field %s: %s", frame.name, reason)
+            if journal is not None:
+                journal.record_skip(slide, frame.name, reason)
             tally.skip(frame.name, reason)
             if on_skip:
                 on_skip(frame.name, reason, tally)
             continue
+        if journal is not None:
+            journal.record(slide, result)  # on disk before anyone hears of it
         tally.add(result)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
         send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)
@@ -140,6 +155,8 @@ def run_slide(
     if control is not None:
         tally.target_count = control.target_count
     send(topics.report(slide.slide_id), factory.report(slide, tally), retain=True)
+    if journal is not None:
+        journal.close_slide(slide)
     if control is not None:
         control.end()
     return run

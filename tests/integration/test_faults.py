@@ -132,3 +132,47 @@ def test_commands_over_mqtt_stop_a_slide_and_bad_ones_are_answered(broker, sampl
     report = recorder.wait_for("/report")[0]
     assert report["fields"] < 8 and report["target_count"] == 40  # stopped early, with the new target
     recorder.close()
+
+
+def test_sigkill_mid_slide_then_restart_resumes_without_counting_twice(broker, samples, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    recorder = Recorder(broker.host, broker.port, "marrow/v1/kill-box/#")
+    env = {
+        **os.environ,
+        "MARROW_EDGE__COUNTING__JOURNAL": str(tmp_path / "slides.sqlite"),
+        "MARROW_EDGE__MQTT__OUTBOX": str(tmp_path / "outbox.sqlite"),
+    }
+    command = [sys.executable, "-m", "edge.cli", "run", "--source", str(samples), "--fps", "2",
+               "--device-id", "kill-box", "--specimen-id", "BM-7", "--broker", broker.url]  # fmt: skip
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(recorder.on("/field")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "resuming slide" in second.stdout
+    report = recorder.wait_for("/report")[0]
+    fields = recorder.on("/field")
+    distinct = {f["message_id"]: f for f in fields}.values()
+    sources = [f["source"] for f in distinct]
+    with capsys.disabled():
+        print(
+            f"\nSIGKILL after {len(fields) - 5 if len(fields) >= 5 else '?'}+ fields: field messages {len(fields)}, "
+            f"distinct {len(distinct)}, distinct sources {len(set(sources))}; report fields {report['fields']}"
+        )
+    recorder.close()
+    assert len(set(sources)) == len(sources) == 8  # every field once, none twice
+    assert report["fields"] == 8 and report["specimen_id"] == "BM-7"
+    assert len({f["slide_id"] for f in distinct}) == 1 == len({report["slide_id"]} | {f["slide_id"] for f in distinct})
+    summed: dict[str, int] = {}
+    for f in distinct:
+        for cell in f["cells"]:
+            if cell["countable"]:
+                summed[cell["class"]] = summed.get(cell["class"], 0) + 1
+    assert report["counts"] == summed  # the final tally is the sum of the distinct fields
