@@ -226,6 +226,8 @@ class RingReader:
         if magic != MAGIC:
             self._shm.close()
             self._shm = None
+            if magic == bytes(len(MAGIC)):
+                return False  # just created, header not written yet: look again on the next call
             raise CameraError(f"shared memory {self.segment} is not a marrow-edge frame ring")
         return True
 

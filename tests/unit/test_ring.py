@@ -110,3 +110,17 @@ def test_resolution_change_recreates_the_ring_and_readers_follow(name, tmp_path,
 def test_bad_frames_are_refused(name, tmp_path):
     with FrameRing(name, lock_dir=tmp_path) as ring, pytest.raises(ValueError, match="uint8"):
         ring.write(np.zeros((8, 8, 3), np.float32))
+
+
+def test_a_segment_caught_before_its_header_is_written_is_not_an_error(name):
+    from multiprocessing import shared_memory
+
+    raw = shared_memory.SharedMemory(name=f"marrow-edge-{name}", create=True, size=4096)  # zeros, as just created
+    try:
+        assert RingReader(name).latest() is None
+        raw.buf[:8] = b"NOTARING"
+        with pytest.raises(CameraError, match="is not a marrow-edge frame ring"):
+            RingReader(name).latest()
+    finally:
+        raw.close()
+        raw.unlink()
