@@ -69,6 +69,18 @@ def _capture_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exposure", type=float, help="camera exposure (device units)")
 
 
+def _monitor_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="lab side: a live table of every box publishing to a broker",
+        description="Subscribe to the status, tallies and reports of every box under the topic prefix and "
+        "print a table (device, state, slide, cells counted, rule states) whenever it changes.",
+    )
+    p.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
+    p.add_argument("--prefix", default="marrow/v1", help="topic prefix (default: marrow/v1)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+
+
 def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -121,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub)
     _capture_parser(sub)
+    _monitor_parser(sub)
     _export_parser(sub)
     _evaluate_parser(sub)
     return parser
@@ -336,6 +349,18 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from edge.config import parse_mqtt_url
+    from edge.mqtt.monitor import monitor
+
+    try:
+        host, port = parse_mqtt_url(args.broker)
+    except ValueError as exc:
+        raise EdgeError(str(exc)) from None
+    monitor(host, port, args.prefix, sys.stdout, args.duration)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     try:
         from build_engines.export import ExportRequest, export_bundle
@@ -387,7 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        commands = {"run": _cmd_run, "capture": _cmd_capture, "export": _cmd_export, "evaluate": _cmd_evaluate}
+        commands = {
+            "run": _cmd_run,
+            "capture": _cmd_capture,
+            "monitor": _cmd_monitor,
+            "export": _cmd_export,
+            "evaluate": _cmd_evaluate,
+        }
         return commands[args.command](args)
     except EdgeError as exc:
         sys.stderr.write(f"marrow-edge: error: {exc}\n")

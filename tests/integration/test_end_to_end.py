@@ -211,3 +211,19 @@ def test_capture_daemon_and_pipeline_as_two_processes(broker, recorder, tmp_path
     assert pipeline.returncode == 0, err
     assert len(recorder.on("/field")) == 2  # the start and the new stop; the return is refused
     assert "gate: already_counted" in err
+
+
+def test_monitor_shows_every_box(broker, samples):
+    """The lab-side reference consumer on two boxes' replayed slides."""
+    for device in ("box-a", "box-b"):
+        proc = marrow_edge("run", "--source", str(samples), "--broker", broker.url, "--device-id", device,
+                           "--max-fields", "4" if device == "box-a" else "8")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    monitor = marrow_edge("monitor", "--broker", broker.url, "--duration", "2", timeout=60)
+    assert monitor.returncode == 0, monitor.stderr
+    table = monitor.stdout.strip().split("\n\n")[-1]
+    print(table)
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert set(rows) == {"box-a", "box-b"}
+    assert "stopped" in rows["box-a"] and "(done)" in rows["box-a"] and "(done)" in rows["box-b"]
+    assert "M3" in rows["box-b"]  # rule states in words
