@@ -195,15 +195,17 @@ class LiveConsole:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.analysis.field import FieldResult
     from edge.capture.replay import ImageFilesSource, open_replay
     from edge.config import load_config, parse_mqtt_url
     from edge.counting.journal import SlideJournal
-    from edge.counting.tally import Slide
+    from edge.counting.tally import Slide, Tally
     from edge.mqtt.broker import EmbeddedBroker, answers
     from edge.mqtt.commands import CommandHandler, SlideControl
     from edge.mqtt.messages import MessageFactory
     from edge.mqtt.publisher import MqttPublisher
     from edge.mqtt.topics import Topics
+    from edge.service.health import HealthReporter, RunStats
     from edge.service.pipeline import build_appliance, run_slide
 
     overrides: dict[str, Any] = {}
@@ -221,6 +223,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     capture = None
     camera = None
     publisher: MqttPublisher | None = None
+    stats = RunStats()
     if args.source:
         source = open_replay(args.source)
         if args.fps:
@@ -245,6 +248,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         last_decision: list[str] = []
 
         def gate_event(event: GateEvent) -> None:
+            stats.frames += 1
+            stats.ring_skipped = source.reader.skipped  # type: ignore[attr-defined]
             # Changes and every accepted field: the display flashes them; a still stage sends nothing.
             if publisher is None or (last_decision[-1:] == [event.decision.value] and not event.accepted):
                 return
@@ -301,6 +306,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if total and args.max_fields:
             total = min(total, args.max_fields)
         console = LiveConsole(out, total, args.quiet)
+
+        def on_field(result: FieldResult, tally: Tally) -> None:
+            stats.field(result.timings_ms)
+            stats.frames += 0 if args.camera or args.ring else 1
+            console.field(result, tally)
+
+        def on_skip(source_name: str, reason: str, tally: Tally) -> None:
+            stats.skipped += 1
+            stats.frames += 0 if args.camera or args.ring else 1
+            console.skip(source_name, reason, tally)
+
+        health = HealthReporter(
+            publisher, factory, stats, appliance.provenance.backend, config.mqtt.health_interval_s
+        ).start()
         try:
             run = run_slide(
                 appliance,
@@ -310,12 +329,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 factory,
                 slide,
                 args.max_fields,
-                console.field,
-                console.skip,
+                on_field,
+                on_skip,
                 control,
                 journal,
             )
         finally:
+            health.stop()
             publisher.close()
             source.close()
             if capture is not None:

@@ -122,6 +122,7 @@ class MqttConfig(_Strict):
         "sets /var/lib/marrow-edge/outbox.sqlite.",
     )
     outbox_max_mb: int = Field(512, ge=1, description="Outbox size above which the health alarm is raised.")
+    health_interval_s: float = Field(10.0, gt=0, description="Seconds between health messages.")
 
     @field_validator("url")
     @classmethod

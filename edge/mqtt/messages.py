@@ -72,6 +72,22 @@ class GateMessage(Envelope):
     overlap: float = Field(description="Share of this field already counted.")
 
 
+class HealthMessage(Envelope):
+    """Periodic health of the box (``mqtt.health_interval_s``)."""
+
+    kind: Literal["health"] = "health"
+    uptime_s: float
+    frames_per_s: float = Field(description="Camera frames the gate looked at (live) or fields read (replay).")
+    fields_counted: int
+    fields_skipped: int
+    stage_ms_p50: dict[str, float] = Field(description="Median per stage over the last fields.")
+    drops: dict[str, int] = Field(description="ring_skipped (frames never seen), publish_failures.")
+    queues: dict[str, int] = Field(description="mqtt_unacknowledged, outbox_rows.")
+    outbox_alarm: bool = Field(description="The outbox is over its size bound: the lab link needs attention.")
+    backend: str
+    memory_mb: float = Field(description="Resident memory of the count process.")
+
+
 class CellOut(_Model):
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in field pixels.")
     detector_score: float

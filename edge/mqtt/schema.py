@@ -24,6 +24,7 @@ from edge.mqtt.messages import (
     SCHEMA_VERSION,
     FieldMessage,
     GateMessage,
+    HealthMessage,
     ReportMessage,
     StatusMessage,
     TallyMessage,
@@ -60,6 +61,14 @@ CHANNELS = [
         False,
         1,
         "Field-gate decisions of a live camera: on every change and for every accepted field.",
+    ),
+    Channel(
+        "health",
+        "health",
+        HealthMessage,
+        False,
+        1,
+        "Every mqtt.health_interval_s: rates, stage latency, drops, queue depths, outbox alarm, memory.",
     ),
     Channel("field", "slide/{slide_id}/field", FieldMessage, False, 1, "One counted field: every cell."),
     Channel(

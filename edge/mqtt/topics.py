@@ -24,6 +24,10 @@ class Topics:
         return f"{self.root}/gate"
 
     @property
+    def health(self) -> str:
+        return f"{self.root}/health"
+
+    @property
     def commands(self) -> str:
         """Subscription filter for every command verb (one level: replies do not match)."""
         return f"{self.root}/cmd/+"

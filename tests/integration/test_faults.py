@@ -176,3 +176,30 @@ def test_sigkill_mid_slide_then_restart_resumes_without_counting_twice(broker, s
             if cell["countable"]:
                 summed[cell["class"]] = summed.get(cell["class"], 0) + 1
     assert report["counts"] == summed  # the final tally is the sum of the distinct fields
+
+
+def test_health_is_published_periodically(broker, samples, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    recorder = Recorder(broker.host, broker.port, "marrow/v1/health-box/health")
+    env = {
+        **os.environ,
+        "MARROW_EDGE__MQTT__HEALTH_INTERVAL_S": "0.5",
+        "MARROW_EDGE__MQTT__OUTBOX": str(tmp_path / "outbox.sqlite"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", "--source", str(samples), "--fps", "4",
+         "--device-id", "health-box", "--broker", broker.url],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    health = recorder.on("/health")
+    recorder.close()
+    assert len(health) >= 2
+    last = health[-1]
+    assert last["fields_counted"] >= 4 and last["backend"] == "onnxruntime" and last["memory_mb"] > 50
+    assert set(last["stage_ms_p50"]) == {"detect", "crop", "classify"}
+    assert last["queues"]["outbox_rows"] >= 0 and last["outbox_alarm"] is False
+    assert any(h["frames_per_s"] > 0 for h in health)

@@ -1,0 +1,94 @@
+"""Counters of the count loop and the thread that publishes them on ``<device>/health``."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import PublishError
+from edge.mqtt.messages import HealthMessage, MessageFactory
+from edge.mqtt.publisher import MqttPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    started: float = field(default_factory=time.monotonic)
+    frames: int = 0  # frames the gate saw (live) or fields read (replay)
+    fields: int = 0
+    skipped: int = 0
+    ring_skipped: int = 0
+    publish_failures: int = 0
+    stages: dict[str, deque[float]] = field(default_factory=dict)
+
+    def field(self, timings_ms: dict[str, float]) -> None:
+        self.fields += 1
+        for stage, ms in timings_ms.items():
+            self.stages.setdefault(stage, deque(maxlen=50)).append(ms)
+
+
+def resident_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class HealthReporter:
+    def __init__(
+        self, publisher: MqttPublisher, factory: MessageFactory, stats: RunStats, backend: str, interval: float
+    ) -> None:
+        self.publisher = publisher
+        self.factory = factory
+        self.stats = stats
+        self.backend = backend
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._last = (time.monotonic(), 0)
+
+    def message(self) -> HealthMessage:
+        s, now = self.stats, time.monotonic()
+        then, frames_then = self._last
+        self._last = (now, s.frames)
+        outbox = self.publisher.outbox
+        return HealthMessage(
+            **self.factory._envelope(),
+            uptime_s=round(now - s.started, 1),
+            frames_per_s=round((s.frames - frames_then) / max(now - then, 1e-6), 2),
+            fields_counted=s.fields,
+            fields_skipped=s.skipped,
+            stage_ms_p50={k: round(statistics.median(v), 2) for k, v in s.stages.items() if v},
+            drops={"ring_skipped": s.ring_skipped, "publish_failures": s.publish_failures},
+            queues={"mqtt_unacknowledged": self.publisher.unconfirmed, "outbox_rows": len(outbox) if outbox else 0},
+            outbox_alarm=bool(outbox and outbox.alarm),
+            backend=self.backend,
+            memory_mb=round(resident_mb(), 1),
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            message = self.message()
+            if message.outbox_alarm:
+                log.error("MQTT outbox over its bound: %d rows waiting", message.queues["outbox_rows"])
+            try:
+                self.publisher.publish(self.publisher.topics.health, message)
+            except PublishError as exc:
+                log.warning("health not published: %s", exc)
+
+    def start(self) -> HealthReporter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
