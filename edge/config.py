@@ -113,8 +113,18 @@ class MqttConfig(_Strict):
     keepalive_s: int = Field(30, ge=5)
     connect_timeout_s: float = Field(5.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a PUBACK.")
-    username: str | None = None
-    password: SecretStr | None = Field(None, description="Set through the environment, never in a file.")
+    username: str | None = Field(None, description="The box's broker account (the ACL template expects its device_id).")
+    password: SecretStr | None = Field(
+        None, description="From the environment (MARROW_EDGE__MQTT__PASSWORD) only; never in the config file."
+    )
+    password_file: Path | None = Field(
+        None,
+        description="File holding the password (systemd LoadCredential: $CREDENTIALS_DIRECTORY/mqtt-password is "
+        "used when present and this is unset).",
+    )
+    tls_ca: Path | None = Field(None, description="CA certificate: connect with TLS and verify the broker against it.")
+    tls_cert: Path | None = Field(None, description="Client certificate for brokers that require one.")
+    tls_key: Path | None = Field(None, description="Key of the client certificate.")
     outbox: Path | None = Field(
         None,
         description="SQLite outbox: every field, tally and report message is on disk before it is published and "
@@ -167,20 +177,23 @@ class AppConfig(_Strict):
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` -> (host, port); the port defaults to 1883."""
+    """``mqtt://host:port`` or ``mqtts://host:port`` -> (host, port); the port defaults to 1883 / 8883.
+
+    TLS itself is switched on by ``mqtt.tls_ca`` (a CA to verify the broker against).
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme != "mqtt":
-        raise ValueError(f"expected mqtt://HOST[:PORT], got {url!r} (TLS links are configured in mosquitto)")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
     rest = rest.rstrip("/")
     host, colon, port_text = rest.rpartition(":")
     if not colon:
-        host, port_text = rest, "1883"
+        host, port_text = rest, "8883" if scheme == "mqtts" else "1883"
     try:
         port = int(port_text)
     except ValueError:
         raise ValueError(f"port of {url!r} is not a number") from None
     if not host or not 0 < port < 65536:
-        raise ValueError(f"expected mqtt://HOST[:PORT], got {url!r}")
+        raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
     return host, port
 
 
@@ -235,6 +248,11 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of keys")
         data = loaded or {}
+        if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
+            raise ConfigError(
+                f"config file {path}: mqtt.password must not be in a file that may be shared or committed; "
+                "use mqtt.password_file, systemd LoadCredential=mqtt-password, or MARROW_EDGE__MQTT__PASSWORD"
+            )
     env = _env_overrides(os.environ if environ is None else environ)
     if env:
         origin += " + environment"

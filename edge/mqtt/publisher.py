@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -22,6 +25,20 @@ if TYPE_CHECKING:
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+def read_password(config: MqttConfig) -> str | None:
+    """The broker password: a file (or systemd credential) first, then the environment; never the YAML."""
+    path = config.password_file
+    if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password"
+        path = candidate if candidate.is_file() else None
+    if path is not None:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise PublishError(f"cannot read the MQTT password file {path}: {exc.strerror}") from None
+    return config.password.get_secret_value() if config.password else None
 
 
 class Publisher(Protocol):
@@ -66,8 +83,16 @@ class MqttPublisher:
             protocol=mqtt.MQTTv311,
         )
         if config.username:
-            password = config.password.get_secret_value() if config.password else None
-            client.username_pw_set(config.username, password)
+            client.username_pw_set(config.username, read_password(config))
+        if config.tls_ca:
+            try:
+                client.tls_set(
+                    ca_certs=str(config.tls_ca),
+                    certfile=str(config.tls_cert) if config.tls_cert else None,
+                    keyfile=str(config.tls_key) if config.tls_key else None,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise PublishError(f"MQTT TLS files unusable: {exc}") from None
         client.will_set(topics.status, encode(factory.status("offline")), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._camera: CameraState | None = None
@@ -152,6 +177,11 @@ class MqttPublisher:
     def connect(self) -> None:
         try:
             self._client.connect(self.host, self.port, keepalive=self.config.keepalive_s)
+        except ssl.SSLError as exc:
+            raise PublishError(
+                f"MQTT broker mqtts://{self.host}:{self.port}: TLS failed ({exc.reason or exc}); "
+                "check mqtt.tls_ca (the CA that signed the broker's certificate) and the client certificate"
+            ) from None
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise PublishError(
