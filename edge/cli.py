@@ -39,6 +39,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--ring", metavar="NAME", help="read the frame ring of a running `marrow-edge capture`")
     p.add_argument("--fps", type=float, help="camera frame rate (replays are paced to it)")
     p.add_argument(
+        "--wait-for-start",
+        action="store_true",
+        help="with --camera/--ring: serve slides one after another, each begun by a start_slide command "
+        "and ended by stop_slide (the appliance's service mode)",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=float,
         metavar="S",
@@ -206,7 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.mqtt.publisher import MqttPublisher
     from edge.mqtt.topics import Topics
     from edge.service.health import HealthReporter, RunStats
-    from edge.service.pipeline import build_appliance, run_slide
+    from edge.service.pipeline import SlideRun, build_appliance, run_slide
 
     overrides: dict[str, Any] = {}
     if args.device_id:
@@ -296,12 +302,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             sd_notify(f"READY=1\nSTATUS=counting fields from ring {args.ring}")
         journal = SlideJournal(config.counting.journal) if config.counting.journal else None
-        slide = journal.open_slide() if journal else None
+        resume = slide = journal.open_slide() if journal else None
         if slide is not None:
             out.write(f"resuming slide {slide.slide_id} (specimen {slide.specimen_id}) after a restart\n")
         else:
             slide = Slide(specimen_id=args.specimen_id)
-        out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/slide/{slide.slide_id}/\n")
+        if args.wait_for_start:
+            out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/\n")
+        else:
+            out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/slide/{slide.slide_id}/\n")
         total = len(source.paths) if isinstance(source, ImageFilesSource) else None
         if total and args.max_fields:
             total = min(total, args.max_fields)
@@ -317,30 +326,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
             stats.frames += 0 if args.camera or args.ring else 1
             console.skip(source_name, reason, tally)
 
+        def count(this_slide: Slide) -> SlideRun:
+            return run_slide(
+                appliance, source, publisher, topics, factory, this_slide, args.max_fields,
+                on_field, on_skip, control, journal,
+            )  # fmt: skip
+
         health = HealthReporter(
             publisher, factory, stats, appliance.provenance.backend, config.mqtt.health_interval_s
         ).start()
         try:
-            run = run_slide(
-                appliance,
-                source,
-                publisher,
-                topics,
-                factory,
-                slide,
-                args.max_fields,
-                on_field,
-                on_skip,
-                control,
-                journal,
-            )
+            if args.wait_for_start:
+                from edge.capture.daemon import GatedRingSource
+
+                if not isinstance(source, GatedRingSource):
+                    raise EdgeError("--wait-for-start needs --camera or --ring")
+                run = _serve_slides(args, source, capture, control, journal, out, console, resume, count)
+            else:
+                run = count(slide)
         finally:
             health.stop()
             publisher.close()
             source.close()
             if capture is not None:
                 capture.close()
-        console.report(run, manifest.untrained)
+        if run is None:
+            sys.stderr.write("marrow-edge: error: the camera stopped before any start_slide command\n")
+            return 5
+        if not args.wait_for_start:
+            console.report(run, manifest.untrained)
     finally:
         if broker:
             broker.stop()
@@ -348,6 +362,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
         return 5
     return 1 if run.publish_failures else 0
+
+
+def _serve_slides(args, source, capture, control, journal, out, console, resume, count):
+    """Service mode: each slide begins with start_slide and ends with stop_slide (or the camera ending)."""
+    from edge.counting.tally import Slide
+
+    last = None
+    while True:
+        if resume is not None:
+            slide, resume = resume, None
+        else:
+            out.write(f"waiting for start_slide (on {args.device_id or 'this box'}'s cmd/start_slide)\n")
+            out.flush()
+            while not control.start_requested.wait(0.5):
+                if source.finished or (capture is not None and not capture.alive):
+                    return last
+            slide = Slide(specimen_id=control.take_start())
+        out.write(f"slide {slide.slide_id} (specimen {slide.specimen_id}) started\n")
+        source.gate.new_slide()
+        source.stop_event = control.stop_requested
+        last = count(slide)
+        console.report(last, False)
+        if source.finished or (capture is not None and not capture.alive):
+            return last
 
 
 def _cmd_capture(args: argparse.Namespace) -> int:

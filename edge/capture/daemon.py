@@ -120,6 +120,8 @@ class GatedRingSource:
         self.gate = gate or FieldGate()
         self.idle_timeout = idle_timeout
         self.on_event = on_event
+        self.stop_event: threading.Event | None = None  # set: end the current slide's frames now
+        self.finished = False  # the writer went silent: the capture has stopped
         self._closed = False
 
     def frames(self) -> Iterator[Frame]:
@@ -128,6 +130,8 @@ class GatedRingSource:
         idle_since = last_ping = time.monotonic()
         watchdog = watchdog_interval()
         while not self._closed:
+            if self.stop_event is not None and self.stop_event.is_set():
+                return
             if watchdog is not None and time.monotonic() - last_ping >= watchdog:
                 sd_notify("WATCHDOG=1")  # fed while frames are read or awaited, not while a field hangs
                 last_ping = time.monotonic()
@@ -135,6 +139,7 @@ class GatedRingSource:
             if got is None:
                 if time.monotonic() - idle_since > self.idle_timeout:
                     log.info("%s: no frame for %.0f s: the capture has stopped", self.name, self.idle_timeout)
+                    self.finished = True
                     return
                 continue
             idle_since = time.monotonic()
@@ -173,6 +178,10 @@ class CaptureThread:
     def start(self) -> CaptureThread:
         self._thread.start()
         return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def close(self) -> None:
         self.stop.set()

@@ -76,6 +76,7 @@ class SlideControl:
         self.slide: Slide | None = None
         self.pending_specimen: str | None = None
         self.stop_requested = threading.Event()
+        self.start_requested = threading.Event()
 
     @property
     def state(self) -> Literal["idle", "counting"]:
@@ -97,7 +98,15 @@ class SlideControl:
             self.pending_specimen = command.specimen_id
             if command.target_count is not None:
                 self.target_count = command.target_count
+            self.start_requested.set()
         return None
+
+    def take_start(self) -> str | None:
+        """The specimen of the slide a start_slide asked for (consumed)."""
+        with self._lock:
+            specimen, self.pending_specimen = self.pending_specimen, None
+            self.start_requested.clear()
+            return specimen
 
     def stop(self) -> str | None:
         with self._lock:

@@ -203,3 +203,44 @@ def test_health_is_published_periodically(broker, samples, tmp_path):
     assert set(last["stage_ms_p50"]) == {"detect", "crop", "classify"}
     assert last["queues"]["outbox_rows"] >= 0 and last["outbox_alarm"] is False
     assert any(h["frames_per_s"] > 0 for h in health)
+
+
+def test_service_mode_slides_begin_and_end_by_command(broker, tmp_path):
+    """--wait-for-start: nothing is counted until start_slide; stop_slide ends the slide with its report."""
+    import subprocess
+    import sys
+
+    import paho.mqtt.publish as publish
+
+    script = tmp_path / "scan.yaml"
+    steps = ["[rest, 10]"] + [f"[goto, {x}, {y}, 10]\n- [rest, 12]" for x, y in ((700, 0), (700, 600), (1400, 900))]
+    script.write_text("".join(f"- {s}\n" for s in steps))
+    recorder = Recorder(broker.host, broker.port, "marrow/v1/svc-box/#")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--camera", f"sim:{script}", "--fps", "8", "--wait-for-start",
+         "--device-id", "svc-box", "--broker", broker.url],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in run.stdout:
+            if line.startswith("waiting for start_slide"):
+                break
+        time.sleep(1.5)  # frames flow, but no slide: nothing may be counted
+        assert recorder.on("/field") == []
+
+        def send(verb, payload):
+            publish.single(f"marrow/v1/svc-box/cmd/{verb}", payload, qos=1, hostname=broker.host, port=broker.port)
+
+        send("start_slide", '{"specimen_id": "BM-9", "target_count": 100}')
+        deadline = time.monotonic() + 30
+        while not recorder.on("/field") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        send("stop_slide", "{}")
+        report = recorder.wait_for("/report", timeout=20)[0]
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    recorder.close()
+    assert report["specimen_id"] == "BM-9" and report["target_count"] == 100 and report["fields"] >= 1
+    assert all(f["slide_id"] == report["slide_id"] for f in recorder.on("/field"))
+    assert run.returncode == 0, err
