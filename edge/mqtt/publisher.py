@@ -113,7 +113,7 @@ class MqttPublisher:
             return
         if self._commands is not None:
             client.subscribe(self.topics.commands, qos=1)  # before the birth message: online means listening
-        client.publish(self.topics.status, encode(self.factory.status("online", self._camera)), qos=1, retain=True)
+        self._send(self.topics.status, encode(self.factory.status("online", self._camera)), retain=True)
         if self.outbox is not None and not self._backlog_sent:
             self._backlog_sent = True
             self._resend_backlog(client)
@@ -131,8 +131,14 @@ class MqttPublisher:
         if rows:
             log.warning("MQTT outbox: re-sending %d message(s) left unacknowledged by an earlier run", len(rows))
         for row in rows:
-            info = client.publish(row.topic, row.payload, qos=1, retain=row.retain)
-            self._track(info.mid, row.row_id)
+            self._send(row.topic, row.payload, row.retain, row.row_id)
+
+    def _send(self, topic: str, payload: bytes, retain: bool = False, row_id: int | None = None) -> int:
+        """Every QoS-1 publish goes through here, so every PUBACK has a tracked mid: an untracked
+        one would sit in the early-ack set until paho reused its mid for a result message."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        self._track(info.mid, row_id)
+        return info.mid
 
     def _track(self, mid: int, row_id: int | None) -> None:
         """Remember a sent message until its PUBACK (which may already have come)."""
@@ -168,7 +174,7 @@ class MqttPublisher:
         reply = self._commands.handle(verb, bytes(message.payload))
         if not reply.ok:
             log.warning("command %s refused: %s", verb[:64], reply.error)
-        client.publish(self.topics.command_reply(verb[:64]), encode(reply), qos=1)
+        self._send(self.topics.command_reply(verb[:64]), encode(reply))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -204,7 +210,7 @@ class MqttPublisher:
         self._camera = CameraState(state=state, detail=detail)  # type: ignore[arg-type]
         if self._connected.is_set() and self._refusal is None:
             message = encode(self.factory.status("online", self._camera))
-            self._client.publish(self.topics.status, message, qos=1, retain=True)
+            self._send(self.topics.status, message, retain=True)
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
         payload = encode(message)
