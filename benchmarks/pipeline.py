@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.fields import compose_field  # noqa: E402
 from edge import __version__  # noqa: E402
 from edge.analysis.classify import Classifier  # noqa: E402
-from edge.analysis.detect import Detector  # noqa: E402
+from edge.analysis.detect import Detector, fitted_size  # noqa: E402
 from edge.analysis.field import FieldModel, HostFieldModel  # noqa: E402
 from edge.config import DEFAULT_BUNDLE, AppConfig  # noqa: E402
 from edge.engines.bundle import Bundle, load_bundle  # noqa: E402
@@ -456,8 +456,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bundle = load_bundle(DEFAULT_BUNDLE) if profile == "lite" else None
         suite = Suite(profile, bundle, args.work, device)
         detector_spec, _ = suite.specs()
-        from edge.engines.torch_fused import fitted_size
-
         fitted = fitted_size(height, width, detector_spec.input_min_size, detector_spec.input_max_size)
         flops = field_flops(suite, fitted)
         fields = {n: [compose_field(n, height, width, seed=1000 * n + v) for v in range(args.variants)] for n in cells}

@@ -36,6 +36,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.nda
     return np.asarray(keep, dtype=np.int64)
 
 
+def fitted_size(height: int, width: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
+    """(h, w) a field is fitted to: short side ``min_size``, long side at most ``max_size``."""
+    if min_size is None:
+        return height, width
+    scale = min(min_size / min(height, width), (max_size or 10**9) / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> tuple[np.ndarray, float]:
     """Resize so the short side is ``min_size`` and the long side at most ``max_size``.
 
@@ -43,16 +51,13 @@ def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> 
     differently from PyTorch (366 px -> 383 or 384), and INTER_AREA anti-aliases a large
     camera frame where the graph's bilinear resize would not.
     """
-    if min_size is None:
-        return field, 1.0
     height, width = field.shape[:2]
-    scale = min(min_size / min(height, width), (max_size or 10**9) / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if size == (width, height):
+    fitted_h, fitted_w = fitted_size(height, width, min_size, max_size)
+    if (fitted_h, fitted_w) == (height, width):
         return field, 1.0
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(field, size, interpolation=interpolation)
-    return resized, size[0] / width
+    interpolation = cv2.INTER_AREA if fitted_w < width or fitted_h < height else cv2.INTER_LINEAR
+    resized = cv2.resize(field, (fitted_w, fitted_h), interpolation=interpolation)
+    return resized, fitted_w / width
 
 
 class Detector:

@@ -25,6 +25,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms, roi_align
 
 from build_engines.profiles import IMAGE_MEAN, IMAGE_STD, DetectorGraph, FusedClassifier
+from edge.analysis.detect import fitted_size
 from edge.analysis.field import FieldOutputs
 from edge.engines.bundle import Bundle, ClassifierSpec, DetectorSpec
 from edge.errors import EngineError
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16"]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 SIZE_DIVISIBLE = 32  # RetinaNet's transform pads to this; the graph's anchors depend on it
-
-
-def fitted_size(height: int, width: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
-    """(h, w) the detector sees; the same rounding as ``edge.analysis.detect.fit_field``."""
-    if min_size is None:
-        return height, width
-    scale = min(min_size / min(height, width), (max_size or 10**9) / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def decode_boxes(

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch", reason="the torch backend needs the train e
 
 from benchmarks.fields import compose_field  # noqa: E402
 from edge.analysis.crops import crop_cells  # noqa: E402
+from edge.analysis.detect import fitted_size  # noqa: E402
 from edge.config import AppConfig  # noqa: E402
 from edge.engines.bundle import load_bundle  # noqa: E402
 from edge.engines.field_models import (  # noqa: E402
@@ -15,7 +16,7 @@ from edge.engines.field_models import (  # noqa: E402
     torch_model,
     verification_fields,
 )
-from edge.engines.torch_fused import TorchFusedFieldModel, bucket, fitted_size, load_torch_models  # noqa: E402
+from edge.engines.torch_fused import TorchFusedFieldModel, bucket, load_torch_models  # noqa: E402
 from edge.engines.verify import compare_models  # noqa: E402
 from edge.errors import EngineError  # noqa: E402
 
