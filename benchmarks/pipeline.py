@@ -45,6 +45,7 @@ from edge.analysis.detect import Detector, fitted_size  # noqa: E402
 from edge.analysis.field import FieldModel, HostFieldModel  # noqa: E402
 from edge.config import DEFAULT_BUNDLE, AppConfig  # noqa: E402
 from edge.engines.bundle import Bundle, load_bundle  # noqa: E402
+from edge.service.health import process_memory_mb  # noqa: E402
 
 log = logging.getLogger("benchmark")
 BASELINE = "torch-eager-fp32 (baseline)"
@@ -77,12 +78,9 @@ def host_peak_mb(reset: bool = False) -> float:
     if reset:
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = process_memory_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

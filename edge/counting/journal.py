@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from edge.analysis.field import Cell, FieldResult
 from edge.counting.tally import Slide, Tally
+from edge.durable import open_durable
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,13 @@ log = logging.getLogger(__name__)
 class SlideJournal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(
+        self._db = open_durable(
+            self.path,
             "CREATE TABLE IF NOT EXISTS slide (slide_id TEXT PRIMARY KEY, specimen_id TEXT, started TEXT NOT NULL, "
             "closed INTEGER NOT NULL DEFAULT 0);"
             "CREATE TABLE IF NOT EXISTS field (slide_id TEXT NOT NULL, source TEXT NOT NULL, result TEXT, "
-            "skipped TEXT, PRIMARY KEY (slide_id, source));"
+            "skipped TEXT, PRIMARY KEY (slide_id, source));",
         )
 
     def open_slide(self) -> Slide | None:

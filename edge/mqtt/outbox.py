@@ -9,11 +9,12 @@ raised for the health topic, so an operator can fix the link before the disk fil
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge.durable import open_durable
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,12 @@ class OutboxRow:
 class Outbox:
     def __init__(self, path: Path, max_bytes: int = 512 * 2**20) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
+        self._db = open_durable(
+            self.path,
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
-            "payload BLOB NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL)"
+            "payload BLOB NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL)",
         )
 
     def put(self, topic: str, payload: bytes, retain: bool) -> int:

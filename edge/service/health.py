@@ -33,14 +33,19 @@ class RunStats:
             self.stages.setdefault(stage, deque(maxlen=50)).append(ms)
 
 
-def resident_mb() -> float:
+def process_memory_mb(field: str = "VmRSS") -> float | None:
+    """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: peak) in MB; None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return None
+
+
+def resident_mb() -> float:
+    return process_memory_mb("VmRSS") or 0.0
 
 
 class HealthReporter:
