@@ -82,6 +82,15 @@ class _State:
     frames: int = 0
 
 
+def window_cells(x: float, y: float, width: int, height: int, cell: int) -> set[tuple[int, int]]:
+    """Map cells wholly inside a window at (x, y): a border cell half in does not make a field "counted"."""
+    return {
+        (i, j)
+        for i in range(math.ceil(x / cell), math.floor((x + width) / cell))
+        for j in range(math.ceil(y / cell), math.floor((y + height) / cell))
+    }
+
+
 class FieldGate:
     def __init__(self, settings: GateSettings | None = None) -> None:
         self.settings = settings or GateSettings()
@@ -99,15 +108,6 @@ class FieldGate:
         size = (self.settings.analysis_width, max(8, round(image.shape[0] * scale)))
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
         return cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32), scale
-
-    def _cells(self, x: float, y: float, width: int, height: int) -> set[tuple[int, int]]:
-        c = self.settings.map_cell_px
-        # Cells wholly inside the window: a border cell half in does not make a field "counted".
-        return {
-            (i, j)
-            for i in range(math.ceil(x / c), math.floor((x + width) / c))
-            for j in range(math.ceil(y / c), math.floor((y + height) / c))
-        }
 
     def _relocate(self, small: np.ndarray, scale: float, width: int) -> None:
         """Re-anchor the summed position on the best-matching counted field nearby."""
@@ -150,7 +150,7 @@ class FieldGate:
         height, width = image.shape[:2]
         if st.still == s.still_frames:
             self._relocate(small, scale, width)
-        cells = self._cells(st.x, st.y, width, height)
+        cells = window_cells(st.x, st.y, width, height, s.map_cell_px)
         overlap = len(cells & st.counted) / len(cells) if cells else 1.0
 
         if shift > s.still_px:

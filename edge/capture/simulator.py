@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from edge.capture.decode import decode_image
+from edge.capture.gate import window_cells
 from edge.capture.source import Frame
 from edge.errors import CameraError
 
@@ -222,11 +223,7 @@ def score_gate(
         if step[0] != "rest" or truth is None:
             false += hits
             continue
-        cells = {
-            (i, j)
-            for i in range(math.ceil(truth.x / cell), math.floor((truth.x + width) / cell))
-            for j in range(math.ceil(truth.y / cell), math.floor((truth.y + height) / cell))
-        }
+        cells = window_cells(truth.x, truth.y, width, height, cell)
         overlap = len(cells & counted) / len(cells)
         if abs(overlap - max_overlap) <= margin:
             borderline += 1

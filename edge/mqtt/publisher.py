@@ -133,12 +133,16 @@ class MqttPublisher:
         for row in rows:
             self._send(row.topic, row.payload, row.retain, row.row_id)
 
-    def _send(self, topic: str, payload: bytes, retain: bool = False, row_id: int | None = None) -> int:
-        """Every QoS-1 publish goes through here, so every PUBACK has a tracked mid: an untracked
-        one would sit in the early-ack set until paho reused its mid for a result message."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        self._track(info.mid, row_id)
-        return info.mid
+    def _send(
+        self, topic: str, payload: bytes, retain: bool = False, row_id: int | None = None, qos: int = 1
+    ) -> mqtt.MQTTMessageInfo:
+        """Every publish goes through here, so every PUBACK (or QoS-0 send) has a tracked mid: an
+        untracked one would sit in the early-ack set until paho reused its mid for a result message."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        # Not tracked: a full queue (nothing was queued) or a QoS-0 message paho dropped while offline.
+        if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE and (qos > 0 or info.rc == mqtt.MQTT_ERR_SUCCESS):
+            self._track(info.mid, row_id)
+        return info
 
     def _track(self, mid: int, row_id: int | None) -> None:
         """Remember a sent message until its PUBACK (which may already have come)."""
@@ -216,12 +220,11 @@ class MqttPublisher:
         payload = encode(message)
         durable = self.outbox is not None and not topic.endswith("/gate")  # gate events are ephemeral
         row_id = self.outbox.put(topic, payload, retain) if durable else None  # type: ignore[union-attr]
-        info = self._client.publish(topic, payload, qos=self.config.qos, retain=retain)
+        info = self._send(topic, payload, retain, row_id, self.config.qos)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             raise PublishError(f"MQTT queue full, {topic} not queued")  # the outbox still holds it
         if self.config.qos == 0:
             return
-        self._track(info.mid, row_id)
         # Wait for the PUBACK while connected; while the broker is away paho keeps the message
         # (and the outbox has it on disk) and sends it after reconnecting.
         deadline = time.monotonic() + self.config.publish_timeout_s
