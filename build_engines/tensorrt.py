@@ -259,7 +259,7 @@ def ensure_engines(
 def _tensorrt_runner(plan_bytes: bytes) -> Callable:
     from edge.engines.tensorrt import TensorRTBackend
 
-    return TensorRTBackend.from_bytes(plan_bytes).run
+    return TensorRTBackend(plan_bytes).run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from edge import __version__
 from edge.errors import EdgeError, PublishError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edge.capture.daemon import CaptureThread, GatedRingSource
+    from edge.counting.journal import SlideJournal
+    from edge.counting.tally import Slide
+    from edge.mqtt.commands import SlideControl
+    from edge.service.pipeline import SlideRun
 
 log = logging.getLogger("edge")
 
@@ -212,7 +221,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.mqtt.publisher import MqttPublisher
     from edge.mqtt.topics import Topics
     from edge.service.health import HealthReporter, RunStats
-    from edge.service.pipeline import SlideRun, build_appliance, run_slide
+    from edge.service.pipeline import build_appliance, run_slide
 
     overrides: dict[str, Any] = {}
     if args.device_id:
@@ -364,7 +373,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if run.publish_failures else 0
 
 
-def _serve_slides(args, source, capture, control, journal, out, console, resume, count):
+def _serve_slides(
+    args: argparse.Namespace,
+    source: GatedRingSource,
+    capture: CaptureThread | None,
+    control: SlideControl,
+    journal: SlideJournal | None,
+    out: TextIO,
+    console: LiveConsole,
+    resume: Slide | None,
+    count: Callable[[Slide], SlideRun],
+) -> SlideRun | None:
     """Service mode: each slide begins with start_slide and ends with stop_slide (or the camera ending)."""
     from edge.counting.tally import Slide
 

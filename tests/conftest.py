@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import DEFAULT_BUNDLE
+from edge.analysis.field import HostFieldModel
+from edge.config import DEFAULT_BUNDLE, AppConfig
+from edge.engines.bundle import Bundle, load_bundle
+from edge.engines.field_models import onnxruntime_model
 from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +26,18 @@ def samples() -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir() -> Path:
     return BUNDLE
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir: Path) -> Bundle:
+    """The shipped bundle, loaded and hash-verified once per session."""
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def ort_reference(bundle: Bundle) -> HostFieldModel:
+    """ONNX Runtime FP32 on the CPU: what every other engine is compared with."""
+    return onnxruntime_model(bundle, AppConfig())
 
 
 @pytest.fixture(scope="session")

@@ -66,10 +66,6 @@ class TensorRTBackend:
         self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}
         self.use_cuda_graphs = use_cuda_graphs
 
-    @classmethod
-    def from_bytes(cls, plan: bytes) -> TensorRTBackend:
-        return cls(plan)
-
     @property
     def providers(self) -> list[str]:
         return [f"tensorrt {self._trt.__version__} {self.plan_name}"]

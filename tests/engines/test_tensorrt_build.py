@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.engines.bundle import load_bundle
 from edge.engines.engine_cache import EngineKey, find_plan, plan_paths, store_plan
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from edge.errors import EngineError
@@ -60,11 +59,6 @@ def test_a_new_build_removes_the_stale_plan(tmp_path):
     new = store_plan(tmp_path, key(), b"new", 1.0, {})
     assert not old.exists() and new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, new.with_suffix(".json").name])
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir):
-    return load_bundle(bundle_dir)
 
 
 def fake_key(bundle, model, onnx_path, precision):

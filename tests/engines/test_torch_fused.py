@@ -9,10 +9,8 @@ from benchmarks.fields import compose_field  # noqa: E402
 from edge.analysis.crops import crop_cells  # noqa: E402
 from edge.analysis.detect import fitted_size  # noqa: E402
 from edge.config import AppConfig  # noqa: E402
-from edge.engines.bundle import load_bundle  # noqa: E402
 from edge.engines.field_models import (  # noqa: E402
     build_field_model,
-    onnxruntime_model,
     torch_model,
     verification_fields,
 )
@@ -24,30 +22,20 @@ CPU = {"backend": "torch", "device": "cpu", "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
-def bundle(bundle_dir):
-    return load_bundle(bundle_dir)
-
-
-@pytest.fixture(scope="module")
 def fused(bundle):
     return torch_model(bundle, AppConfig(engine=CPU))
 
 
-@pytest.fixture(scope="module")
-def reference(bundle):
-    return onnxruntime_model(bundle, AppConfig())
-
-
-def test_fused_cpu_matches_onnxruntime_on_the_sample_fields(bundle, fused, reference):
-    report = compare_models(fused, reference, verification_fields(AppConfig()), bundle.manifest.verification)
+def test_fused_cpu_matches_onnxruntime_on_the_sample_fields(bundle, fused, ort_reference):
+    report = compare_models(fused, ort_reference, verification_fields(AppConfig()), bundle.manifest.verification)
     assert report.reference_boxes >= 8 and report.matched_boxes == report.reference_boxes
     assert report.class_agreement == 1.0
     assert report.max_probability_diff < 0.02, report  # resize/crop arithmetic differs, the cells do not
 
 
-def test_fused_cpu_on_thirty_real_cells(fused, reference):
+def test_fused_cpu_on_thirty_real_cells(fused, ort_reference):
     image, boxes = compose_field(30, 720, 960, seed=3)
-    ours, theirs = fused(image, boxes), reference(image, boxes)
+    ours, theirs = fused(image, boxes), ort_reference(image, boxes)
     assert ours.probs.shape == theirs.probs.shape == (30, 10)
     agreement = (ours.probs.argmax(1) == theirs.probs.argmax(1)).mean()
     assert agreement >= 0.9, agreement

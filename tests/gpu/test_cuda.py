@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch", reason="the GPU paths need torch (the train
 
 from benchmarks.fields import compose_field  # noqa: E402
 from edge.config import AppConfig  # noqa: E402
-from edge.engines.bundle import load_bundle  # noqa: E402
 from edge.engines.field_models import (  # noqa: E402
     build_field_model,
     onnxruntime_model,
@@ -29,30 +28,20 @@ CUDA = {"backend": "torch", "device": "cuda", "precision": "fp16", "cuda_graphs"
 
 
 @pytest.fixture(scope="module")
-def bundle(bundle_dir):
-    return load_bundle(bundle_dir)
-
-
-@pytest.fixture(scope="module")
 def fp16_graphs(bundle):
     return torch_model(bundle, AppConfig(engine=CUDA))
 
 
-@pytest.fixture(scope="module")
-def reference(bundle):
-    return onnxruntime_model(bundle, AppConfig())
-
-
-def test_fp16_graphs_match_onnxruntime_fp32_on_real_fields(bundle, fp16_graphs, reference):
-    report = compare_models(fp16_graphs, reference, verification_fields(AppConfig()), bundle.manifest.verification)
+def test_fp16_graphs_match_onnxruntime_fp32_on_real_fields(bundle, fp16_graphs, ort_reference):
+    report = compare_models(fp16_graphs, ort_reference, verification_fields(AppConfig()), bundle.manifest.verification)
     print("verification", report.as_dict())
     assert report.passed, report.failures
     assert report.class_agreement == 1.0
 
 
-def test_fp16_on_sixty_real_cells_agrees_with_onnxruntime(fp16_graphs, reference):
+def test_fp16_on_sixty_real_cells_agrees_with_onnxruntime(fp16_graphs, ort_reference):
     image, boxes = compose_field(60, 1440, 1920, seed=7)
-    ours, theirs = fp16_graphs(image, boxes), reference(image, boxes)
+    ours, theirs = fp16_graphs(image, boxes), ort_reference(image, boxes)
     agreement = float((ours.probs.argmax(1) == theirs.probs.argmax(1)).mean())
     diff = float(np.abs(ours.probs - theirs.probs).max())
     print(f"60 cells: class agreement {agreement:.3f}, max probability difference {diff:.4f}")
