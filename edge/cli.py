@@ -17,10 +17,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from edge.capture.daemon import CaptureThread, GatedRingSource
+    from edge.config import AppConfig
     from edge.counting.journal import SlideJournal
     from edge.counting.tally import Slide
     from edge.mqtt.commands import SlideControl
-    from edge.service.pipeline import SlideRun
+    from edge.mqtt.messages import MessageFactory
+    from edge.mqtt.publisher import Publisher
+    from edge.service.pipeline import Appliance, SlideRun
+    from edge.service.preview import PreviewPublisher
 
 log = logging.getLogger("edge")
 
@@ -96,6 +100,21 @@ def _monitor_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
 
 
+def _display_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "display",
+        help="serve the page at the microscope (live view, count, start/stop)",
+        description="Serve the display page for one box: its live view with boxes, the running count with "
+        "intervals, the rule states, device status and start/stop buttons. Everything comes from the box's "
+        "MQTT messages; the buttons publish its commands.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config file (the box's: device_id, mqtt, display)")
+    p.add_argument("--broker", metavar="mqtt://HOST:PORT", help="MQTT broker (overrides mqtt.url; default localhost)")
+    p.add_argument("--device-id", help="the box to show (overrides device_id)")
+    p.add_argument("--host", help="address to serve on (overrides display.host; 0.0.0.0 for tablets)")
+    p.add_argument("--port", type=int, help="port to serve on (overrides display.port; 0 picks a free one)")
+
+
 def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -149,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _capture_parser(sub)
     _monitor_parser(sub)
+    _display_parser(sub)
     _export_parser(sub)
     _evaluate_parser(sub)
     return parser
@@ -335,10 +355,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             stats.frames += 0 if args.camera or args.ring else 1
             console.skip(source_name, reason, tally)
 
+        preview = _start_preview(config, appliance, publisher, factory, source, live=not args.source)
+
         def count(this_slide: Slide) -> SlideRun:
             return run_slide(
                 appliance, source, publisher, topics, factory, this_slide, args.max_fields,
-                on_field, on_skip, control, journal,
+                on_field, on_skip, control, journal, preview,
             )  # fmt: skip
 
         health = HealthReporter(
@@ -355,6 +377,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 run = count(slide)
         finally:
             health.stop()
+            if preview is not None:
+                preview.stop()
             publisher.close()
             source.close()
             if capture is not None:
@@ -371,6 +395,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
         return 5
     return 1 if run.publish_failures else 0
+
+
+def _start_preview(
+    config: AppConfig, appliance: Appliance, publisher: Publisher, factory: MessageFactory, source: Any, live: bool
+) -> PreviewPublisher | None:
+    """The preview path for the display: counted fields always; a live camera's frames too."""
+    from edge.service.preview import PreviewPublisher
+
+    if not config.preview.enabled:
+        return None
+    classes = appliance.bundle.manifest.classes
+    preview = PreviewPublisher(
+        publisher,
+        factory,
+        config.preview,
+        [c.name for c in classes],
+        [c.aliases[0] if c.aliases else c.name for c in classes],
+        analyze=appliance.analyzer if live else None,
+        models_lock=appliance.models_lock,
+    ).start()
+    if live:
+        source.on_frame = lambda image, event: preview.offer(image, event=event)
+    return preview
 
 
 def _serve_slides(
@@ -438,6 +485,53 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_display(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edge.config import load_config, parse_mqtt_url
+    from edge.display.feed import DisplayFeed
+    from edge.display.server import DisplayServer
+    from edge.mqtt.topics import Topics
+
+    overrides: dict[str, Any] = {}
+    if args.device_id:
+        overrides["device_id"] = args.device_id
+    if args.broker:
+        overrides["mqtt"] = {"url": args.broker}
+    display: dict[str, Any] = {}
+    if args.host:
+        display["host"] = args.host
+    if args.port is not None:
+        display["port"] = args.port
+    if display:
+        overrides["display"] = display
+    config = load_config(args.config, overrides=overrides)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.logging.level)
+    host, port = parse_mqtt_url(config.mqtt.url) if config.mqtt.url else ("127.0.0.1", 1883)
+    feed = DisplayFeed(host, port, Topics(config.mqtt.topic_prefix, config.device_id), config.mqtt).start()
+    where = config.display
+    try:
+        server = DisplayServer(feed, where.host, where.port, where.command_timeout_s)
+    except OSError as exc:
+        feed.stop()
+        raise EdgeError(f"cannot serve the display on {where.host}:{where.port}: {exc.strerror}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="display-http", daemon=True)
+    thread.start()
+    sys.stdout.write(f"display: {server.url} showing {config.device_id} from mqtt://{host}:{port}\n")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        feed.stop()
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     try:
         from build_engines.export import ExportRequest, export_bundle
@@ -493,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": _cmd_run,
             "capture": _cmd_capture,
             "monitor": _cmd_monitor,
+            "display": _cmd_display,
             "export": _cmd_export,
             "evaluate": _cmd_evaluate,
         }

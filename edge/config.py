@@ -157,6 +157,31 @@ class GateConfig(_Strict):
     )
 
 
+class PreviewConfig(_Strict):
+    """The preview path (DESIGN 1): newest frame wins, boxes drawn by the display, never bridged."""
+
+    enabled: bool = Field(True, description="Publish preview frames on <prefix>/<device>/preview (local only).")
+    fps: float = Field(8.0, gt=0, le=30, description="Most preview frames per second.")
+    max_width: int = Field(640, ge=64, le=4096, description="Preview JPEGs are scaled down to this width.")
+    jpeg_quality: int = Field(70, ge=10, le=95)
+    boxes: bool = Field(
+        True,
+        description="Live camera: detect and classify preview frames while the count path is idle, so the "
+        "display shows boxes before a field is counted (boxes are reused while the stage stays still).",
+    )
+    box_refresh_s: float = Field(1.0, gt=0, description="Re-analyse a still view after this many seconds.")
+
+
+class DisplayConfig(_Strict):
+    """``marrow-edge display``: the page at the microscope."""
+
+    host: str = Field(
+        "127.0.0.1", description="Address the page is served on; 0.0.0.0 lets a tablet on the bench reach it."
+    )
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (tests).")
+    command_timeout_s: float = Field(5.0, gt=0, description="Longest wait for the box's reply to a button.")
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -173,6 +198,8 @@ class AppConfig(_Strict):
     counting: CountingConfig = Field(default_factory=CountingConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
+    display: DisplayConfig = Field(default_factory=DisplayConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge.capture.gate import Decision, FieldGate, GateEvent
 from edge.capture.ring import FrameRing, RingReader
 from edge.capture.source import CameraSource, Frame
@@ -105,7 +107,8 @@ class GatedRingSource:
 
     Ends when the writer has been silent for ``idle_timeout`` seconds (the capture stopped).
     ``on_event`` hears every gate decision (for the display and status); decisions that
-    change are logged with their reason.
+    change are logged with their reason. ``on_frame`` gets every frame with its decision
+    (the preview path); it must return at once.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class GatedRingSource:
         self.gate = gate or FieldGate()
         self.idle_timeout = idle_timeout
         self.on_event = on_event
+        self.on_frame: Callable[[np.ndarray, GateEvent], None] | None = None
         self.stop_event: threading.Event | None = None  # set: end the current slide's frames now
         self.finished = False  # the writer went silent: the capture has stopped
         self._closed = False
@@ -146,6 +150,8 @@ class GatedRingSource:
             event = self.gate(got.image)
             if self.on_event is not None:
                 self.on_event(event)
+            if self.on_frame is not None:
+                self.on_frame(got.image, event)
             if event.decision is not last_decision:
                 log.info("gate: %s (%s)", event.decision.value, event.reason)
                 last_decision = event.decision

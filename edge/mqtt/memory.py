@@ -26,6 +26,9 @@ class MemoryPublisher:
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
         self.sent.append(Published(topic, message, retain))
 
+    def publish_preview(self, message: BaseModel) -> None:
+        self.sent.append(Published("preview", message, False))
+
     def close(self) -> None:
         self.closed = True
 

@@ -72,6 +72,34 @@ class GateMessage(Envelope):
     overlap: float = Field(description="Share of this field already counted.")
 
 
+class PreviewCell(_Model):
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in preview-image pixels.")
+    class_name: str = Field(alias="class")
+    label: str = Field(description="Short label for the box (the class's first alias).")
+    probability: float
+    countable: bool
+
+
+class PreviewMessage(Envelope):
+    """A small JPEG of the newest frame with the cells found on it; local only, never bridged."""
+
+    kind: Literal["preview"] = "preview"
+    jpeg: str = Field(description="Base64 JPEG, at most preview.max_width wide.")
+    width: int = Field(description="Preview image width (px).")
+    height: int
+    scale: float = Field(description="Preview pixels per field pixel.")
+    classes: list[str] = Field(description="The bundle's classes in order (for stable colours).")
+    cells: list[PreviewCell] | None = Field(
+        description="Cells on this frame; null when it was not analysed (the count path was busy or the "
+        "stage moved since the last analysis)."
+    )
+    counted: bool = Field(description="This frame is a field that was just counted.")
+    slide_id: str | None = None
+    field_index: int | None = None
+    gate: str | None = Field(None, description="The field gate's decision on this frame (live camera).")
+    gate_reason: str | None = None
+
+
 class HealthMessage(Envelope):
     """Periodic health of the box (``mqtt.health_interval_s``)."""
 
@@ -197,6 +225,9 @@ class MessageFactory:
             brightness=round(event.brightness, 1),
             overlap=round(event.overlap, 3),
         )
+
+    def preview(self, **fields: object) -> PreviewMessage:
+        return PreviewMessage(**self._envelope(), **fields)
 
     def field(self, slide: Slide, result: FieldResult, class_names: list[str]) -> FieldMessage:
         cells = [

@@ -48,6 +48,10 @@ class Publisher(Protocol):
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None: ...
 
+    def publish_preview(self, message: BaseModel) -> None:
+        """QoS 0, never in the outbox, never waits: a preview frame the broker misses is simply gone."""
+        ...
+
     def close(self) -> None:
         """Announce a clean stop and let go of the connection."""
         ...
@@ -237,6 +241,10 @@ class MqttPublisher:
             waiting = info.mid in self._inflight
         if waiting:
             log.warning("MQTT %s not acknowledged yet; kept for resending", topic)
+
+    def publish_preview(self, message: BaseModel) -> None:
+        if self._client.is_connected():  # offline: dropped, the next frame replaces it anyway
+            self._send(self.topics.preview, encode(message), qos=0)
 
     @property
     def unconfirmed(self) -> int:

@@ -25,6 +25,7 @@ from edge.mqtt.messages import (
     FieldMessage,
     GateMessage,
     HealthMessage,
+    PreviewMessage,
     ReportMessage,
     StatusMessage,
     TallyMessage,
@@ -61,6 +62,15 @@ CHANNELS = [
         False,
         1,
         "Field-gate decisions of a live camera: on every change and for every accepted field.",
+    ),
+    Channel(
+        "preview",
+        "preview",
+        PreviewMessage,
+        False,
+        0,
+        "Local only (the lab bridge never forwards it): the newest frame as a small JPEG with the cells "
+        "found on it, at most preview.fps per second; newest wins, QoS 0. Counted fields are always sent.",
     ),
     Channel(
         "health",

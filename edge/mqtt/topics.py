@@ -24,6 +24,11 @@ class Topics:
         return f"{self.root}/gate"
 
     @property
+    def preview(self) -> str:
+        """Small JPEGs for the display (QoS 0, newest wins); the lab bridge never forwards it."""
+        return f"{self.root}/preview"
+
+    @property
     def health(self) -> str:
         return f"{self.root}/health"
 

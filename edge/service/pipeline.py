@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from edge.mqtt.commands import SlideControl
 from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.topics import Topics
+from edge.service.preview import PreviewPublisher
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ class Appliance:
     analyzer: FieldAnalyzer
     rules: RulePack
     provenance: Provenance
+    # The count path holds it while analysing; the preview path only tries it (counting comes first,
+    # and the fused CUDA-graph models must not run two fields at once).
+    models_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def new_tally(self) -> Tally:
         counting = self.config.counting
@@ -91,6 +96,7 @@ def run_slide(
     on_skip: SkipCallback | None = None,
     control: SlideControl | None = None,
     journal: SlideJournal | None = None,
+    preview: PreviewPublisher | None = None,
 ) -> SlideRun:
     """Count every field of ``source`` as one slide; publish field, tally and the final report.
 
@@ -131,7 +137,8 @@ def run_slide(
             reason = frame.error or "unreadable"
         else:
             try:
-                result = appliance.analyzer(frame.image, frame.index, frame.name)
+                with appliance.models_lock:
+                    result = appliance.analyzer(frame.image, frame.index, frame.name)
                 reason = ""
             except Exception as exc:  # one bad field must not end the slide
                 log.exception("analysis of %s failed", frame.name)
@@ -149,6 +156,8 @@ def run_slide(
         tally.add(result)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
         send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)
+        if preview is not None:
+            preview.offer(frame.image, result=result, slide_id=slide.slide_id)  # type: ignore[arg-type]
         if on_field:
             on_field(result, tally)
     slide.ended = dt.datetime.now(dt.timezone.utc)

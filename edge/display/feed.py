@@ -1,0 +1,231 @@
+"""The display's view of one box, kept from its MQTT messages (the same API as any dashboard).
+
+One paho subscriber keeps the newest valid message of each kind (status, health, gate,
+preview, the current slide's tally/report/field, command replies). Page clients wait
+for changes and always get the newest state: a slow tablet skips intermediate frames
+and tallies instead of queueing them (newest wins, memory stays bounded).
+A payload that does not validate is logged and dropped; it never reaches the page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ValidationError
+
+from edge.config import MqttConfig
+from edge.errors import PublishError
+from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
+from edge.mqtt.messages import (
+    FieldMessage,
+    GateMessage,
+    HealthMessage,
+    PreviewMessage,
+    ReportMessage,
+    StatusMessage,
+    TallyMessage,
+)
+from edge.mqtt.publisher import read_password
+from edge.mqtt.topics import Topics
+
+log = logging.getLogger(__name__)
+
+MODELS: dict[str, type[BaseModel]] = {
+    "status": StatusMessage,
+    "health": HealthMessage,
+    "gate": GateMessage,
+    "preview": PreviewMessage,
+    "field": FieldMessage,
+    "tally": TallyMessage,
+    "report": ReportMessage,
+    "reply": CommandReply,
+}
+SLIDE_KINDS = ("field", "tally", "report")
+
+
+@dataclass
+class Change:
+    kind: str
+    version: int
+    payload: str  # JSON text, as the page receives it
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: dict[str, Any] | None = None
+
+
+class DisplayFeed:
+    """Subscribes to one box's topics; ``changes`` hands page clients what is new."""
+
+    def __init__(self, host: str, port: int, topics: Topics, config: MqttConfig) -> None:
+        self.host, self.port = host, port
+        self.topics = topics
+        self.config = config
+        self._cond = threading.Condition()
+        self._latest: dict[str, Change] = {}
+        self._version = 0
+        self._slide: str | None = None  # id of the newest slide seen
+        self._pending: dict[str, _Pending] = {}
+        self.rejected = 0
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"marrow-display-{topics.device_id}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        if config.username:
+            client.username_pw_set(config.username, read_password(config))
+        if config.tls_ca:
+            client.tls_set(
+                ca_certs=str(config.tls_ca),
+                certfile=str(config.tls_cert) if config.tls_cert else None,
+                keyfile=str(config.tls_key) if config.tls_key else None,
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        self._link(connected=False)
+
+    # -- state -------------------------------------------------------------------------------
+    def _set(self, kind: str, payload: dict[str, Any] | None) -> None:
+        with self._cond:
+            self._version += 1
+            self._latest[kind] = Change(kind, self._version, json.dumps(payload, separators=(",", ":")))
+            self._cond.notify_all()
+
+    def _link(self, connected: bool) -> None:
+        """The display's own link to the broker: without it the page must not look live."""
+        broker = f"mqtt://{self.host}:{self.port}"
+        self._set("link", {"connected": connected, "broker": broker, "device_id": self.topics.device_id})
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            return {kind: json.loads(c.payload) for kind, c in self._latest.items()}
+
+    def changes(self, since: int, timeout: float) -> tuple[int, list[Change]]:
+        """Kinds whose newest message is newer than ``since`` (waits up to ``timeout`` for one)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._version > since, timeout)
+            news = sorted((c for c in self._latest.values() if c.version > since), key=lambda c: c.version)
+            return self._version, news
+
+    # -- MQTT ---------------------------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("display: broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        root = self.topics.root
+        client.subscribe(
+            [(f"{root}/{kind}", 0) for kind in ("status", "health", "gate", "preview")]
+            + [(f"{root}/slide/+/{kind}", 1) for kind in SLIDE_KINDS]
+            + [(f"{root}/cmd/+/reply", 1)]
+        )
+        self._link(connected=True)
+        log.info("display: subscribed to %s/# on mqtt://%s:%d", root, self.host, self.port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._link(connected=False)
+        if reason.is_failure:
+            log.warning("display: lost the broker (%s); reconnecting", reason)
+
+    def _kind_of(self, topic: str) -> str | None:
+        rest = topic[len(self.topics.root) + 1 :].split("/")
+        if len(rest) == 1 and rest[0] in MODELS:
+            return rest[0]
+        if len(rest) == 3 and rest[0] == "slide" and rest[2] in SLIDE_KINDS:
+            return rest[2]
+        if len(rest) == 3 and rest[0] == "cmd" and rest[2] == "reply":
+            return "reply"
+        return None
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        kind = self._kind_of(message.topic)
+        if kind is None or not message.payload:  # an empty retained message clears a topic
+            return
+        try:
+            model = MODELS[kind].model_validate_json(message.payload)
+        except ValidationError as exc:
+            self.rejected += 1
+            log.warning("display: dropped an invalid %s message on %s: %s", kind, message.topic, exc.errors()[0]["msg"])
+            return
+        payload = model.model_dump(mode="json", by_alias=True)
+        if kind in SLIDE_KINDS and not self._is_current_slide(payload):
+            return
+        if kind == "reply":
+            self._answer(payload)
+        self._set(kind, payload)
+        if kind == "status" and payload["state"] != "online":
+            self._set("gate", None)  # the run ended: its last gate decision no longer describes the stage
+
+    def _is_current_slide(self, payload: dict[str, Any]) -> bool:
+        """Retained tallies of earlier slides arrive too: follow the newest slide only.
+
+        Slide ids begin with their UTC start time (``20261127T131331Z-532641``), so they sort by it.
+        """
+        slide_id = payload["slide_id"]
+        with self._cond:
+            if self._slide is not None and slide_id < self._slide:
+                return False
+            if self._slide is not None and slide_id != self._slide:
+                for kind in SLIDE_KINDS:  # a new slide: nothing of the old one stays on the page
+                    self._latest.pop(kind, None)
+            self._slide = slide_id
+            return True
+
+    def _answer(self, reply: dict[str, Any]) -> None:
+        with self._cond:
+            pending = self._pending.get(reply.get("request_id") or "")
+        if pending is not None:
+            pending.reply = reply
+            pending.done.set()
+
+    # -- commands -----------------------------------------------------------------------------
+    def command(self, verb: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Publish ``cmd/<verb>`` and wait for the box's reply (raises PublishError without one)."""
+        if verb not in VERBS:
+            raise ValueError(f"unknown verb {verb!r}; verbs: {', '.join(sorted(VERBS))}")
+        request_id = uuid.uuid4().hex
+        payload = json.dumps({**body, "request_id": request_id}).encode()
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"command over {MAX_PAYLOAD_BYTES} bytes")
+        pending = _Pending()
+        with self._cond:
+            self._pending[request_id] = pending
+        try:
+            if not self._client.is_connected():
+                raise PublishError(f"the display has no connection to the broker mqtt://{self.host}:{self.port}")
+            self._client.publish(f"{self.topics.root}/cmd/{verb}", payload, qos=1)
+            if not pending.done.wait(timeout):
+                raise PublishError(f"the box did not answer {verb} within {timeout:g} s: is it online?")
+            return pending.reply  # type: ignore[return-value]
+        finally:
+            with self._cond:
+                self._pending.pop(request_id, None)
+
+    def start(self, wait_s: float = 5.0) -> DisplayFeed:
+        """Connect (retrying in the background if the broker is not up yet)."""
+        try:
+            self._client.connect(self.host, self.port, keepalive=self.config.keepalive_s)
+        except OSError as exc:
+            log.warning("display: broker mqtt://%s:%d not reachable yet (%s); retrying", self.host, self.port, exc)
+            self._client.connect_async(self.host, self.port, keepalive=self.config.keepalive_s)
+        self._client.loop_start()
+        deadline = time.monotonic() + wait_s
+        while not self._client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

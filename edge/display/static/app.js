@@ -1,0 +1,299 @@
+// The page at the microscope. Everything it shows is the box's own MQTT payloads, relayed by
+// `marrow-edge display` as Server-Sent Events (/events); the buttons post commands that the
+// display publishes on cmd/<verb> (/api/command/<verb>). No asset comes from outside the box.
+"use strict";
+
+// Paul Tol's colour-blind-safe "light" scheme (readable on the dark ground), then white.
+const PALETTE = ["#77AADD", "#EE8866", "#EEDD88", "#FFAABB", "#99DDFF", "#44BB99", "#BBCC33", "#AAAA00", "#DDDDDD", "#FFFFFF"];
+const NOT_COUNTED = "#8a939c";
+const GATE_WORDS = {
+  accepted: "Counted",
+  moving: "Not counted: the stage is moving",
+  settling: "Hold still…",
+  blurred: "Not counted: out of focus",
+  dark: "Not counted: too dark",
+  bright: "Not counted: overexposed",
+  already_counted: "Not counted: this area was already counted — move on",
+};
+const REFUSED = new Set(["moving", "blurred", "dark", "bright", "already_counted"]);
+
+const state = { link: null, status: null, health: null, gate: null, tally: null, report: null, field: null, reply: null };
+const classes = [];  // bundle order, from the preview frames: stable colours
+let lastField = null;
+let flashUntil = 0;
+let framesSeen = [];
+let streamUp = false;
+let openedAt = 0;  // the first burst after (re)connecting replays state: no flash for old fields
+
+const $ = (id) => document.getElementById(id);
+
+function colourOf(name) {
+  let i = classes.indexOf(name);
+  if (i < 0) { classes.push(name); i = classes.length - 1; }
+  return PALETTE[i % PALETTE.length];
+}
+
+function pretty(name) { return name.replace(/_/g, " "); }
+function pct(v) { return v === null || v === undefined ? "-" : (v < 10 ? v.toFixed(1) : v.toFixed(0)); }
+
+function online() {
+  return streamUp && state.link && state.link.connected && state.status && state.status.state === "online";
+}
+
+function renderStatus() {
+  const badge = $("state");
+  let text, cls;
+  if (!streamUp) { text = "DISPLAY DISCONNECTED"; cls = "offline"; }
+  else if (!state.link || !state.link.connected) { text = "NO BROKER"; cls = "offline"; }
+  else if (!state.status) { text = "OFFLINE (never seen)"; cls = "offline"; }
+  else if (state.status.state === "online") { text = "● ONLINE"; cls = "online"; }
+  else if (state.status.state === "stopped") { text = "OFFLINE (stopped)"; cls = "offline"; }
+  else { text = "OFFLINE"; cls = "offline"; }
+  badge.textContent = text;
+  badge.className = "badge " + cls;
+  badge.dataset.state = cls;
+  $("device").textContent = (state.status && state.status.device_id) || (state.link && state.link.device_id) || "-";
+  const prov = (state.status && state.status.provenance) || (state.tally && state.tally.provenance);
+  if (prov) {
+    $("backend").textContent = `backend ${prov.backend}` + (prov.providers.length ? ` (${prov.providers.join(", ")})` : "");
+    $("bundle").textContent = `bundle ${prov.bundle.name} ${prov.bundle.version}`;
+    $("untrained").hidden = !prov.bundle.untrained;
+  }
+  const cam = state.status && state.status.camera;
+  $("camera").textContent = cam ? `camera ${cam.state}` : "";
+  $("camera").title = cam ? cam.detail : "";
+  const now = performance.now();
+  framesSeen = framesSeen.filter((t) => now - t < 3000);
+  const live = framesSeen.length > 1 ? (framesSeen.length - 1) / ((framesSeen[framesSeen.length - 1] - framesSeen[0]) / 1000) : 0;
+  const parts = [];
+  if (state.health && online()) parts.push(`${state.health.frames_per_s.toFixed(1)} frames/s in`);
+  parts.push(`view ${live.toFixed(1)} fps`);
+  $("rates").textContent = parts.join(" · ");
+  $("rates").dataset.viewFps = live.toFixed(2);
+  $("viewport").classList.toggle("dim", !online());
+  const banner = $("banner");
+  if (!online()) {
+    banner.hidden = false;
+    banner.className = "banner offline";
+    banner.textContent = streamUp ? "Appliance offline — nothing is being counted" : "Display service unreachable";
+  } else if (banner.classList.contains("offline")) {
+    banner.hidden = true;
+    banner.className = "banner";
+  }
+  $("start").disabled = !online() || counting();
+  $("stop").disabled = !online();
+}
+
+function counting() { return Boolean(state.tally && !state.report); }
+
+function ruleSentence(r, confidence) {
+  const ci = r.ci_low === null ? "" : ` (${Math.round(confidence * 100)}% CI ${pct(r.ci_low)}-${pct(r.ci_high)}%)`;
+  const measured = r.percent === null ? "" : `${pretty(r.class)} ${pct(r.percent)}%${ci}`;
+  switch (r.state) {
+    case "positive": return `${measured}: ${r.label} — for haematologist review`;
+    case "negative": return `${measured}: ${r.id} not suggested (at or below ${r.threshold_percent}%)`;
+    case "indeterminate":
+      if (r.cells_to_settle) return `${r.id} indeterminate: count about ${r.cells_to_settle} more cells` + (measured ? ` — ${measured}` : "");
+      return `${r.id} indeterminate: ${measured || "no countable cells yet"}`;
+    default: return `${r.id}: not applicable (${r.note})`;
+  }
+}
+
+function renderCount() {
+  const t = state.report || state.tally;
+  const body = $("classes").tBodies[0];
+  if (!t) {
+    $("slide-line").textContent = state.field ? `Slide ${state.field.slide_id}: starting…` : "No slide yet — enter a specimen id and press Start";
+    $("progress-text").textContent = "0 / - cells";
+    $("bar").style.width = "0%";
+    $("rules").replaceChildren();
+    body.replaceChildren();
+    return;
+  }
+  const done = Boolean(state.report);
+  $("slide-line").textContent = `Slide ${t.slide_id} · specimen ${t.specimen_id || "-"} · ${t.fields} fields` +
+    (t.fields_skipped ? ` (${t.fields_skipped} skipped)` : "") + (done ? " · FINISHED" : " · counting");
+  $("slide-line").dataset.slideId = t.slide_id;
+  const progress = Math.min(1, t.progress);
+  $("bar").style.width = `${(progress * 100).toFixed(1)}%`;
+  $("bar").className = t.countable >= t.target_count ? "done" : "";
+  $("progress").setAttribute("aria-valuenow", (progress * 100).toFixed(0));
+  $("progress-text").textContent = `${t.countable} / ${t.target_count} cells` + (t.countable >= t.target_count ? " — target reached" : "");
+  $("progress-text").dataset.countable = t.countable;
+  $("ci-head").textContent = `${Math.round(t.confidence * 100)}% CI`;
+  const applicable = t.rules.filter((r) => r.state !== "not_applicable");
+  const without = t.rules.filter((r) => r.state === "not_applicable");
+  $("not-applicable").textContent = without.length
+    ? `Not applicable with this model bundle (it has no ${without.map((r) => pretty(r.class)).join(", ")} class): ${without.map((r) => r.id).join(", ")}`
+    : "";
+  $("rules").replaceChildren(...applicable.map((r) => {
+    const li = document.createElement("li");
+    li.className = r.state;
+    li.dataset.rule = r.id;
+    li.textContent = ruleSentence(r, t.confidence);
+    return li;
+  }));
+  body.replaceChildren(...t.shares.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.class = s.class;
+    if (!s.count) tr.className = "zero";
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = colourOf(s.class);
+    const cells = [sw, pretty(s.class), String(s.count), pct(s.percent), s.count ? `${pct(s.ci_low)}-${pct(s.ci_high)}` : "-"];
+    cells.forEach((c, i) => {
+      const td = document.createElement("td");
+      if (i >= 2) td.className = "num" + (i === 2 ? " n" : "");
+      if (typeof c === "string") td.textContent = c; else td.append(c);
+      tr.append(td);
+    });
+    return tr;
+  }));
+  $("disclaimer").textContent = t.disclaimer + (t.provenance.bundle.untrained ? " The model is UNTRAINED: these counts mean nothing clinically." : "");
+}
+
+function showBanner(text, cls, ms) {
+  const banner = $("banner");
+  if (!online()) return;
+  banner.hidden = false;
+  banner.className = "banner " + cls;
+  banner.textContent = text;
+  if (ms) {
+    flashUntil = performance.now() + ms;
+    $("viewport").classList.add("flash");
+    setTimeout(() => {
+      if (performance.now() >= flashUntil) { $("viewport").classList.remove("flash"); if (!banner.classList.contains("offline")) banner.hidden = true; }
+    }, ms + 20);
+  }
+}
+
+function renderGate() {
+  const g = state.gate;
+  if (!g) {
+    $("gate-line").textContent = "";
+    $("gate-reason").textContent = "";
+    delete $("gate-line").dataset.decision;
+    return;
+  }
+  const words = GATE_WORDS[g.decision] || g.decision;
+  $("gate-line").textContent = words;
+  $("gate-reason").textContent = g.reason;
+  $("gate-line").dataset.decision = g.decision;
+  if (REFUSED.has(g.decision) && performance.now() >= flashUntil) showBanner(words, "refused", 0);
+  else if (!REFUSED.has(g.decision) && performance.now() >= flashUntil && $("banner").classList.contains("refused")) $("banner").hidden = true;
+}
+
+function onField(f) {
+  if (lastField === f.message_id) return;
+  lastField = f.message_id;
+  if (performance.now() - openedAt < 500) return;
+  const n = f.countable_in_field;
+  showBanner(`✓ COUNTED — field ${f.field_index + 1}: ${n} countable cell${n === 1 ? "" : "s"}`, "counted", 1500);
+}
+
+const canvas = $("view");
+const ctx = canvas.getContext("2d");
+let drawing = null;
+
+function drawPreview(p) {
+  p.classes.forEach(colourOf);
+  const img = new Image();
+  img.onload = () => {
+    if (canvas.width !== p.width || canvas.height !== p.height) { canvas.width = p.width; canvas.height = p.height; }
+    ctx.drawImage(img, 0, 0);
+    const font = Math.max(14, Math.round(p.width / 36));
+    ctx.font = `bold ${font}px sans-serif`;
+    ctx.textBaseline = "top";
+    for (const c of p.cells || []) {
+      const [x1, y1, x2, y2] = c.box;
+      const colour = c.countable ? colourOf(c.class) : NOT_COUNTED;
+      ctx.lineWidth = Math.max(2, p.width / 260);
+      ctx.setLineDash(c.countable ? [] : [8, 6]);
+      ctx.strokeStyle = colour;
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      ctx.setLineDash([]);
+      const label = c.countable ? c.label : `${c.label} (not counted)`;
+      const w = ctx.measureText(label).width + 8;
+      const ty = y1 - font - 6 >= 0 ? y1 - font - 6 : y2 + 2;
+      ctx.fillStyle = colour;
+      ctx.fillRect(x1, ty, w, font + 6);
+      ctx.fillStyle = "#000";
+      ctx.fillText(label, x1 + 4, ty + 3);
+    }
+    $("no-view").hidden = true;
+    canvas.dataset.seq = p.seq;
+    canvas.dataset.cells = p.cells ? p.cells.length : "";
+    framesSeen.push(performance.now());
+    drawing = null;
+  };
+  img.onerror = () => { drawing = null; };  // a bad frame: the next one replaces it
+  img.src = "data:image/jpeg;base64," + p.jpeg;
+  drawing = img;
+}
+
+let pendingPreview = null;
+function onPreview(p) {
+  pendingPreview = p;  // newest wins: a frame still decoding is not interrupted, the next one waits
+  if (!drawing) { drawPreview(pendingPreview); pendingPreview = null; }
+}
+setInterval(() => { if (!drawing && pendingPreview) { drawPreview(pendingPreview); pendingPreview = null; } }, 20);
+
+function render() {
+  renderStatus();
+  renderCount();
+}
+
+function connect() {
+  const events = new EventSource("/events");
+  events.onopen = () => { streamUp = true; openedAt = performance.now(); render(); };
+  events.onerror = () => { streamUp = false; render(); };
+  for (const kind of Object.keys(state)) {
+    events.addEventListener(kind, (e) => {
+      const data = JSON.parse(e.data);
+      if (kind === "tally" && state.report && state.report.slide_id !== data.slide_id) state.report = null;
+      if (kind === "tally" || kind === "report" || kind === "field") {
+        for (const k of ["tally", "report", "field"]) {
+          if (state[k] && state[k].slide_id !== data.slide_id) state[k] = null;  // a new slide
+        }
+      }
+      state[kind] = data;
+      if (kind === "gate") renderGate();
+      if (kind === "field") onField(data);
+      render();
+    });
+  }
+  events.addEventListener("preview", (e) => onPreview(JSON.parse(e.data)));
+}
+
+async function command(verb, body) {
+  const reply = $("reply");
+  reply.className = "reply";
+  reply.textContent = `${verb.replace("_", " ")}…`;
+  try {
+    const res = await fetch(`/api/command/${verb}`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const data = await res.json();
+    if (res.ok && data.ok) {
+      reply.textContent = verb === "start_slide" ? `Slide requested for specimen ${data.specimen_id || body.specimen_id}`
+        : verb === "stop_slide" ? "Slide stopped: final report follows" : "Done";
+    } else {
+      reply.className = "reply error";
+      reply.textContent = data.error || `refused (${res.status})`;
+    }
+    reply.dataset.ok = String(Boolean(res.ok && data.ok));
+  } catch (err) {
+    reply.className = "reply error";
+    reply.textContent = `The display did not answer: ${err}`;
+  }
+}
+
+$("start").addEventListener("click", () => {
+  const specimen = $("specimen").value.trim();
+  if (!specimen) { $("reply").className = "reply error"; $("reply").textContent = "Enter the specimen id first"; $("specimen").focus(); return; }
+  command("start_slide", { specimen_id: specimen });
+});
+$("stop").addEventListener("click", () => command("stop_slide", {}));
+setInterval(renderStatus, 1000);  // frame rate and staleness, even when nothing arrives
+connect();
+render();
