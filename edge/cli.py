@@ -441,7 +441,8 @@ def _serve_slides(
         else:
             out.write(f"waiting for start_slide (on {args.device_id or 'this box'}'s cmd/start_slide)\n")
             out.flush()
-            while not control.start_requested.wait(0.5):
+            while not control.start_requested.is_set():
+                source.watch(control.start_requested, 0.5)  # the live view runs between slides
                 if source.finished or (capture is not None and not capture.alive):
                     return last
             slide = Slide(specimen_id=control.take_start())

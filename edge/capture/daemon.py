@@ -123,7 +123,8 @@ class GatedRingSource:
         self.gate = gate or FieldGate()
         self.idle_timeout = idle_timeout
         self.on_event = on_event
-        self.on_frame: Callable[[np.ndarray, GateEvent], None] | None = None
+        self.on_frame: Callable[[np.ndarray, GateEvent | None], None] | None = None
+        self._last_ping = time.monotonic()
         self.stop_event: threading.Event | None = None  # set: end the current slide's frames now
         self.finished = False  # the writer went silent: the capture has stopped
         self._closed = False
@@ -131,14 +132,14 @@ class GatedRingSource:
     def frames(self) -> Iterator[Frame]:
         last_decision: Decision | None = None
         accepted = 0
-        idle_since = last_ping = time.monotonic()
+        idle_since = time.monotonic()
         watchdog = watchdog_interval()
         while not self._closed:
             if self.stop_event is not None and self.stop_event.is_set():
                 return
-            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+            if watchdog is not None and time.monotonic() - self._last_ping >= watchdog:
                 sd_notify("WATCHDOG=1")  # fed while frames are read or awaited, not while a field hangs
-                last_ping = time.monotonic()
+                self._last_ping = time.monotonic()
             got = self.reader.wait(0.1)
             if got is None:
                 if time.monotonic() - idle_since > self.idle_timeout:
@@ -158,6 +159,20 @@ class GatedRingSource:
             if event.accepted:
                 yield Frame(accepted, f"field-{accepted:04d}@{got.seq}", got.image, None, got.timestamp)
                 accepted += 1
+
+    def watch(self, until: threading.Event, timeout: float) -> None:
+        """Between slides: the newest frames go to ``on_frame`` (the live view, so the technician
+        can place the slide) without the gate: nothing is counted. Feeds the watchdog: waiting
+        for start_slide is not a hang."""
+        deadline = time.monotonic() + timeout
+        watchdog = watchdog_interval()
+        while not until.is_set() and not self._closed and time.monotonic() < deadline:
+            if watchdog is not None and time.monotonic() - self._last_ping >= watchdog:
+                sd_notify("WATCHDOG=1")
+                self._last_ping = time.monotonic()
+            got = self.reader.wait(0.1)
+            if got is not None and self.on_frame is not None:
+                self.on_frame(got.image, None)
 
     def close(self) -> None:
         self._closed = True

@@ -2,6 +2,7 @@
 
 import socket
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -139,3 +140,41 @@ def test_gated_ring_source_counts_each_stop_once(samples):
     assert capture.error is None and capture.stats.frames == 48
     assert RingReader(name).latest() is None  # the ring is gone with the capture
     assert threading.active_count() >= 1
+
+
+def test_between_slides_frames_reach_the_live_view_ungated_and_the_watchdog_is_fed(tmp_path, monkeypatch):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = str(tmp_path / "notify.sock")
+    listener.bind(address)
+    listener.settimeout(0.5)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WatchdogSec=0.2: ping every 0.1 s
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    seen: list[tuple[int, object]] = []
+    with FrameRing(name, slots=4, lock_dir=tmp_path) as ring:
+        ring.write(np.zeros((8, 8, 3), np.uint8))  # the frame size is known once the first frame is in
+        source = GatedRingSource(name, idle_timeout=5)
+        source.on_frame = lambda image, event: seen.append((int(image[0, 0, 0]), event))
+        start = threading.Event()
+
+        def write_frames() -> None:
+            for i in range(1, 11):
+                ring.write(np.full((8, 8, 3), i, np.uint8))
+                time.sleep(0.05)
+
+        writer = threading.Thread(target=write_frames)
+        writer.start()
+        source.watch(start, timeout=1.0)  # no start_slide yet: watches until the timeout
+        writer.join()
+        start.set()
+        source.watch(start, timeout=10.0)  # start_slide arrived: returns at once
+        source.close()
+    assert [v for v, _ in seen] == sorted(v for v, _ in seen) and len(seen) >= 5
+    assert all(event is None for _, event in seen)  # no gate: nothing could be counted
+    pings = []
+    while True:
+        try:
+            pings.append(listener.recv(4096).decode())
+        except TimeoutError:
+            break
+    assert pings.count("WATCHDOG=1") >= 3

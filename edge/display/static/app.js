@@ -111,9 +111,11 @@ function renderCount() {
     return;
   }
   const done = Boolean(state.report);
-  $("slide-line").textContent = `Slide ${t.slide_id} · specimen ${t.specimen_id || "-"} · ${t.fields} fields` +
+  $("slide-line").textContent = `Slide ${t.slide_id} · specimen ${t.specimen_id || "-"} · ${t.fields} field${t.fields === 1 ? "" : "s"}` +
     (t.fields_skipped ? ` (${t.fields_skipped} skipped)` : "") + (done ? " · FINISHED" : " · counting");
   $("slide-line").dataset.slideId = t.slide_id;
+  $("slide-line").dataset.fields = t.fields;
+  $("slide-line").dataset.done = String(done);
   const progress = Math.min(1, t.progress);
   $("bar").style.width = `${(progress * 100).toFixed(1)}%`;
   $("bar").className = t.countable >= t.target_count ? "done" : "";
