@@ -3,9 +3,10 @@
 Policy: newest wins. ``offer`` only replaces one slot and returns, so neither the gate
 loop nor the count path ever waits for the preview; frames that arrive faster than
 ``preview.fps`` are dropped. A live view gets its boxes from an analysis run in the
-preview thread, and only when the count path is not using the models (a try-lock):
-counting always comes first. The boxes of a still view are reused until the stage moves
-or ``box_refresh_s`` passes, so the live view keeps its frame rate on a slow CPU.
+preview thread, and only when the count path is not using the models (a try-lock) and
+the gate is not about to accept the view (settling): counting always comes first. The
+boxes of a still view are reused until the stage moves or ``box_refresh_s`` passes, so
+the live view keeps its frame rate on a slow CPU.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ class PreviewPublisher:
         )
         if fresh:
             return boxes.cells  # type: ignore[union-attr]
-        if self.analyze is None or not self.models_lock.acquire(blocking=False):
+        # Settling: the gate may accept this view within a frame or two, and the count path must
+        # not then wait for a preview analysis; the counted field brings its own cells.
+        settling = offer.event is not None and offer.event.decision is Decision.SETTLING
+        if self.analyze is None or settling or not self.models_lock.acquire(blocking=False):
             # busy counting: keep still-valid boxes, else show the frame without any
             valid = boxes is not None and boxes.motion_epoch == offer.motion_epoch and boxes.shape == offer.image.shape
             return boxes.cells if valid else None  # type: ignore[union-attr]

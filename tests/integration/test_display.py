@@ -219,6 +219,8 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
         expect(page.locator("#start")).to_be_disabled()
         expect(page.locator("#stop")).to_be_disabled()
         _screenshot(page, tmp_path, "display-offline.png")
+        broker.stop()  # the display loses its broker: the page must not look live
+        expect(page.locator("#state")).to_have_text("NO BROKER", timeout=15_000)
     finally:
         if app.poll() is None:
             app.kill()

@@ -112,7 +112,7 @@ def test_boxes_are_reused_while_still_and_dropped_once_the_stage_moves():
     preview = _preview(publisher, analyzer, lock, box_refresh_s=60.0)
     frame = np.zeros((480, 640, 3), np.uint8)
     for n in range(1, 4):  # still: one analysis, its boxes on every frame
-        preview.offer(frame, event=_event(Decision.SETTLING))
+        preview.offer(frame, event=_event(Decision.ALREADY_COUNTED))
         _wait_for(publisher, n)
     assert analyzer.calls == 1
     assert all(m.cells for m in publisher.on("preview"))
@@ -151,3 +151,23 @@ def test_boxes_setting_turns_live_analysis_off(enabled):
     preview.stop()
     assert analyzer.calls == (1 if enabled else 0)
     assert (message.cells is not None) is enabled
+
+
+def test_no_preview_analysis_starts_while_the_gate_is_about_to_accept():
+    publisher = MemoryPublisher()
+    analyzer = CountingAnalyzer()
+    preview = _preview(publisher, analyzer)
+    preview.offer(np.zeros((48, 64, 3), np.uint8), event=_event(Decision.SETTLING))
+    (message,) = _wait_for(publisher, 1)
+    preview.stop()
+    assert analyzer.calls == 0 and message.cells is None  # the models stay free for the count path
+
+
+def test_preview_benchmark_smoke(tmp_path):
+    from benchmarks import preview as bench
+
+    report = bench.main(["--seconds", "2", "--camera-fps", "10", "--tag", "test", "--out", str(tmp_path)])
+    baseline, boxes = report["variants"]["jpeg only (baseline)"], report["variants"]["boxes"]
+    assert baseline["with_boxes"] == 0 and baseline["preview_frames_per_s"] > 0
+    assert boxes["preview_frames_per_s"] > 0 and 0 <= boxes["with_boxes"] <= 1
+    assert "| boxes |" in (tmp_path / f"preview-test-{report['date'][:10]}.md").read_text()
