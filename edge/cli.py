@@ -70,6 +70,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--specimen-id", help="specimen id recorded with the slide")
     p.add_argument("--max-fields", type=int, metavar="N", help="stop after N fields of the source")
     p.add_argument("--quiet", action="store_true", help="print only the final report")
+    p.add_argument(
+        "--display",
+        action="store_true",
+        help="also serve the display page in this process (display.host/display.port, default "
+        "http://127.0.0.1:8080/), on whatever broker the run uses",
+    )
 
 
 def _capture_parser(sub: argparse._SubParsersAction) -> None:
@@ -317,8 +323,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"mqtt: no broker configured and none on localhost:1883: started an embedded mosquitto on "
             f"{broker.url} for this run (subscribe there to see the messages)\n"
         )
+    display = None
     try:
         topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        if args.display:
+            from edge.display.server import Display
+
+            display = Display(config, host, port).start()  # before the box connects: the page sees it all
+            out.write(f"display: {display.url}\n")
         factory = MessageFactory(config.device_id, appliance.provenance)
         publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
         control = SlideControl(config.counting.target_count)
@@ -389,6 +401,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.wait_for_start:
             console.report(run, manifest.untrained)
     finally:
+        if display is not None:
+            display.stop()
         if broker:
             broker.stop()
     if run.tally.fields == 0:
@@ -491,45 +505,30 @@ def _cmd_display(args: argparse.Namespace) -> int:
     import threading
 
     from edge.config import load_config, parse_mqtt_url
-    from edge.display.feed import DisplayFeed
-    from edge.display.server import DisplayServer
-    from edge.mqtt.topics import Topics
+    from edge.display.server import Display
 
     overrides: dict[str, Any] = {}
     if args.device_id:
         overrides["device_id"] = args.device_id
     if args.broker:
         overrides["mqtt"] = {"url": args.broker}
-    display: dict[str, Any] = {}
-    if args.host:
-        display["host"] = args.host
-    if args.port is not None:
-        display["port"] = args.port
-    if display:
-        overrides["display"] = display
+    where = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    if where:
+        overrides["display"] = where
     config = load_config(args.config, overrides=overrides)
     if not args.verbose:
         logging.getLogger().setLevel(config.logging.level)
     host, port = parse_mqtt_url(config.mqtt.url) if config.mqtt.url else ("127.0.0.1", 1883)
-    feed = DisplayFeed(host, port, Topics(config.mqtt.topic_prefix, config.device_id), config.mqtt).start()
-    where = config.display
-    try:
-        server = DisplayServer(feed, where.host, where.port, where.command_timeout_s)
-    except OSError as exc:
-        feed.stop()
-        raise EdgeError(f"cannot serve the display on {where.host}:{where.port}: {exc.strerror}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, name="display-http", daemon=True)
-    thread.start()
-    sys.stdout.write(f"display: {server.url} showing {config.device_id} from mqtt://{host}:{port}\n")
+    display = Display(config, host, port).start()
+    sys.stdout.write(f"display: {display.url} showing {config.device_id} from mqtt://{host}:{port}\n")
     sys.stdout.flush()
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        server.stop()
-        feed.stop()
+        display.stop()
     return 0
 
 

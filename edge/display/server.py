@@ -21,9 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from edge.config import AppConfig
 from edge.display.feed import DisplayFeed
-from edge.errors import PublishError
+from edge.errors import EdgeError, PublishError
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS
+from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +155,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
         self._json(HTTPStatus.OK, reply)
+
+
+class Display:
+    """The feed and the page server together: ``marrow-edge display``, or ``run --display``."""
+
+    def __init__(self, config: AppConfig, broker_host: str, broker_port: int) -> None:
+        self.feed = DisplayFeed(
+            broker_host, broker_port, Topics(config.mqtt.topic_prefix, config.device_id), config.mqtt
+        )
+        where = config.display
+        try:
+            self.server = DisplayServer(self.feed, where.host, where.port, where.command_timeout_s)
+        except OSError as exc:
+            raise EdgeError(f"cannot serve the display on {where.host}:{where.port}: {exc.strerror}") from None
+        self._thread = threading.Thread(target=self.server.serve_forever, name="display-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> Display:
+        self.feed.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.feed.stop()

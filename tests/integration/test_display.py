@@ -226,3 +226,31 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
             app.kill()
             app.wait()
         recorder.close()
+
+
+def test_run_serves_the_display_in_process(broker, samples):
+    """`run --display`: the demo's one process tree includes the page, on the run's own broker."""
+    import json
+    import urllib.request
+
+    env = {**os.environ, "MARROW_EDGE__DISPLAY__PORT": "0"}
+    app = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--source", str(samples), "--fps", "2", "--display",
+         "--device-id", "demo-1", "--broker", broker.url],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        url = next(line.split()[1] for line in app.stdout if line.startswith("display: "))  # type: ignore[union-attr]
+        state: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "tally" not in state:
+            with urllib.request.urlopen(url + "api/state", timeout=5) as response:
+                state = json.loads(response.read())
+            time.sleep(0.2)
+        assert state["status"]["state"] == "online" and state["status"]["device_id"] == "demo-1"
+        assert state["tally"]["fields"] >= 1 and state["link"]["connected"] is True
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert b"/static/app.js" in response.read()
+    finally:
+        app.stdout.read()  # type: ignore[union-attr]
+        assert app.wait(timeout=120) == 0, app.stderr.read()  # type: ignore[union-attr]
