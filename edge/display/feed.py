@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -85,11 +86,14 @@ class DisplayFeed:
         if config.username:
             client.username_pw_set(config.username, read_password(config))
         if config.tls_ca:
-            client.tls_set(
-                ca_certs=str(config.tls_ca),
-                certfile=str(config.tls_cert) if config.tls_cert else None,
-                keyfile=str(config.tls_key) if config.tls_key else None,
-            )
+            try:
+                client.tls_set(
+                    ca_certs=str(config.tls_ca),
+                    certfile=str(config.tls_cert) if config.tls_cert else None,
+                    keyfile=str(config.tls_key) if config.tls_key else None,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise PublishError(f"MQTT TLS files unusable: {exc}") from None
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

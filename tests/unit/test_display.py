@@ -189,3 +189,10 @@ def test_events_stream_the_current_state_then_changes(server, feed):
     assert response.readline() == b"event: status\n"
     assert json.loads(response.readline()[len(b"data: ") :])["state"] == "online"
     conn.close()
+
+
+def test_unusable_tls_files_are_a_clear_error(tmp_path):
+    from edge.errors import PublishError
+
+    with pytest.raises(PublishError, match="MQTT TLS files unusable"):
+        DisplayFeed("127.0.0.1", 8883, TOPICS, MqttConfig(tls_ca=tmp_path / "missing-ca.pem"))
