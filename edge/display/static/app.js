@@ -21,6 +21,7 @@ const state = { link: null, status: null, health: null, gate: null, tally: null,
 const classes = [];  // bundle order, from the preview frames: stable colours
 let lastField = null;
 let flashUntil = 0;
+let flashTimer = 0;
 let framesSeen = [];
 let streamUp = false;
 let openedAt = 0;  // the first burst after (re)connecting replays state: no flash for old fields
@@ -73,6 +74,9 @@ function renderStatus() {
   $("viewport").classList.toggle("dim", !online());
   const banner = $("banner");
   if (!online()) {
+    clearTimeout(flashTimer);
+    flashUntil = 0;
+    $("viewport").classList.remove("flash");
     banner.hidden = false;
     banner.className = "banner offline";
     banner.textContent = streamUp ? "Appliance offline — nothing is being counted" : "Display service unreachable";
@@ -154,6 +158,13 @@ function renderCount() {
   $("disclaimer").textContent = t.disclaimer + (t.provenance.bundle.untrained ? " The model is UNTRAINED: these counts mean nothing clinically." : "");
 }
 
+function endFlash() {
+  flashUntil = 0;
+  $("viewport").classList.remove("flash");
+  const banner = $("banner");
+  if (!banner.classList.contains("offline")) banner.hidden = true;
+}
+
 function showBanner(text, cls, ms) {
   const banner = $("banner");
   if (!online()) return;
@@ -163,9 +174,8 @@ function showBanner(text, cls, ms) {
   if (ms) {
     flashUntil = performance.now() + ms;
     $("viewport").classList.add("flash");
-    setTimeout(() => {
-      if (performance.now() >= flashUntil) { $("viewport").classList.remove("flash"); if (!banner.classList.contains("offline")) banner.hidden = true; }
-    }, ms + 20);
+    clearTimeout(flashTimer);  // a newer flash restarts the clock
+    flashTimer = setTimeout(endFlash, ms);
   }
 }
 
@@ -190,7 +200,7 @@ function onField(f) {
   lastField = f.message_id;
   if (performance.now() - openedAt < 500) return;
   const n = f.countable_in_field;
-  showBanner(`✓ COUNTED — field ${f.field_index + 1}: ${n} countable cell${n === 1 ? "" : "s"}`, "counted", 1500);
+  showBanner(`✓ COUNTED — field ${f.field_index + 1} · ${n} countable cell${n === 1 ? "" : "s"}`, "counted", 1500);
 }
 
 const canvas = $("view");
