@@ -164,6 +164,14 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
     assert page.locator("#view").get_attribute("data-seq") is not None
     rules = page.locator("#rules li").all_inner_texts()
     assert any("M3 indeterminate: count about" in r for r in rules), rules
+    # A tablet held upright: one column, nothing cut off sideways, the count and buttons reachable.
+    page.set_viewport_size({"width": 800, "height": 1280})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    for selector in ("#view", "#classes", "#start", "#stop"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 800, selector
+    assert page.locator("#classes").bounding_box()["y"] > page.locator("#view").bounding_box()["y"]
+    _screenshot(page, tmp_path, "display-tablet.png")
     recorder.close()
 
 
