@@ -43,6 +43,7 @@ PAGE_STATE = """() => {
     fields: line.dataset.fields === undefined ? null : Number(line.dataset.fields),
     done: line.dataset.done === 'true',
     countable: Number(document.getElementById('progress-text').dataset.countable || -1),
+    target_reached: document.getElementById('progress').dataset.reached === 'true',
     counts: Object.fromEntries(rows.map(r => [r.dataset.class, Number(r.querySelector('td.n').textContent)])),
   };
 }"""
@@ -68,13 +69,14 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def _spawn(*args: str) -> subprocess.Popen:
+def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "edge.cli", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -127,9 +129,11 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
     app = _spawn(
         "run", "--source", str(samples), "--fps", "2", "--device-id", device,
         "--specimen-id", "BM-2026-0142", "--broker", broker.url,
+        env={"MARROW_EDGE__COUNTING__TARGET_COUNT": "5"},  # reached late in the slide: the stop signal shows
     )  # fmt: skip
     expect(page.locator("#state")).to_have_text("● ONLINE", timeout=60_000)
     compared_mid_slide = 0
+    reached_mid_slide = False
     shot = None
     while app.poll() is None:
         seen = page.evaluate(PAGE_STATE)
@@ -139,6 +143,8 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
             # What the page shows is exactly a tally the box published, while the slide is counted.
             assert seen["counts"] == _tally_counts(tally)
             assert seen["countable"] == tally["countable"]
+            assert seen["target_reached"] is (tally["countable"] >= tally["target_count"] == 5)
+            reached_mid_slide |= seen["target_reached"]
             compared_mid_slide += 1
             if shot is None and seen["fields"] == total - 1:  # late in the slide, still counting
                 page.wait_for_timeout(300)  # let the counted-field flash show
@@ -151,7 +157,8 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
     final = page.evaluate(PAGE_STATE)
     assert final["counts"] == _tally_counts(report) and final["fields"] == report["fields"] == total
     assert final["countable"] == report["countable"]
-    assert compared_mid_slide >= 3 and shot is not None
+    assert compared_mid_slide >= 3 and shot is not None and reached_mid_slide
+    assert not final["target_reached"]  # the slide is finished: no stop signal any more
     # The live view drew the counted fields' previews: each one's boxes are its field's cells.
     fields = {f["field_index"]: f for f in recorder.on("/field")}
     previews = [p for p in recorder.on("/preview") if p["counted"]]
@@ -197,15 +204,21 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
         # the live view runs between slides: the technician places the slide before pressing Start
         expect(page.locator("#view")).to_have_attribute("data-seq", re.compile(r"\d+"), timeout=10_000)
         page.fill("#specimen", "BM-2026-0143")
+        page.fill("#target", "2.5")
+        page.click("#start")
+        expect(page.locator("#reply")).to_have_text("The target must be a whole number of cells")
+        assert not recorder.on("/cmd/start_slide")  # refused on the page: nothing was sent
+        page.fill("#target", "40")
         page.click("#start")
         expect(page.locator("#reply")).to_have_attribute("data-ok", "true", timeout=10_000)
         (start,) = recorder.on("/cmd/start_slide")
-        assert start["specimen_id"] == "BM-2026-0143" and start["request_id"]
+        assert start["specimen_id"] == "BM-2026-0143" and start["target_count"] == 40 and start["request_id"]
         (started,) = recorder.wait_for("/cmd/start_slide/reply")
         assert started["ok"] and started["request_id"] == start["request_id"]
 
         tally = recorder.wait_for("/tally", timeout=60)[-1]  # the next still, new field is counted
-        assert tally["specimen_id"] == "BM-2026-0143"
+        assert tally["specimen_id"] == "BM-2026-0143" and tally["target_count"] == 40
+        expect(page.locator("#progress-text")).to_contain_text(" / 40 cells")
         expect(page.locator("#slide-line")).to_have_attribute("data-slide-id", tally["slide_id"])
         page.wait_for_function("n => document.getElementById('progress-text').dataset.countable >= n",
                                arg=tally["countable"])  # fmt: skip

@@ -85,6 +85,8 @@ function renderStatus() {
     banner.className = "banner";
   }
   $("start").disabled = !online() || counting();
+  const t = state.report || state.tally;
+  if (t) $("target").placeholder = `target ${t.target_count}`;
   $("stop").disabled = !online();
 }
 
@@ -110,13 +112,16 @@ function renderCount() {
     $("slide-line").textContent = state.field ? `Slide ${state.field.slide_id}: starting…` : "No slide yet — enter a specimen id and press Start";
     $("progress-text").textContent = "0 / - cells";
     $("bar").style.width = "0%";
+    $("progress").classList.remove("reached");
+    $("progress").dataset.reached = "false";
     $("rules").replaceChildren();
     body.replaceChildren();
     return;
   }
   const done = Boolean(state.report);
-  $("slide-line").textContent = `Slide ${t.slide_id} · specimen ${t.specimen_id || "-"} · ${t.fields} field${t.fields === 1 ? "" : "s"}` +
-    (t.fields_skipped ? ` (${t.fields_skipped} skipped)` : "") + (done ? " · FINISHED" : " · counting");
+  $("slide-line").textContent = `Specimen ${t.specimen_id || "-"} · ${t.fields} field${t.fields === 1 ? "" : "s"}` +
+    (t.fields_skipped ? ` (${t.fields_skipped} skipped)` : "") + (done ? " · FINISHED" : " · counting") +
+    ` · slide ${t.slide_id}`;
   $("slide-line").dataset.slideId = t.slide_id;
   $("slide-line").dataset.fields = t.fields;
   $("slide-line").dataset.done = String(done);
@@ -124,14 +129,18 @@ function renderCount() {
   $("bar").style.width = `${(progress * 100).toFixed(1)}%`;
   $("bar").className = t.countable >= t.target_count ? "done" : "";
   $("progress").setAttribute("aria-valuenow", (progress * 100).toFixed(0));
-  $("progress-text").textContent = `${t.countable} / ${t.target_count} cells` + (t.countable >= t.target_count ? " — target reached" : "");
+  const reached = t.countable >= t.target_count;
+  $("progress-text").textContent = `${t.countable} / ${t.target_count} cells` +
+    (reached ? (done ? " — target reached" : " — TARGET REACHED, stop the slide") : "");
+  $("progress").classList.toggle("reached", reached && !done);
+  $("progress").dataset.reached = String(reached && !done);
   $("progress-text").dataset.countable = t.countable;
   $("ci-head").textContent = `${Math.round(t.confidence * 100)}% CI`;
   const applicable = t.rules.filter((r) => r.state !== "not_applicable");
   const without = t.rules.filter((r) => r.state === "not_applicable");
-  $("not-applicable").textContent = without.length
-    ? `Not applicable with this model bundle (it has no ${without.map((r) => pretty(r.class)).join(", ")} class): ${without.map((r) => r.id).join(", ")}`
-    : "";
+  $("not-applicable").textContent = without.length ? `Not applicable with this bundle: ${without.map((r) => r.id).join(", ")}` : "";
+  $("not-applicable").title = without.map((r) => r.note).join("; ");
+
   $("rules").replaceChildren(...applicable.map((r) => {
     const li = document.createElement("li");
     li.className = r.state;
@@ -303,7 +312,17 @@ async function command(verb, body) {
 $("start").addEventListener("click", () => {
   const specimen = $("specimen").value.trim();
   if (!specimen) { $("reply").className = "reply error"; $("reply").textContent = "Enter the specimen id first"; $("specimen").focus(); return; }
-  command("start_slide", { specimen_id: specimen });
+  const body = { specimen_id: specimen };
+  const target = $("target").value.trim();
+  if (target) {
+    if (!/^[0-9]+$/.test(target) || Number(target) < 1) {
+      $("reply").className = "reply error";
+      $("reply").textContent = "The target must be a whole number of cells";
+      return;
+    }
+    body.target_count = Number(target);
+  }
+  command("start_slide", body);
 });
 $("stop").addEventListener("click", () => command("stop_slide", {}));
 setInterval(renderStatus, 1000);  // frame rate and staleness, even when nothing arrives
