@@ -76,12 +76,10 @@ def run_variant(appliance: Any, boxes: bool, args: argparse.Namespace) -> dict[s
     camera = SimulatedMicroscope(slide, script, fps=args.camera_fps)
     gate = FieldGate(GateSettings())
     publisher = TimingPublisher()
-    classes = appliance.bundle.manifest.classes
     settings = PreviewConfig(fps=args.preview_fps, boxes=boxes)
     preview = PreviewPublisher(
         publisher, MessageFactory("bench", appliance.provenance), settings,  # type: ignore[arg-type]
-        [c.name for c in classes], [c.aliases[0] if c.aliases else c.name for c in classes],
-        analyze=appliance.analyzer, models_lock=appliance.models_lock,
+        appliance.bundle.manifest.classes, analyze=appliance.analyzer, models_lock=appliance.models_lock,
     ).start()  # fmt: skip
     field_ms: list[float] = []
     frames = 0

@@ -419,13 +419,11 @@ def _start_preview(
 
     if not config.preview.enabled:
         return None
-    classes = appliance.bundle.manifest.classes
     preview = PreviewPublisher(
         publisher,
         factory,
         config.preview,
-        [c.name for c in classes],
-        [c.aliases[0] if c.aliases else c.name for c in classes],
+        appliance.bundle.manifest.classes,
         analyze=appliance.analyzer if live else None,
         models_lock=appliance.models_lock,
     ).start()

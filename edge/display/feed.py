@@ -49,7 +49,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "report": ReportMessage,
     "reply": CommandReply,
 }
-SLIDE_KINDS = ("field", "tally", "report")
+DEVICE_KINDS = ("status", "health", "gate", "preview")  # marrow/v1/<device>/<kind>
+SLIDE_KINDS = ("field", "tally", "report")  # marrow/v1/<device>/slide/<slide_id>/<kind>
 
 
 @dataclass
@@ -131,7 +132,7 @@ class DisplayFeed:
             return
         root = self.topics.root
         client.subscribe(
-            [(f"{root}/{kind}", 0) for kind in ("status", "health", "gate", "preview")]
+            [(f"{root}/{kind}", 0) for kind in DEVICE_KINDS]
             + [(f"{root}/slide/+/{kind}", 1) for kind in SLIDE_KINDS]
             + [(f"{root}/cmd/+/reply", 1)]
         )
@@ -145,7 +146,7 @@ class DisplayFeed:
 
     def _kind_of(self, topic: str) -> str | None:
         rest = topic[len(self.topics.root) + 1 :].split("/")
-        if len(rest) == 1 and rest[0] in MODELS:
+        if len(rest) == 1 and rest[0] in DEVICE_KINDS:
             return rest[0]
         if len(rest) == 3 and rest[0] == "slide" and rest[2] in SLIDE_KINDS:
             return rest[2]

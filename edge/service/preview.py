@@ -15,7 +15,7 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -24,6 +24,7 @@ import numpy as np
 from edge.analysis.field import Cell, FieldResult
 from edge.capture.gate import Decision, GateEvent
 from edge.config import PreviewConfig
+from edge.engines.bundle import ClassSpec
 from edge.errors import PublishError
 from edge.mqtt.messages import MessageFactory, PreviewCell
 from edge.mqtt.publisher import Publisher
@@ -58,16 +59,15 @@ class PreviewPublisher:
         publisher: Publisher,
         factory: MessageFactory,
         settings: PreviewConfig,
-        classes: list[str],
-        labels: list[str],
+        classes: Sequence[ClassSpec],
         analyze: Analyze | None = None,
         models_lock: threading.Lock | None = None,
     ) -> None:
         self.publisher = publisher
         self.factory = factory
         self.settings = settings
-        self.classes = classes
-        self._labels = dict(zip(classes, labels, strict=True))
+        self.classes = [c.name for c in classes]
+        self._labels = {c.name: c.aliases[0] if c.aliases else c.name for c in classes}  # short box labels
         self.analyze = analyze if settings.boxes else None
         self.models_lock = models_lock or threading.Lock()
         self.published = 0

@@ -52,9 +52,10 @@ def test_the_feed_keeps_the_newest_valid_message_of_each_kind(feed):
     _deliver(feed, TOPICS.status, b'{"kind": "status", "state": "on fire"}')  # invalid: dropped
     _deliver(feed, TOPICS.health, b"\xff\xfe not json")
     _deliver(feed, TOPICS.root + "/unknown", b"{}")  # not a topic of the API: ignored
+    _deliver(feed, TOPICS.root + "/tally", _tally_payload(factory, Slide()))  # a tally outside slide/<id>/
     state = feed.snapshot()
     assert state["status"]["state"] == "online"
-    assert "health" not in state
+    assert "health" not in state and "tally" not in state
     assert feed.rejected == 2
     assert state["link"] == {"connected": False, "broker": "mqtt://127.0.0.1:1", "device_id": "box-1"}
 

@@ -13,12 +13,13 @@ import pytest
 from edge.analysis.field import Cell, FieldResult
 from edge.capture.gate import Decision, GateEvent
 from edge.config import PreviewConfig
+from edge.engines.bundle import ClassSpec
 from edge.mqtt.memory import MemoryPublisher
 from edge.mqtt.messages import MessageFactory, PreviewMessage
 from edge.service.preview import PreviewPublisher
 from tests.unit.test_messages import PROVENANCE
 
-CLASSES = ["lymphocyte", "monocyte"]
+CLASSES = [ClassSpec(name="lymphocyte", role="wbc", aliases=["LY"]), ClassSpec(name="monocyte", role="wbc")]
 
 
 def _cell(x: float, name: str = "lymphocyte", countable: bool = True) -> Cell:
@@ -40,9 +41,7 @@ class CountingAnalyzer:
 
 def _preview(publisher: MemoryPublisher, analyze=None, lock=None, **settings) -> PreviewPublisher:
     config = PreviewConfig(**{"fps": 30.0, "max_width": 640, **settings})
-    return PreviewPublisher(
-        publisher, MessageFactory("unit", PROVENANCE), config, CLASSES, ["LY", "MO"], analyze, lock
-    ).start()
+    return PreviewPublisher(publisher, MessageFactory("unit", PROVENANCE), config, CLASSES, analyze, lock).start()
 
 
 def _wait_for(publisher: MemoryPublisher, n: int, timeout: float = 5.0) -> list[PreviewMessage]:
@@ -67,7 +66,7 @@ def test_a_counted_field_is_published_scaled_with_its_cells():
     assert message.counted and message.slide_id == "S1" and message.field_index == 4
     assert [c.box for c in message.cells] == [(50.0, 5.0, 100.0, 55.0), (300.0, 5.0, 350.0, 55.0)]
     assert [(c.label, c.countable) for c in message.cells] == [("LY", True), ("LY", False)]
-    assert message.classes == CLASSES
+    assert message.classes == ["lymphocyte", "monocyte"]
 
 
 def test_newest_frame_wins_and_the_rate_is_bounded():
@@ -101,7 +100,7 @@ def test_live_frames_are_analysed_only_when_the_count_path_is_idle():
     idle = _wait_for(publisher, 2)[-1]
     preview.stop()
     assert analyzer.calls == 1
-    assert [(c.class_name, c.label) for c in idle.cells] == [("monocyte", "MO")]
+    assert [(c.class_name, c.label) for c in idle.cells] == [("monocyte", "monocyte")]  # no alias: its name
     assert idle.gate == "already_counted" and not idle.counted
 
 
