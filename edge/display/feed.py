@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import time
 import uuid
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ValidationError
 
 from edge.config import MqttConfig
@@ -34,7 +32,7 @@ from edge.mqtt.messages import (
     StatusMessage,
     TallyMessage,
 )
-from edge.mqtt.publisher import read_password
+from edge.mqtt.publisher import make_client
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -79,22 +77,7 @@ class DisplayFeed:
         self._slide: str | None = None  # id of the newest slide seen
         self._pending: dict[str, _Pending] = {}
         self.rejected = 0
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"marrow-display-{topics.device_id}-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-        )
-        if config.username:
-            client.username_pw_set(config.username, read_password(config))
-        if config.tls_ca:
-            try:
-                client.tls_set(
-                    ca_certs=str(config.tls_ca),
-                    certfile=str(config.tls_cert) if config.tls_cert else None,
-                    keyfile=str(config.tls_key) if config.tls_key else None,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise PublishError(f"MQTT TLS files unusable: {exc}") from None
+        client = make_client(config, f"marrow-display-{topics.device_id}")
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -103,16 +86,18 @@ class DisplayFeed:
         self._link(connected=False)
 
     # -- state -------------------------------------------------------------------------------
-    def _set(self, kind: str, payload: dict[str, Any] | None) -> None:
+    def _set(self, kind: str, payload: str) -> None:
+        """``payload``: one line of JSON (an SSE data line may not break)."""
         with self._cond:
             self._version += 1
-            self._latest[kind] = Change(kind, self._version, json.dumps(payload, separators=(",", ":")))
+            self._latest[kind] = Change(kind, self._version, payload)
             self._cond.notify_all()
 
     def _link(self, connected: bool) -> None:
         """The display's own link to the broker: without it the page must not look live."""
         broker = f"mqtt://{self.host}:{self.port}"
-        self._set("link", {"connected": connected, "broker": broker, "device_id": self.topics.device_id})
+        link = {"connected": connected, "broker": broker, "device_id": self.topics.device_id}
+        self._set("link", json.dumps(link, separators=(",", ":")))
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
@@ -164,21 +149,19 @@ class DisplayFeed:
             self.rejected += 1
             log.warning("display: dropped an invalid %s message on %s: %s", kind, message.topic, exc.errors()[0]["msg"])
             return
-        payload = model.model_dump(mode="json", by_alias=True)
-        if kind in SLIDE_KINDS and not self._is_current_slide(payload):
+        if kind in SLIDE_KINDS and not self._is_current_slide(model.slide_id):  # type: ignore[attr-defined]
             return
-        if kind == "reply":
-            self._answer(payload)
-        self._set(kind, payload)
-        if kind == "status" and payload["state"] != "online":
-            self._set("gate", None)  # the run ended: its last gate decision no longer describes the stage
+        if isinstance(model, CommandReply):
+            self._answer(model)
+        self._set(kind, model.model_dump_json(by_alias=True))  # re-encoded: compact, only the model's fields
+        if isinstance(model, StatusMessage) and model.state != "online":
+            self._set("gate", "null")  # the run ended: its last gate decision no longer describes the stage
 
-    def _is_current_slide(self, payload: dict[str, Any]) -> bool:
+    def _is_current_slide(self, slide_id: str) -> bool:
         """Retained tallies of earlier slides arrive too: follow the newest slide only.
 
         Slide ids begin with their UTC start time (``20261127T131331Z-532641``), so they sort by it.
         """
-        slide_id = payload["slide_id"]
         with self._cond:
             if self._slide is not None and slide_id < self._slide:
                 return False
@@ -188,11 +171,11 @@ class DisplayFeed:
             self._slide = slide_id
             return True
 
-    def _answer(self, reply: dict[str, Any]) -> None:
+    def _answer(self, reply: CommandReply) -> None:
         with self._cond:
-            pending = self._pending.get(reply.get("request_id") or "")
+            pending = self._pending.get(reply.request_id or "")
         if pending is not None:
-            pending.reply = reply
+            pending.reply = reply.model_dump(mode="json", by_alias=True)
             pending.done.set()
 
     # -- commands -----------------------------------------------------------------------------

@@ -41,6 +41,27 @@ def read_password(config: MqttConfig) -> str | None:
     return config.password.get_secret_value() if config.password else None
 
 
+def make_client(config: MqttConfig, name: str) -> mqtt.Client:
+    """A paho client with the box's credentials and TLS settings (``name`` + a random suffix as client id)."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+    )
+    if config.username:
+        client.username_pw_set(config.username, read_password(config))
+    if config.tls_ca:
+        try:
+            client.tls_set(
+                ca_certs=str(config.tls_ca),
+                certfile=str(config.tls_cert) if config.tls_cert else None,
+                keyfile=str(config.tls_key) if config.tls_key else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise PublishError(f"MQTT TLS files unusable: {exc}") from None
+    return client
+
+
 class Publisher(Protocol):
     def camera_state(self, state: str, detail: str) -> None:
         """The live camera changed state (streaming, reconnecting, absent)."""
@@ -81,22 +102,7 @@ class MqttPublisher:
         self._early_acks: set[int] = set()  # PUBACKs that beat the bookkeeping
         self._rows_lock = threading.Lock()
         self._backlog_sent = False
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"marrow-edge-{topics.device_id}-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-        )
-        if config.username:
-            client.username_pw_set(config.username, read_password(config))
-        if config.tls_ca:
-            try:
-                client.tls_set(
-                    ca_certs=str(config.tls_ca),
-                    certfile=str(config.tls_cert) if config.tls_cert else None,
-                    keyfile=str(config.tls_key) if config.tls_key else None,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise PublishError(f"MQTT TLS files unusable: {exc}") from None
+        client = make_client(config, f"marrow-edge-{topics.device_id}")
         client.will_set(topics.status, encode(factory.status("offline")), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._camera: CameraState | None = None
