@@ -235,10 +235,25 @@ class LiveConsole:
         self.out.flush()
 
 
+def _load_config(args: argparse.Namespace, extra: dict[str, Any]) -> AppConfig:
+    """Defaults <- --config file <- environment <- the command line (--device-id, --broker, ``extra``)."""
+    from edge.config import load_config
+
+    overrides = dict(extra)
+    if args.device_id:
+        overrides["device_id"] = args.device_id
+    if args.broker:
+        overrides["mqtt"] = {"url": args.broker}
+    config = load_config(args.config, overrides=overrides)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.logging.level)
+    return config
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.analysis.field import FieldResult
     from edge.capture.replay import ImageFilesSource, open_replay
-    from edge.config import load_config, parse_mqtt_url
+    from edge.config import parse_mqtt_url
     from edge.counting.journal import SlideJournal
     from edge.counting.tally import Slide, Tally
     from edge.mqtt.broker import EmbeddedBroker, answers
@@ -249,16 +264,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.service.health import HealthReporter, RunStats
     from edge.service.pipeline import build_appliance, run_slide
 
-    overrides: dict[str, Any] = {}
-    if args.device_id:
-        overrides["device_id"] = args.device_id
-    if args.bundle:
-        overrides["bundle"] = args.bundle
-    if args.broker:
-        overrides["mqtt"] = {"url": args.broker}
-    config = load_config(args.config, overrides=overrides)
-    if not args.verbose:
-        logging.getLogger().setLevel(config.logging.level)
+    config = _load_config(args, {"bundle": args.bundle} if args.bundle else {})
     if args.max_fields is not None and args.max_fields < 1:
         raise EdgeError("--max-fields must be at least 1")
     capture = None
@@ -502,20 +508,11 @@ def _cmd_display(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from edge.config import load_config, parse_mqtt_url
+    from edge.config import parse_mqtt_url
     from edge.display.server import Display
 
-    overrides: dict[str, Any] = {}
-    if args.device_id:
-        overrides["device_id"] = args.device_id
-    if args.broker:
-        overrides["mqtt"] = {"url": args.broker}
     where = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
-    if where:
-        overrides["display"] = where
-    config = load_config(args.config, overrides=overrides)
-    if not args.verbose:
-        logging.getLogger().setLevel(config.logging.level)
+    config = _load_config(args, {"display": where} if where else {})
     host, port = parse_mqtt_url(config.mqtt.url) if config.mqtt.url else ("127.0.0.1", 1883)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
