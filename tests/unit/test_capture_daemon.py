@@ -80,13 +80,29 @@ def test_simulator_script_files(tmp_path):
     assert sum(1 for _ in sim.frames()) == 7
 
 
-def test_capture_loop_fills_the_ring_counts_corrupt_frames_and_notifies(samples, tmp_path, monkeypatch):
+def _systemd_socket(tmp_path, monkeypatch, watchdog_usec: str, timeout: float) -> socket.socket:
+    """Stands in for systemd's notify socket, with a watchdog of ``watchdog_usec``."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = str(tmp_path / "notify.sock")
     listener.bind(address)
-    listener.settimeout(2)
+    listener.settimeout(timeout)
     monkeypatch.setenv("NOTIFY_SOCKET", address)
-    monkeypatch.setenv("WATCHDOG_USEC", "2")  # ping on every frame
+    monkeypatch.setenv("WATCHDOG_USEC", watchdog_usec)
+    return listener
+
+
+def _notifications(listener: socket.socket) -> list[str]:
+    """Everything sent to the socket, until it stays quiet for its timeout."""
+    messages = []
+    while True:
+        try:
+            messages.append(listener.recv(4096).decode())
+        except TimeoutError:
+            return messages
+
+
+def test_capture_loop_fills_the_ring_counts_corrupt_frames_and_notifies(samples, tmp_path, monkeypatch):
+    listener = _systemd_socket(tmp_path, monkeypatch, watchdog_usec="2", timeout=2)  # ping on every frame
 
     class WithCorrupt:
         name = "test camera"
@@ -103,12 +119,7 @@ def test_capture_loop_fills_the_ring_counts_corrupt_frames_and_notifies(samples,
     monkeypatch.setattr("edge.capture.ring.LOCK_DIR", tmp_path)
     stats = capture_loop(WithCorrupt(), name, slots=4)
     assert (stats.frames, stats.corrupt) == (2, 1)
-    messages = []
-    while True:
-        try:
-            messages.append(listener.recv(4096).decode())
-        except TimeoutError:
-            break
+    messages = _notifications(listener)
     assert messages[0].startswith("READY=1") and "WATCHDOG=1" in messages and messages[-1] == "STOPPING=1"
 
 
@@ -143,12 +154,8 @@ def test_gated_ring_source_counts_each_stop_once(samples):
 
 
 def test_between_slides_frames_reach_the_live_view_ungated_and_the_watchdog_is_fed(tmp_path, monkeypatch):
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    address = str(tmp_path / "notify.sock")
-    listener.bind(address)
-    listener.settimeout(0.5)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WatchdogSec=0.2: ping every 0.1 s
+    # WatchdogSec=0.2: ping every 0.1 s
+    listener = _systemd_socket(tmp_path, monkeypatch, watchdog_usec="200000", timeout=0.5)
     name = f"t-{uuid.uuid4().hex[:8]}"
     seen: list[tuple[int, object]] = []
     with FrameRing(name, slots=4, lock_dir=tmp_path) as ring:
@@ -171,10 +178,5 @@ def test_between_slides_frames_reach_the_live_view_ungated_and_the_watchdog_is_f
         source.close()
     assert [v for v, _ in seen] == sorted(v for v, _ in seen) and len(seen) >= 5
     assert all(event is None for _, event in seen)  # no gate: nothing could be counted
-    pings = []
-    while True:
-        try:
-            pings.append(listener.recv(4096).decode())
-        except TimeoutError:
-            break
+    pings = _notifications(listener)
     assert pings.count("WATCHDOG=1") >= 3
