@@ -131,20 +131,15 @@ class PreviewPublisher:
             return offer.result.cells
         now = time.monotonic()
         boxes = self._boxes
-        fresh = (
-            boxes is not None
-            and boxes.motion_epoch == offer.motion_epoch
-            and boxes.shape == offer.image.shape
-            and now - boxes.made < self.settings.box_refresh_s
-        )
-        if fresh:
+        # Valid: made on this view (no move since, same frame size); fresh: and recent enough.
+        valid = boxes is not None and boxes.motion_epoch == offer.motion_epoch and boxes.shape == offer.image.shape
+        if valid and now - boxes.made < self.settings.box_refresh_s:  # type: ignore[union-attr]
             return boxes.cells  # type: ignore[union-attr]
         # Settling: the gate may accept this view within a frame or two, and the count path must
         # not then wait for a preview analysis; the counted field brings its own cells.
         settling = offer.event is not None and offer.event.decision is Decision.SETTLING
         if self.analyze is None or settling or not self.models_lock.acquire(blocking=False):
             # busy counting: keep still-valid boxes, else show the frame without any
-            valid = boxes is not None and boxes.motion_epoch == offer.motion_epoch and boxes.shape == offer.image.shape
             return boxes.cells if valid else None  # type: ignore[union-attr]
         try:
             cells = self.analyze(offer.image).cells

@@ -17,7 +17,8 @@ const GATE_WORDS = {
 };
 const REFUSED = new Set(["moving", "blurred", "dark", "bright", "already_counted"]);
 
-const state = { link: null, status: null, health: null, gate: null, tally: null, report: null, field: null, reply: null };
+// The kinds the page shows (command replies come back to the button's own request).
+const state = { link: null, status: null, health: null, gate: null, tally: null, report: null, field: null };
 const classes = [];  // bundle order, from the preview frames: stable colours
 let lastField = null;
 let flashUntil = 0;
@@ -271,7 +272,6 @@ function connect() {
   for (const kind of Object.keys(state)) {
     events.addEventListener(kind, (e) => {
       const data = JSON.parse(e.data);
-      if (kind === "tally" && state.report && state.report.slide_id !== data.slide_id) state.report = null;
       if (kind === "tally" || kind === "report" || kind === "field") {
         for (const k of ["tally", "report", "field"]) {
           if (state[k] && state[k].slide_id !== data.slide_id) state[k] = null;  // a new slide
