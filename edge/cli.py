@@ -160,6 +160,26 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--plots", type=Path, help="folder for PR/ROC/confusion plots (PNG)")
         q.add_argument("--threads", type=int, default=0)
     cells.add_argument("--split-seed", type=int, default=0, help="seed of the 70/10/20 split (with --split)")
+    cells.add_argument(
+        "--groups",
+        action="store_true",
+        help="folders name five white-cell types (NEUTROPHIL, LYMPHOCYTE, MONOCYTE, EOSINOPHIL, BASOPHIL), as "
+        "another lab's set does: grouped accuracy",
+    )
+
+
+def _validate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate-slides",
+        help="compose marrow slides from held-back cells at known blast shares and count them",
+        description="Marrow slides made of matek_bm test cells at known blast shares, counted through the "
+        "count path; prints the blast rule's call against the truth (a markdown table, then a JSON summary).",
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="the shared data folder (holds matek_bm/)")
+    p.add_argument("--shares", default="0,5,10,20,30,40,50", help="blast percentages, comma-separated")
+    p.add_argument("--repeats", type=int, default=3, help="slides per share")
+    p.add_argument("--cells", type=int, default=200, help="countable cells composed per slide")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _display_parser(sub)
     _export_parser(sub)
     _evaluate_parser(sub)
+    _validate_parser(sub)
     return parser
 
 
@@ -227,6 +248,12 @@ class LiveConsole:
                 w(f"{s.name:<28}{s.count:>5}{s.percent:>8.1f}   {low:5.1f} - {high:5.1f}\n")
         for r in tally.rule_states():
             w(f"rule {r.id:<14} {r.state:<15} {r.note}\n")
+        domain = tally.domain()
+        if domain.shifted:
+            w(f"WARNING: {domain.sentence()}; every rule held at indeterminate\n")
+        elif domain.state == "ok":
+            w(f"domain check: {domain.sentence()} (colour distance {domain.colour_distance:.2f}, "
+              f"mean confidence {domain.mean_confidence:.2f})\n")
         for s in tally.skipped:
             w(f"skipped {s.reason}\n")
         w(f"{tally.rules.disclaimer}\n")
@@ -558,7 +585,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         if args.what == "cells":
-            report = evaluate_cells(args.bundle, args.cells_dir, args.split, args.split_seed, args.plots, args.threads)
+            report = evaluate_cells(
+                args.bundle, args.cells_dir, args.split, args.split_seed, args.plots, args.threads, args.groups
+            )
         else:
             labels = args.labels.split(",") if args.labels else None
             report = evaluate_fields(
@@ -567,6 +596,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except AnnotationError as exc:
         raise EdgeError(str(exc)) from None
     sys.stdout.write(json.dumps(report, separators=(",", ":")) + "\n")
+    return 0
+
+
+def _cmd_validate_slides(args: argparse.Namespace) -> int:
+    import json
+
+    from training.compose import DATA
+    from training.slides import summary, table, validate
+
+    data = args.data or DATA
+    if not (data / "matek_bm").is_dir():
+        raise EdgeError(f"{data}/matek_bm is missing: the slides are composed from its held-back cells")
+    try:
+        shares = [float(v) for v in args.shares.split(",")]
+    except ValueError:
+        raise EdgeError(f"--shares must be numbers, got {args.shares!r}") from None
+    outcomes = validate(args.bundle, shares, args.repeats, args.cells, data)
+    sys.stdout.write(table(outcomes) + "\n" + json.dumps(summary(outcomes)) + "\n")
     return 0
 
 
@@ -585,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "display": _cmd_display,
             "export": _cmd_export,
             "evaluate": _cmd_evaluate,
+            "validate-slides": _cmd_validate_slides,
         }
         return commands[args.command](args)
     except EdgeError as exc:

@@ -25,6 +25,28 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.4, 1.4)
     crop_scale: tuple[float, float] = (0.7, 1.0)  # side of the crop over the side of the image
     crop_jitter: float = 0.08  # centre shift as a fraction of the side
+    gamma: tuple[float, float] = (1.0, 1.0)  # camera response
+    jpeg_p: float = 0.0  # a camera or a LIS that compresses
+    jpeg_quality: tuple[int, int] = (30, 90)
+    grey_p: float = 0.0  # partly desaturated: a pale or faded stain
+
+
+# For a bundle that must hold up on another camera and stain: wider colour, stain and
+# gamma jitter, JPEG artefacts, faded stains, more scale (Tsutsui et al. 2023: the shift
+# between labs is mostly colour and texture).
+STAIN_ROBUST = AugmentConfig(
+    hue=12.0,
+    saturation=0.35,
+    value=0.25,
+    channel_gain=0.12,
+    blur_p=0.3,
+    blur_sigma=(0.4, 2.0),
+    crop_scale=(0.7, 1.0),
+    crop_jitter=0.06,
+    gamma=(0.7, 1.4),
+    jpeg_p=0.3,
+    grey_p=0.1,
+)
 
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -45,9 +67,19 @@ def colour_and_blur(image: np.ndarray, rng: np.random.Generator, cfg: AugmentCon
     hsv[..., 2] *= rng.uniform(1 - cfg.value, 1 + cfg.value)
     out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
     out *= rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, size=3)
+    if cfg.gamma != (1.0, 1.0):
+        out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(*cfg.gamma)
+    if cfg.grey_p and rng.random() < cfg.grey_p:
+        grey = out.mean(axis=2, keepdims=True)
+        out = grey + (out - grey) * rng.uniform(0.3, 0.8)
     out = np.clip(out, 0, 255).astype(np.uint8)
     if rng.random() < cfg.blur_p:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(*cfg.blur_sigma))
+    if cfg.jpeg_p and rng.random() < cfg.jpeg_p:
+        quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from edge.analysis.classify import Classifier
+from edge.analysis.colour import apply_gains, background_gains, cell_colour_features
 from edge.analysis.crops import crop_cells
 from edge.analysis.detect import Detector
 from edge.engines.bundle import Bundle
@@ -83,6 +84,7 @@ class Cell:
     probabilities: np.ndarray  # (C,) stage-2 ensemble mean, in the bundle's class order
     p_countable: float
     countable: bool
+    colour: tuple[float, ...] | None = None  # stain features for the domain-shift guard
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,17 @@ class FieldAnalyzer:
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])
+        self.colour_normalisation = bundle.manifest.colour_normalisation
+        self._guarded = bundle.manifest.domain_guard is not None
 
     def __call__(self, image: np.ndarray, index: int = 0, source: str = "") -> FieldResult:
+        timings = {}
+        if self.colour_normalisation == "background":
+            t0 = time.perf_counter()
+            image = apply_gains(image, background_gains(image))
+            timings["colour"] = (time.perf_counter() - t0) * 1e3
         out = self.model(image)
+        colours = cell_colour_features(image, out.boxes) if self._guarded and len(out.boxes) else None
         winners = out.probs.argmax(axis=1) if len(out.probs) else np.empty(0, np.int64)
         cells = [
             Cell(
@@ -121,7 +131,8 @@ class FieldAnalyzer:
                 probabilities=out.probs[i],
                 p_countable=float(out.p_countable[i]),
                 countable=bool(out.p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]),
+                colour=tuple(round(float(v), 5) for v in colours[i]) if colours is not None else None,
             )
             for i in range(len(winners))
         ]
-        return FieldResult(index, source, image.shape[1], image.shape[0], cells, dict(out.timings_ms))
+        return FieldResult(index, source, image.shape[1], image.shape[0], cells, timings | dict(out.timings_ms))

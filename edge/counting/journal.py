@@ -66,6 +66,7 @@ class SlideJournal:
                 "probabilities": [float(p) for p in c.probabilities],
                 "p_countable": c.p_countable,
                 "countable": c.countable,
+                "colour": list(c.colour) if c.colour is not None else None,
             }
             for c in result.cells
         ]
@@ -103,6 +104,7 @@ class SlideJournal:
                     probabilities=np.asarray(c["probabilities"], np.float32),
                     p_countable=c["p_countable"],
                     countable=c["countable"],
+                    colour=tuple(c["colour"]) if c.get("colour") is not None else None,
                 )
                 for c in data["cells"]
             ]

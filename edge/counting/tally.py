@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edge.analysis.field import FieldResult
+from edge.counting.domain import DomainCheck, DomainGuard
 from edge.counting.intervals import wilson
 from edge.counting.rules import RulePack, RuleState, evaluate
-from edge.engines.bundle import ClassSpec
+from edge.engines.bundle import ClassSpec, DomainGuardSpec
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Tally:
         target_count: int,
         confidence: float = 0.95,
         denominator_roles: tuple[str, ...] = ("wbc", "key", "other"),
+        domain_guard: DomainGuardSpec | None = None,
     ) -> None:
         self.classes = classes
         self.rules = rules
@@ -58,6 +60,7 @@ class Tally:
         self.cells_detected = 0
         self.not_countable = 0
         self.skipped: list[SkippedField] = []
+        self.guard = DomainGuard(domain_guard)
 
     def add(self, result: FieldResult) -> None:
         self.fields += 1
@@ -65,6 +68,7 @@ class Tally:
         for cell in result.cells:
             if cell.countable:
                 self.counts[cell.class_name] += 1
+                self.guard.add(cell.colour, cell.class_probability)
             else:
                 self.not_countable += 1
 
@@ -93,4 +97,16 @@ class Tally:
     def rule_states(self) -> list[RuleState]:
         known = {c.name for c in self.classes}
         n = self.denominator
-        return [evaluate(r, self.counts[r.class_name], n, known, self.confidence) for r in self.rules.rules]
+        states = [evaluate(r, self.counts[r.class_name], n, known, self.confidence) for r in self.rules.rules]
+        domain = self.domain()
+        if not domain.shifted:
+            return states
+        # A slide unlike the training data: a count may look decisive and be wrong; no rule decides.
+        return [
+            s if s.state == "not_applicable" else replace(s, state="indeterminate", cells_to_settle=None,
+                                                            note=domain.sentence())
+            for s in states
+        ]
+
+    def domain(self) -> DomainCheck:
+        return self.guard.check()

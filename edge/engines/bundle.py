@@ -90,6 +90,12 @@ class ClassifierSpec(ModelSpec):
         "(crop side = longer box side x (1 + margin)).",
     )
     countable_threshold: float = Field(ge=0.0, le=1.0, description="Stage-1 cut-off on P(countable).")
+    training_crops: Literal["whole_image", "central_cell"] = Field(
+        "whole_image",
+        description="How single-cell training images became crops: whole_image (resized as they are) or "
+        "central_cell (the central cell's box found and cut as the count path cuts: training.cells); "
+        "evaluate cells scores crops the same way.",
+    )
     stage1: str = Field(description="Architecture of the countable head.")
     stage2: list[str] = Field(min_length=1, description="Ensemble members (softmax averaged).")
 
@@ -120,6 +126,25 @@ class VerificationSpec(_Strict):
     )
 
 
+class DomainGuardSpec(_Strict):
+    """Calibration of the domain-shift guard (``edge.counting.domain``), made on validation cells."""
+
+    features: Literal["od_colour_v1"] = "od_colour_v1"
+    mean: list[float] = Field(min_length=1, description="Mean stain features of the training cells.")
+    inv_cov: list[list[float]] = Field(description="Inverse covariance of those features (per cell).")
+    max_colour_distance: float = Field(gt=0.0, description="Slide-mean Mahalanobis distance above which: shifted.")
+    min_mean_confidence: float = Field(ge=0.0, le=1.0, description="Slide-mean top probability below which: shifted.")
+    min_cells: int = Field(20, ge=1, description="Counted cells before the guard judges.")
+    calibration: dict[str, Any] = Field(default_factory=dict, description="How the thresholds were set, and rates.")
+
+    @model_validator(mode="after")
+    def _square(self) -> DomainGuardSpec:
+        n = len(self.mean)
+        if len(self.inv_cov) != n or any(len(row) != n for row in self.inv_cov):
+            raise ValueError(f"inv_cov must be {n}x{n}")
+        return self
+
+
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -146,6 +171,16 @@ class BundleManifest(_Strict):
     provenance: dict[str, Any] = Field(
         default_factory=dict, description="Training data, recipe, metrics, commit, tool versions."
     )
+    colour_normalisation: Literal["none", "background"] = Field(
+        "none",
+        description="background: each field is white-balanced by its brightest pixels before detection "
+        "(edge.analysis.colour), as the training images were.",
+    )
+    domain_guard: DomainGuardSpec | None = Field(None, description="Domain-shift guard calibration; None: no guard.")
+    trained_on: Literal["peripheral_blood", "bone_marrow", "untrained"] | None = Field(
+        None, description="What the bundle was trained on, for the display's badge."
+    )
+    clinical_use: bool = Field(False, description="Validated for clinical use (never for a public-data bundle).")
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:

@@ -166,6 +166,17 @@ class SkippedOut(_Model):
     reason: str
 
 
+class DomainOut(_Model):
+    state: Literal["ok", "shifted", "too_few_cells", "not_checked"] = Field(
+        description="shifted: the slide is unlike the bundle's training data; counts not reliable, rules held "
+        "indeterminate. too_few_cells: not judged yet. not_checked: the bundle has no guard calibration."
+    )
+    colour_distance: float | None
+    mean_confidence: float | None
+    cells: int = Field(description="Counted cells judged (too_few_cells: cells still needed).")
+    message: str
+
+
 class TallyMessage(Envelope):
     kind: Literal["tally"] = "tally"
     slide_id: str
@@ -182,6 +193,7 @@ class TallyMessage(Envelope):
     confidence: float
     shares: list[ShareOut]
     rules: list[RuleOut]
+    domain: DomainOut | None = Field(None, description="The domain-shift guard's verdict on this slide.")
     disclaimer: str
     provenance: Provenance
 
@@ -295,9 +307,21 @@ class MessageFactory:
                 )
                 for r in tally.rule_states()
             ],
+            "domain": self._domain(tally),
             "disclaimer": tally.rules.disclaimer,
             "provenance": self.provenance,
         }
+
+    @staticmethod
+    def _domain(tally: Tally) -> DomainOut:
+        check = tally.domain()
+        return DomainOut(
+            state=check.state,
+            colour_distance=None if check.colour_distance is None else round(check.colour_distance, 3),
+            mean_confidence=None if check.mean_confidence is None else round(check.mean_confidence, 4),
+            cells=check.cells,
+            message=check.sentence(),
+        )
 
     def tally(self, slide: Slide, tally: Tally) -> TallyMessage:
         return TallyMessage(**self._envelope(), **self._tally_fields(slide, tally))

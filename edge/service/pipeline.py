@@ -50,6 +50,7 @@ class Appliance:
             counting.target_count,
             counting.confidence,
             tuple(counting.denominator_roles),
+            self.bundle.manifest.domain_guard,
         )
 
 
