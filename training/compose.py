@@ -9,6 +9,7 @@ others (touching allowed, heavy overlap not), among pale red-cell discs. Not-cou
 microscope.
 
     python -m training.compose fields --out /work/exp/marrow_fields      # YOLO set, matek's own splits
+    python -m training.compose samples --out samples/marrow              # the demo's slide (test cells)
     python -m training.compose sheet --out docs/marrow-boxes.jpg         # contact sheet of derived boxes
 """
 
@@ -176,17 +177,46 @@ def write_fields(data: Path, out: Path, counts: dict[str, int], seed: int = 0, p
             cv2.imwrite(
                 str(images / f"{name}.jpg"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
             )
-            h, w = field.shape[:2]
-            lines = [
-                "0 " + " ".join(f"{v:.6f}" for v in ((b[0] + b[2]) / 2 / w, (b[1] + b[3]) / 2 / h,
-                                                      (b[2] - b[0]) / w, (b[3] - b[1]) / h))
-                for b in np.clip(boxes, 0, [w, h, w, h])
-            ]
-            (labels / f"{name}.txt").write_text("\n".join(lines) + "\n")
+            _write_yolo(labels / f"{name}.txt", boxes, field.shape)
             total += len(boxes)
         boxes_written[split] = total
         log.info("%s: %d fields, %d boxes", split, counts.get(split, 0), total)
     return boxes_written
+
+
+def write_samples(data: Path, out: Path, count: int = 8, blast_share: float = 0.35, seed: int = 7) -> None:
+    """The demo's marrow slide: ``count`` fields from matek_bm *test* cells only, about
+    ``blast_share`` of the countable ones blasts, with their boxes (YOLO, label WBC)."""
+    rng = np.random.default_rng(seed)
+    test = matek_splits(data)["test"]
+    blasts = [s for s in test if s.label == "BLA"]
+    others = [s for s in test if s.label in ("LYT", "MON", "EOS", "NGS", "PMO")]
+    junk = [s for s in test if s.label in ("NIF", "ART")]
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        k = 7
+        n_blast = int(rng.binomial(k, blast_share))
+        chosen = (
+            [blasts[i] for i in rng.choice(len(blasts), n_blast, replace=False)]
+            + [others[i] for i in rng.choice(len(others), k - n_blast, replace=False)]
+            + [junk[int(rng.integers(len(junk)))]] * int(rng.random() < 0.5)
+        )
+        field, boxes, _ = compose_field(load_patches(chosen), rng)
+        name = f"marrow_{n + 1:02d}"
+        cv2.imwrite(str(out / f"{name}.jpg"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _write_yolo(out / "labels" / f"{name}.txt", boxes, field.shape)
+
+
+def _write_yolo(path: Path, boxes: np.ndarray, shape: tuple[int, ...]) -> None:
+    h, w = shape[:2]
+    lines = [
+        "0 "
+        + " ".join(
+            f"{v:.6f}" for v in ((b[0] + b[2]) / 2 / w, (b[1] + b[3]) / 2 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h)
+        )
+        for b in np.clip(boxes, 0, [w, h, w, h])
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def contact_sheet(data: Path, out: Path, per_code: int = 6, tile: int = 150) -> None:
@@ -194,7 +224,8 @@ def contact_sheet(data: Path, out: Path, per_code: int = 6, tile: int = 150) -> 
     nucleus, red: none found, the central half taken)."""
     rows = []
     for code in MATEK_CODES:
-        samples = read_cell_folders(data / "matek_bm", [code])[:: max(1, 600 // per_code)][:per_code]
+        every = read_cell_folders(data / "matek_bm", [code])
+        samples = [every[int(i)] for i in np.linspace(0, len(every) - 1, per_code)]
         tiles = []
         for sample in samples:
             image = white_balance(cv2.cvtColor(cv2.imread(str(sample.image)), cv2.COLOR_BGR2RGB))
@@ -219,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     fields.add_argument("--train", type=int, default=500)
     fields.add_argument("--val", type=int, default=60)
     fields.add_argument("--test", type=int, default=120)
+    samples = sub.add_parser("samples", help="the demo's marrow slide (test cells only)")
+    samples.add_argument("--data", type=Path, default=DATA)
+    samples.add_argument("--out", type=Path, default=ROOT / "samples" / "marrow")
     sheet = sub.add_parser("sheet")
     sheet.add_argument("--data", type=Path, default=DATA)
     sheet.add_argument("--out", type=Path, default=ROOT / "docs" / "marrow-boxes.jpg")
@@ -226,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "fields":
         write_fields(args.data, args.out, {"train": args.train, "val": args.val, "test": args.test})
+    elif args.command == "samples":
+        write_samples(args.data, args.out)
     else:
         contact_sheet(args.data, args.out)
 

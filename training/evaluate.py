@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.analysis.classify import Classifier
+from edge.analysis.colour import white_balance
 from edge.analysis.detect import Detector
 from edge.capture.decode import decode_image
 from edge.engines.bundle import Bundle, load_bundle
@@ -146,9 +147,11 @@ def detect_fields(
     spec = bundle.manifest.detector
     wanted = {name.lower() for name in (labels or spec.cell_labels)}
     detector = Detector(OnnxRuntimeBackend(bundle.path(spec.file), threads=threads), spec, score_threshold=0.0)
+    balance = bundle.manifest.colour_normalisation == "background"
     detections, truths = [], []
     for record in records:
-        found = detector(decode_image(record.image.read_bytes(), record.image.name))
+        image = decode_image(record.image.read_bytes(), record.image.name)
+        found = detector(white_balance(image) if balance else image)  # as the count path sees it
         detections.append((found.boxes, found.scores))
         boxes = [[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.label.lower() in wanted]
         truths.append(np.array(boxes, np.float32).reshape(-1, 4))

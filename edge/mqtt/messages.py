@@ -27,6 +27,8 @@ class BundleRef(_Model):
     version: str
     hash: str = Field(description="First 12 hex digits of the sha256 of bundle.json.")
     untrained: bool = Field(description="Random weights: the counts mean nothing clinically.")
+    trained_on: str | None = Field(None, description="peripheral_blood, bone_marrow or untrained (from the bundle).")
+    clinical_use: bool = Field(False, description="Validated for clinical use.")
 
 
 class Provenance(_Model):

@@ -64,7 +64,12 @@ def build_appliance(config: AppConfig) -> Appliance:
     provenance = Provenance(
         software_version=__version__,
         bundle=BundleRef(
-            name=manifest.name, version=manifest.version, hash=bundle.short_hash, untrained=manifest.untrained
+            name=manifest.name,
+            version=manifest.version,
+            hash=bundle.short_hash,
+            untrained=manifest.untrained,
+            trained_on=manifest.trained_on,
+            clinical_use=manifest.clinical_use,
         ),
         backend=model.name,
         providers=model.providers,

@@ -60,6 +60,12 @@ function renderStatus() {
     $("backend").textContent = `backend ${prov.backend}` + (prov.providers.length ? ` (${prov.providers.join(", ")})` : "");
     $("bundle").textContent = `bundle ${prov.bundle.name} ${prov.bundle.version}`;
     $("untrained").hidden = !prov.bundle.untrained;
+    // A bundle's scope, said where the technician looks: not marrow-trained, not for clinical use.
+    const scope = [];
+    if (!prov.bundle.untrained && prov.bundle.trained_on !== "bone_marrow") scope.push("NOT TRAINED ON MARROW");
+    if (!prov.bundle.untrained && !prov.bundle.clinical_use) scope.push("NOT FOR CLINICAL USE");
+    $("scope").textContent = scope.join(" · ");
+    $("scope").hidden = scope.length === 0;
   }
   const cam = state.status && state.status.camera;
   $("camera").textContent = cam ? `camera ${cam.state}` : "";
@@ -116,6 +122,7 @@ function renderCount() {
     $("progress").classList.remove("reached");
     $("progress").dataset.reached = "false";
     $("rules").replaceChildren();
+    $("domain").hidden = true;
     body.replaceChildren();
     return;
   }
@@ -142,6 +149,10 @@ function renderCount() {
   $("not-applicable").textContent = without.length ? `Not applicable with this bundle: ${without.map((r) => r.id).join(", ")}` : "";
   $("not-applicable").title = without.map((r) => r.note).join("; ");
 
+  const shifted = Boolean(t.domain && t.domain.state === "shifted");
+  $("domain").hidden = !shifted;
+  $("domain").textContent = shifted ? `⚠ ${t.domain.message}. Rules held at indeterminate; review every cell.` : "";
+  $("domain").dataset.state = t.domain ? t.domain.state : "none";
   $("rules").replaceChildren(...applicable.map((r) => {
     const li = document.createElement("li");
     li.className = r.state;

@@ -1,0 +1,72 @@
+"""Cell boxes from nuclei, crops cut as the count path cuts them, composed marrow fields."""
+
+import cv2
+import numpy as np
+
+from training.cells import CYTOPLASM, cell_crop, central_cell_box
+from training.compose import compose_field, cut_patch
+
+
+def _smear(width=160, height=120) -> np.ndarray:
+    image = np.full((height, width, 3), (232, 226, 236), np.uint8)
+    cv2.circle(image, (30, 30), 14, (215, 180, 200), -1)  # a red cell: not bluer than green
+    return image
+
+
+def test_the_central_nucleus_gives_the_box():
+    image = _smear()
+    cv2.circle(image, (84, 58), 30, (200, 170, 225), -1)  # pale cytoplasm
+    cv2.circle(image, (84, 58), 20, (90, 40, 140), -1)  # nucleus
+    cv2.circle(image, (150, 110), 12, (90, 40, 140), -1)  # a neighbour's nucleus at the corner
+    box, found = central_cell_box(image)
+    assert found
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    assert abs(cx - 84) <= 2 and abs(cy - 58) <= 2
+    assert abs((box[2] - box[0]) - 41 * CYTOPLASM) <= 6
+
+
+def test_the_lobes_of_one_cell_make_one_box():
+    image = _smear()
+    for x, y in ((70, 55), (82, 66), (94, 55)):  # a segmented neutrophil's lobes
+        cv2.circle(image, (x, y), 7, (90, 40, 140), -1)
+    box, found = central_cell_box(image)
+    assert found
+    assert box[0] < 63 and box[2] > 101  # spans every lobe
+
+
+def test_no_nucleus_falls_back_to_the_central_half():
+    box, found = central_cell_box(_smear())
+    assert not found
+    assert np.allclose(box, [50, 30, 110, 90])
+
+
+def test_cell_crop_is_square_and_padded_with_the_background():
+    image = _smear(80, 80)
+    cv2.circle(image, (40, 40), 30, (90, 40, 140), -1)  # the cell fills the image (a tight crop)
+    crop = cell_crop(image, 64, margin=0.5)
+    assert crop.shape == (64, 64, 3)
+    corner = crop[1, 1].astype(int)
+    assert np.all(np.abs(corner - 235) < 12), corner  # balanced background, not a smeared edge
+
+
+def test_composed_fields_keep_every_box_inside_and_apart():
+    rng = np.random.default_rng(0)
+    patches = []
+    for code in ("BLA", "LYT", "NGS", "ART", "MON", "EOS"):
+        image = _smear(100, 100)
+        cv2.circle(image, (50, 50), 22, (90, 40, 140), -1)
+        patches.append(cut_patch(image, code))
+    field, boxes, codes = compose_field(patches, rng, size=(320, 240), scale=(0.6, 0.8))
+    assert field.shape == (240, 320, 3) and field.dtype == np.uint8
+    assert len(boxes) == len(codes) >= 3
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 320) and np.all(boxes[:, 3] <= 240)
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            w = min(a[2], b[2]) - max(a[0], b[0])
+            h = min(a[3], b[3]) - max(a[1], b[1])
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            assert max(w, 0) * max(h, 0) <= 0.1 * smaller + 1e-6
+    # every box holds its nucleus: the densest pixels sit inside it
+    x1, y1, x2, y2 = boxes[0].astype(int)
+    assert field[y1:y2, x1:x2, 1].min() < 80
