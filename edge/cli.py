@@ -68,6 +68,18 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", help="device id in topics and messages (overrides device_id)")
     p.add_argument("--bundle", type=Path, help="model bundle folder (overrides bundle)")
     p.add_argument("--specimen-id", help="specimen id recorded with the slide")
+    interrupted = p.add_mutually_exclusive_group()
+    interrupted.add_argument(
+        "--resume",
+        action="store_true",
+        help="with counting.journal: continue the slide an interrupted run left open (an open slide is "
+        "otherwise resumed only by a run with the same specimen and source)",
+    )
+    interrupted.add_argument(
+        "--close-interrupted",
+        action="store_true",
+        help="with counting.journal: close the slide an interrupted run left open (no report) and start this one",
+    )
     p.add_argument("--max-fields", type=int, metavar="N", help="stop after N fields of the source")
     p.add_argument("--quiet", action="store_true", help="print only the final report")
     p.add_argument(
@@ -281,7 +293,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.analysis.field import FieldResult
     from edge.capture.replay import ImageFilesSource, open_replay
     from edge.config import parse_mqtt_url
-    from edge.counting.journal import SlideJournal
+    from edge.counting.journal import SlideJournal, resolve_open_slide
     from edge.counting.tally import Slide, Tally
     from edge.mqtt.broker import EmbeddedBroker, answers
     from edge.mqtt.commands import CommandHandler, SlideControl
@@ -299,7 +311,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     publisher: MqttPublisher | None = None
     stats = RunStats()
     if args.source:
-        source = open_replay(args.source)
+        source = open_replay(args.source, config.analysis.max_field_pixels)
         if args.fps:
             from edge.capture.cameras import Paced
 
@@ -337,6 +349,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         source = GatedRingSource(ring, gate, idle_timeout=idle, on_event=gate_event)
     manifest = appliance.bundle.manifest
     out = sys.stdout
+    # Which slide this run counts, settled before anything is published: never another patient's.
+    source_id = _source_id(args)
+    journal = SlideJournal(config.counting.journal) if config.counting.journal else None
+    resume: Slide | None = None
+    if journal is not None and (not args.wait_for_start or args.resume or args.close_interrupted):
+        resume = resolve_open_slide(journal, args.specimen_id, source_id, args.resume, args.close_interrupted)
+    pending = journal.open_slide() if journal is not None and args.wait_for_start and resume is None else None
     out.write(
         f"marrow-edge {__version__} | bundle {manifest.name} {manifest.version} "
         f"({appliance.bundle.short_hash}){' UNTRAINED' if manifest.untrained else ''} | "
@@ -375,12 +394,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from edge.capture.daemon import sd_notify
 
             sd_notify(f"READY=1\nSTATUS=counting fields from ring {args.ring}")
-        journal = SlideJournal(config.counting.journal) if config.counting.journal else None
-        resume = slide = journal.open_slide() if journal else None
+        slide = resume
         if slide is not None:
             out.write(f"resuming slide {slide.slide_id} (specimen {slide.specimen_id}) after a restart\n")
         else:
-            slide = Slide(specimen_id=args.specimen_id)
+            slide = Slide(specimen_id=args.specimen_id, source=source_id)
+        if pending is not None:
+            out.write(
+                f"slide {pending.slide_id} (specimen {pending.specimen_id}) is open after a restart: a start_slide "
+                "for that specimen resumes it; any other closes it as interrupted\n"
+            )
         if args.wait_for_start:
             out.write(f"mqtt: publishing to mqtt://{host}:{port} under {topics.root}/\n")
         else:
@@ -417,7 +440,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
                 if not isinstance(source, GatedRingSource):
                     raise EdgeError("--wait-for-start needs --camera or --ring")
-                run = _serve_slides(args, source, capture, control, journal, out, console, resume, count)
+                run = _serve_slides(
+                    args, source, capture, control, journal, out, console, resume, count, pending, source_id
+                )
             else:
                 run = count(slide)
         finally:
@@ -442,6 +467,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
         return 5
     return 1 if run.publish_failures else 0
+
+
+def _source_id(args: argparse.Namespace) -> str:
+    """What a slide is counted from, as recorded in the journal (a resume must match it)."""
+    if args.source:
+        return f"files:{Path(args.source).resolve()}"
+    if args.camera:
+        return f"camera:{args.camera}"
+    return f"ring:{args.ring}"
 
 
 def _start_preview(
@@ -475,8 +509,13 @@ def _serve_slides(
     console: LiveConsole,
     resume: Slide | None,
     count: Callable[[Slide], SlideRun],
+    pending: Slide | None = None,
+    source_id: str | None = None,
 ) -> SlideRun | None:
-    """Service mode: each slide begins with start_slide and ends with stop_slide (or the camera ending)."""
+    """Service mode: each slide begins with start_slide and ends with stop_slide (or the camera ending).
+
+    ``pending``: a slide left open by a crash. A start_slide for its specimen resumes it; any other
+    closes it as interrupted first, so another patient's cells never join it."""
     from edge.counting.tally import Slide
 
     last = None
@@ -490,7 +529,19 @@ def _serve_slides(
                 source.watch(control.start_requested, 0.5)  # the live view runs between slides
                 if source.finished or (capture is not None and not capture.alive):
                     return last
-            slide = Slide(specimen_id=control.take_start())
+            specimen = control.take_start()
+            if pending is not None and journal is not None and specimen == pending.specimen_id:
+                slide, pending = pending, None
+                out.write(f"resuming slide {slide.slide_id} (specimen {slide.specimen_id}) after a restart\n")
+            else:
+                if pending is not None and journal is not None:
+                    journal.close_slide(pending, interrupted=True)
+                    out.write(
+                        f"slide {pending.slide_id} (specimen {pending.specimen_id}) closed as interrupted: "
+                        f"start_slide named specimen {specimen}\n"
+                    )
+                    pending = None
+                slide = Slide(specimen_id=specimen, source=source_id)
         out.write(f"slide {slide.slide_id} (specimen {slide.specimen_id}) started\n")
         source.gate.new_slide()
         source.stop_event = control.stop_requested

@@ -83,6 +83,12 @@ class AnalysisConfig(_Strict):
         "None takes the bundle's (what its classifiers were trained with).",
     )
     max_batch: int = Field(32, ge=1, le=64, description="Crops per classifier call.")
+    max_field_pixels: int = Field(
+        50_000_000,
+        ge=1024,
+        description="Largest field (width x height) decoded; larger files are skipped before decoding "
+        "(a 30000x30000 PNG would take 2.7 GB).",
+    )
 
 
 class CountingConfig(_Strict):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import struct
+
 import cv2
 import numpy as np
 
@@ -9,20 +12,64 @@ from edge.errors import FrameError
 
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode to (H, W, 3) uint8 RGB. Grey, 16-bit, truncated or unreadable images raise FrameError.
+def printable_name(name: str) -> str:
+    """A file name as text that can be logged, journalled and sent as JSON: bytes that are not
+    UTF-8 (kept by Python as surrogates) become \\xNN, so two such names stay different."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG or BMP header, without decoding; None if not found."""
+    if data[:8] == _PNG_START and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    if data[:2] == _JPEG_START:
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return width, height
+            i += 2 + length
+    return None
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode to (H, W, 3) uint8 RGB. Grey, 16-bit, truncated, oversized or unreadable images
+    raise FrameError.
 
     Grey and 16-bit frames are refused rather than converted: the models learned stained
-    8-bit colour, and a silent conversion would change what the classifier sees.
+    8-bit colour, and a silent conversion would change what the classifier sees. A field larger
+    than ``max_pixels`` is refused from its header, before any memory is spent decoding it.
     """
     if not data:
         raise FrameError(f"{name}: empty file")
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise FrameError(
+            f"{name}: {size[0]}x{size[1]} px is larger than the {max_pixels:,} pixels a field may have "
+            "(analysis.max_field_pixels); not decoded"
+        )
     # libjpeg decodes a truncated JPEG with a warning and grey fill; catch it before it counts.
     if data[:2] == _JPEG_START and _JPEG_END not in data[-64:]:
         raise FrameError(f"{name}: truncated JPEG (no end-of-image marker); the file is incomplete")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own limits (e.g. a TIFF bomb): one line, not a traceback
+        raise FrameError(f"{name}: not decoded ({str(exc).strip().splitlines()[-1]})") from None
     if image is None:
         raise FrameError(f"{name}: not a readable image (corrupt or unsupported format)")
     return to_rgb(image, name)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 
-from edge.capture.decode import decode_image, to_rgb
+from edge.capture.decode import DEFAULT_MAX_PIXELS, decode_image, printable_name, to_rgb
 from edge.capture.source import CameraSource, Frame
 from edge.errors import CameraError, FrameError
 
@@ -22,27 +22,35 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm"}
 class ImageFilesSource:
     """Image files in the order given; a folder's images in name order (other files ignored)."""
 
-    def __init__(self, paths: list[Path], name: str) -> None:
+    def __init__(self, paths: list[Path], name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.paths = paths
         self.name = name
+        self.max_pixels = max_pixels
 
     @classmethod
-    def folder(cls, folder: Path) -> ImageFilesSource:
+    def folder(cls, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFilesSource:
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise CameraError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return cls(paths, str(folder))
+        return cls(paths, str(folder), max_pixels)
 
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
+            name = printable_name(path.name)
             try:
-                image = decode_image(path.read_bytes(), path.name)
+                # A FIFO or device named .jpg would block read_bytes forever: regular files only.
+                if not path.is_file():
+                    raise FrameError(f"{name}: not a regular file")
+                # A compressed file is far smaller than its pixels; one larger than 3 bytes a pixel is not a field.
+                if path.stat().st_size > 3 * self.max_pixels + (1 << 20):
+                    raise FrameError(f"{name}: {path.stat().st_size:,} bytes is too large for a field")
+                image = decode_image(path.read_bytes(), name, self.max_pixels)
             except FrameError as exc:
-                yield Frame(index, path.name, None, str(exc), time.monotonic())
+                yield Frame(index, name, None, str(exc), time.monotonic())
             except OSError as exc:
-                yield Frame(index, path.name, None, f"{path.name}: cannot read ({exc.strerror})", time.monotonic())
+                yield Frame(index, name, None, f"{name}: cannot read ({exc.strerror})", time.monotonic())
             else:
-                yield Frame(index, path.name, image, None, time.monotonic())
+                yield Frame(index, name, image, None, time.monotonic())
 
     def close(self) -> None:
         pass
@@ -75,15 +83,15 @@ class VideoSource:
         self._capture.release()
 
 
-def open_replay(path: Path) -> CameraSource:
+def open_replay(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> CameraSource:
     """A folder -> its images; a video file -> its frames; a single image -> one field."""
     path = Path(path)
     if path.is_dir():
-        return ImageFilesSource.folder(path)
+        return ImageFilesSource.folder(path, max_pixels)
     if not path.exists():
         raise CameraError(f"{path}: no such file or folder")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSource(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFilesSource([path], str(path))
+        return ImageFilesSource([path], str(path), max_pixels)
     raise CameraError(f"{path}: not a folder, an image or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")

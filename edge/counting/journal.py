@@ -1,9 +1,11 @@
 """The slide journal: the open slide's fields on disk, so a crash or a restart resumes the slide.
 
 SQLite (WAL, ``synchronous=FULL``). Every counted field is written (with its cells) before its
-messages are published; a skipped field too. At start, an open slide is resumed: same slide id
-and specimen, the tally rebuilt from the journal, and a field already in it (same source
-name) is not counted again. A slide is closed when its report is published.
+messages are published; a skipped field too. At start, an open slide is resumed only when it is
+the same slide: the same specimen and source, or an explicit ``--resume`` (another patient's
+cells must never be added to it: :func:`resolve_open_slide`); then the tally is rebuilt from
+the journal, and a field already in it (same source name) is not counted again. A slide is
+closed when its report is published, or closed as interrupted when the operator says so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from edge.analysis.field import Cell, FieldResult
 from edge.counting.tally import Slide, Tally
 from edge.durable import open_durable
+from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +37,25 @@ class SlideJournal:
             "CREATE TABLE IF NOT EXISTS field (slide_id TEXT NOT NULL, source TEXT NOT NULL, result TEXT, "
             "skipped TEXT, PRIMARY KEY (slide_id, source));",
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(slide)")}
+        if "source" not in columns:  # journals written before the source was recorded
+            self._db.execute("ALTER TABLE slide ADD COLUMN source TEXT")
 
     def open_slide(self) -> Slide | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT slide_id, specimen_id, started FROM slide WHERE closed = 0 ORDER BY started DESC LIMIT 1"
+                "SELECT slide_id, specimen_id, started, source FROM slide WHERE closed = 0 "
+                "ORDER BY started DESC LIMIT 1"
             ).fetchone()
         if row is None:
             return None
-        return Slide(slide_id=row[0], specimen_id=row[1], started=dt.datetime.fromisoformat(row[2]))
+        return Slide(slide_id=row[0], specimen_id=row[1], started=dt.datetime.fromisoformat(row[2]), source=row[3])
 
     def begin(self, slide: Slide) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO slide (slide_id, specimen_id, started) VALUES (?, ?, ?)",
-                (slide.slide_id, slide.specimen_id, slide.started.isoformat()),
+                "INSERT OR IGNORE INTO slide (slide_id, specimen_id, started, source) VALUES (?, ?, ?, ?)",
+                (slide.slide_id, slide.specimen_id, slide.started.isoformat(), slide.source),
             )
 
     def seen(self, slide: Slide) -> set[str]:
@@ -111,10 +118,49 @@ class SlideJournal:
             tally.add(FieldResult(data["index"], source, data["width"], data["height"], cells))
         return len(rows)
 
-    def close_slide(self, slide: Slide) -> None:
+    def close_slide(self, slide: Slide, interrupted: bool = False) -> None:
+        """Closed for good: 1 after its report, 2 when closed as interrupted (never resumed)."""
         with self._lock:
-            self._db.execute("UPDATE slide SET closed = 1 WHERE slide_id = ?", (slide.slide_id,))
+            self._db.execute(
+                "UPDATE slide SET closed = ? WHERE slide_id = ?", (2 if interrupted else 1, slide.slide_id)
+            )
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def resolve_open_slide(
+    journal: SlideJournal,
+    specimen_id: str | None,
+    source: str | None,
+    resume: bool = False,
+    close_interrupted: bool = False,
+) -> Slide | None:
+    """The open slide to resume, or None to start a new one; refuses (exit 2) anything that could
+    put one patient's cells into another's slide.
+
+    Resumed: the open slide when ``resume`` is asked for (and the specimen, if given, is its own),
+    or when specimen and source are both the same. ``close_interrupted`` closes it as interrupted
+    first, then a new slide starts. Anything else is refused, naming the open slide and both ways out.
+    """
+    open_slide = journal.open_slide()
+    if open_slide is None:
+        return None
+    if close_interrupted:
+        journal.close_slide(open_slide, interrupted=True)
+        log.warning(
+            "slide %s (specimen %s) closed as interrupted without a report", open_slide.slide_id, open_slide.specimen_id
+        )
+        return None
+    same_specimen = specimen_id is None if open_slide.specimen_id is None else specimen_id == open_slide.specimen_id
+    if resume and (specimen_id is None or same_specimen):
+        return open_slide
+    if not resume and same_specimen and source is not None and source == open_slide.source:
+        return open_slide
+    raise ConfigError(
+        f"slide {open_slide.slide_id} (specimen {open_slide.specimen_id or '-'}, source {open_slide.source or '-'}) "
+        f"is still open in the journal {journal.path} after an interrupted run, and this run "
+        f"(specimen {specimen_id or '-'}, source {source or '-'}) is not that slide: rerun that slide with --resume, "
+        "or pass --close-interrupted to close it as interrupted and start this one"
+    )

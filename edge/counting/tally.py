@@ -36,6 +36,7 @@ class Slide:
     specimen_id: str | None = None
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     ended: dt.datetime | None = None
+    source: str | None = None  # what was counted (folder, camera, ring): a resume must be the same
 
 
 class Tally:

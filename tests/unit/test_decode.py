@@ -52,3 +52,45 @@ def test_alpha_is_dropped_and_tiny_images_refused():
     assert image.shape == (40, 40, 3) and image[0, 0, 0] == 255
     with pytest.raises(FrameError, match="too small"):
         decode_image(_encode(np.zeros((8, 8, 3), np.uint8), ".png"), "t.png")
+
+
+def test_declared_size_reads_headers_without_decoding(samples):
+    import cv2
+
+    from edge.capture.decode import declared_size
+
+    path = sorted(samples.glob("*.jpg"))[0]
+    image = cv2.imread(str(path))
+    assert declared_size(path.read_bytes()) == (image.shape[1], image.shape[0])
+    _, png = cv2.imencode(".png", image[:40, :50])
+    assert declared_size(png.tobytes()) == (50, 40)
+    _, bmp = cv2.imencode(".bmp", image[:40, :50])
+    assert declared_size(bmp.tobytes()) == (50, 40)
+    assert declared_size(b"not an image") is None
+
+
+def test_a_decompression_bomb_is_refused_from_its_header():
+    import struct
+    import zlib
+
+    import pytest
+
+    from edge.capture.decode import decode_image
+    from edge.errors import FrameError
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    with pytest.raises(FrameError, match="30000x30000 px is larger than"):
+        decode_image(data, "bomb.png", max_pixels=50_000_000)
+
+
+def test_names_that_are_not_utf8_become_printable_and_stay_distinct():
+    import os
+
+    from edge.capture.decode import printable_name
+
+    a, b = os.fsdecode(b"f\xff.jpg"), os.fsdecode(b"f\xfe.jpg")
+    assert printable_name(a) == "f\\xff.jpg" and printable_name(a) != printable_name(b)
+    assert printable_name(a).encode("utf-8")  # journal and JSON can take it
+    assert printable_name("champ_été.jpg") == "champ_été.jpg"
