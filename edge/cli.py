@@ -386,6 +386,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         factory = MessageFactory(config.device_id, appliance.provenance)
         publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
         control = SlideControl(config.counting.target_count)
+        _stop_on_signals(control, out)
+        if args.camera or args.ring:
+            source.stop_event = control.stop_requested  # a shutdown wakes a wait for frames
         publisher.serve_commands(CommandHandler(control, factory))
         publisher.connect()
         if camera is not None:  # after the models load: the ring keeps only the newest frames
@@ -466,7 +469,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if run.tally.fields == 0:
         sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
         return 5
+    if publisher.undelivered:
+        kept = (
+            f"kept in the outbox {config.mqtt.outbox} and re-sent by the next run"
+            if config.mqtt.outbox
+            else "lost: set mqtt.outbox to keep them on disk"
+        )
+        sys.stderr.write(
+            f"marrow-edge: error: {publisher.undelivered} message(s) (the report may be among them) were "
+            f"never acknowledged by the broker; {kept}\n"
+        )
+        return 1
     return 1 if run.publish_failures else 0
+
+
+def _stop_on_signals(control: SlideControl, out: TextIO) -> None:
+    """SIGTERM (systemctl stop) and Ctrl-C end the run as a stop_slide would: the field in hand is
+    finished, the report published, status ``stopped``. A second signal interrupts at once."""
+    import signal
+
+    def handle(signum: int, _frame: object) -> None:
+        if control.shutdown.is_set():
+            raise KeyboardInterrupt
+        out.write(f"\n{signal.Signals(signum).name}: finishing this field, then the report (again to abort)\n")
+        out.flush()
+        control.request_shutdown()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 def _source_id(args: argparse.Namespace) -> str:
@@ -527,7 +557,7 @@ def _serve_slides(
             out.flush()
             while not control.start_requested.is_set():
                 source.watch(control.start_requested, 0.5)  # the live view runs between slides
-                if source.finished or (capture is not None and not capture.alive):
+                if control.shutdown.is_set() or source.finished or (capture is not None and not capture.alive):
                     return last
             specimen = control.take_start()
             if pending is not None and journal is not None and specimen == pending.specimen_id:
@@ -547,7 +577,7 @@ def _serve_slides(
         source.stop_event = control.stop_requested
         last = count(slide)
         console.report(last, False)
-        if source.finished or (capture is not None and not capture.alive):
+        if control.shutdown.is_set() or source.finished or (capture is not None and not capture.alive):
             return last
 
 

@@ -77,6 +77,8 @@ class SlideControl:
         self.pending_specimen: str | None = None
         self.stop_requested = threading.Event()
         self.start_requested = threading.Event()
+        # systemctl stop or Ctrl-C: end the slide after this field, report, and take no new slide
+        self.shutdown = threading.Event()
 
     @property
     def state(self) -> Literal["idle", "counting"]:
@@ -85,7 +87,12 @@ class SlideControl:
     def begin(self, slide: Slide) -> None:
         with self._lock:
             self.slide = slide
-            self.stop_requested.clear()
+            if not self.shutdown.is_set():
+                self.stop_requested.clear()
+
+    def request_shutdown(self) -> None:
+        self.shutdown.set()
+        self.stop_requested.set()  # wakes a loop waiting for frames too
 
     def end(self) -> None:
         with self._lock:
@@ -145,6 +152,10 @@ class CommandHandler:
             specimen_id=slide.specimen_id if slide else self.control.pending_specimen,
             target_count=self.control.target_count,
         )
+
+    def refuse(self, verb: str, error: str) -> CommandReply:
+        """Answer without acting (e.g. a retained command)."""
+        return self._reply(verb[:64], None, error)
 
     def handle(self, verb: str, payload: bytes) -> CommandReply:
         request_id = None

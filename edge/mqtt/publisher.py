@@ -97,6 +97,7 @@ class MqttPublisher:
         self._connected = threading.Event()
         self._refusal: str | None = None
         self._inflight: set[int] = set()  # mids of QoS-1 messages not yet acknowledged
+        self.undelivered = 0  # set by close(): QoS-1 messages the broker never acknowledged
         self.outbox = Outbox(config.outbox, config.outbox_max_mb * 2**20) if config.outbox else None
         self._rows: dict[int, int] = {}  # paho mid -> outbox row, until its PUBACK
         self._early_acks: set[int] = set()  # PUBACKs that beat the bookkeeping
@@ -185,7 +186,14 @@ class MqttPublisher:
         if self._commands is None:
             return
         verb = message.topic.rsplit("/", 1)[-1]
-        reply = self._commands.handle(verb, bytes(message.payload))
+        if message.retain:
+            # A retained command is an old one replayed by the broker at every (re)subscription:
+            # a stop_slide would end each new slide, a start_slide would start one at every restart.
+            if not message.payload:
+                return  # someone clearing the retained command: nothing to answer
+            reply = self._commands.refuse(verb, "retained command ignored: publish commands with retain=false")
+        else:
+            reply = self._commands.handle(verb, bytes(message.payload))
         if not reply.ok:
             log.warning("command %s refused: %s", verb[:64], reply.error)
         self._send(self.topics.command_reply(verb[:64]), encode(reply))
@@ -261,6 +269,7 @@ class MqttPublisher:
         deadline = time.monotonic() + self.config.publish_timeout_s
         while self.unconfirmed and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.undelivered = self.unconfirmed  # the run's exit status says so (README: exit 1)
         if self.unconfirmed:
             log.error("MQTT: %d message(s) were never acknowledged by the broker", self.unconfirmed)
         if self._client.is_connected():

@@ -134,7 +134,8 @@ def run_slide(
         if control is not None:
             tally.target_count = control.target_count  # set_target applies from the next field
             if control.stop_requested.is_set():
-                log.info("slide %s stopped by command", slide.slide_id)
+                why = "shutting down" if control.shutdown.is_set() else "by command"
+                log.info("slide %s stopped %s", slide.slide_id, why)
                 break
         if frame.name in seen:
             log.info("field %s was counted before the restart: not again", frame.name)
