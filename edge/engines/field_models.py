@@ -19,10 +19,10 @@ from edge.analysis.detect import Detector
 from edge.analysis.field import FieldModel, HostFieldModel
 from edge.capture.replay import open_replay
 from edge.config import AppConfig
-from edge.engines.bundle import Bundle
+from edge.engines.bundle import Bundle, ModelSpec
 from edge.engines.onnxruntime import OnnxRuntimeBackend, provider_options
 from edge.engines.verify import VerificationReport, verify_model
-from edge.errors import EngineError
+from edge.errors import BundleError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,46 @@ def require_backend(name: str, device: str) -> None:
         raise EngineError(f"backend {name} cannot run on {device} here. Available: {listing}")
 
 
+def check_signature(signature: dict[str, tuple[str, list]], spec: ModelSpec, what: str, file: str) -> None:
+    """The graph must have the inputs and outputs its manifest entry names: a swapped file or a
+    class list that does not fit the model fails here, at load, not at the first field."""
+    for tensor in [*spec.inputs, *spec.outputs]:
+        found = signature.get(tensor.name)
+        if found is None:
+            raise BundleError(
+                f"{file} has no tensor {tensor.name!r} ({what} expected; it has {', '.join(signature)}): "
+                "the bundle's model files are swapped or not its own"
+            )
+        dtype, shape = found
+        if dtype != tensor.dtype or len(shape) != len(tensor.shape):
+            raise BundleError(
+                f"{file}: {tensor.name} is {dtype}{shape}, the manifest says {tensor.dtype}{tensor.shape}"
+            )
+        for have, want in zip(shape, tensor.shape, strict=True):
+            if isinstance(want, int) and isinstance(have, int) and have != want:
+                raise BundleError(
+                    f"{file}: {tensor.name} has shape {shape}, the manifest says {tensor.shape}"
+                    + (" (the class list does not match the model)" if tensor.name == "probs" else "")
+                )
+
+
 def onnxruntime_model(bundle: Bundle, config: AppConfig, providers: list | None = None) -> HostFieldModel:
     manifest = bundle.manifest
     engine = config.engine
     options = provider_options(engine.precision, engine.engine_cache)
-    backends = [
-        OnnxRuntimeBackend(
+    probs = next((t for t in manifest.classifier.outputs if t.name == "probs"), None)
+    if probs is not None and probs.shape[-1] != len(manifest.classes):
+        raise BundleError(
+            f"bundle {manifest.name}: {len(manifest.classes)} classes listed but the classifier gives "
+            f"{probs.shape[-1]} probabilities: the class list does not match the model"
+        )
+    backends = []
+    for spec, what in ((manifest.detector, "detector"), (manifest.classifier, "classifier")):
+        backend = OnnxRuntimeBackend(
             bundle.path(spec.file), providers or engine.providers, engine.threads, engine.require_providers, options
         )
-        for spec in (manifest.detector, manifest.classifier)
-    ]
+        check_signature(backend.signature, spec, what, spec.file)
+        backends.append(backend)
     detector = Detector(backends[0], manifest.detector, config.analysis.score_threshold)
     classifier = Classifier(backends[1], len(manifest.classes), config.analysis.max_batch)
     return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, config))

@@ -25,6 +25,7 @@ _ORT_NAMES: dict[str, str] = {
 
 
 _SHORT = {v: k for k, v in _ORT_NAMES.items()}
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
 
 
 def provider_options(precision: str, cache: Path) -> dict[str, dict[str, str | int | bool]]:
@@ -90,6 +91,10 @@ class OnnxRuntimeBackend:
             log.warning(message)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.signature = {
+            t.name: (_ORT_DTYPES.get(t.type, t.type), list(t.shape))
+            for t in [*self._session.get_inputs(), *self._session.get_outputs()]
+        }
 
     @property
     def providers(self) -> list[str]:

@@ -59,3 +59,32 @@ def test_export_without_torch_names_the_extra():
     # torch is installed in the test environment; hide it to see the message a runtime install gives
     proc = marrow_edge("export", "--out", "/tmp/never", env={"PYTHONPATH": "tests/no_torch", "PATH": "/usr/bin:/bin"})
     _assert_user_error(proc, 1, "pip install 'marrow-edge[train]'")
+
+
+def _edited_bundle(tmp_path, bundle_dir, edit):
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    manifest = json.loads((copy / "bundle.json").read_text())
+    edit(manifest)
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_class_list_that_does_not_fit_the_model_is_refused_at_load(tmp_path, samples, bundle_dir):
+    # issue 13.9: one class more in the manifest than the model gives
+    def add_class(m):
+        m["classes"].append({"name": "extra_class", "role": "wbc", "aliases": [], "description": ""})
+
+    edited = _edited_bundle(tmp_path, bundle_dir, add_class)
+    proc = marrow_edge("run", "--source", str(samples), "--bundle", str(edited))
+    _assert_user_error(proc, 3, "the class list does not match the model")
+
+
+def test_swapped_model_files_are_refused_at_load(tmp_path, samples, bundle_dir):
+    def swap(m):
+        m["detector"]["file"], m["classifier"]["file"] = m["classifier"]["file"], m["detector"]["file"]
+
+    proc = marrow_edge("run", "--source", str(samples), "--bundle", str(_edited_bundle(tmp_path, bundle_dir, swap)))
+    _assert_user_error(proc, 3, "swapped or not its own")
