@@ -72,6 +72,7 @@ class SlideControl:
 
     def __init__(self, target_count: int) -> None:
         self._lock = threading.Lock()
+        self.default_target = target_count  # each slide starts from it: a target never carries over
         self.target_count = target_count
         self.slide: Slide | None = None
         self.pending_specimen: str | None = None
@@ -97,11 +98,14 @@ class SlideControl:
     def end(self) -> None:
         with self._lock:
             self.slide = None
+            self.target_count = self.default_target
 
     def start(self, command: StartSlide) -> str | None:
         with self._lock:
             if self.slide is not None:
                 return f"slide {self.slide.slide_id} is being counted: send stop_slide first"
+            if self.start_requested.is_set():
+                return f"a slide for specimen {self.pending_specimen or '-'} is already starting"
             self.pending_specimen = command.specimen_id
             if command.target_count is not None:
                 self.target_count = command.target_count

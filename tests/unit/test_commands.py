@@ -80,3 +80,27 @@ def test_ten_thousand_fuzzed_commands_are_all_answered(verb, payload, counting):
     if not reply.ok:
         assert snapshot(control) == before  # a refused command changes nothing
     assert reply.error is None or not reply.error.startswith("internal error")
+
+
+def test_a_second_start_while_one_is_pending_is_refused():
+    # issue 13.10: both answered ok before, but only one slide existed
+    control, h = handler()
+    assert h.handle("start_slide", b'{"specimen_id": "A"}').ok
+    second = h.handle("start_slide", b'{"specimen_id": "B"}')
+    assert not second.ok and "already starting" in second.error
+    assert control.take_start() == "A"
+
+
+def test_a_target_never_carries_into_the_next_slide():
+    control, h = handler()
+    assert h.handle("start_slide", b'{"specimen_id": "A", "target_count": 50}').ok
+    control.take_start()
+    control.begin(Slide(specimen_id="A"))
+    assert control.target_count == 50
+    assert h.handle("set_target", b'{"target_count": 80}').ok
+    control.end()
+    assert control.target_count == 300  # the configured default again
+    assert h.handle("start_slide", b'{"specimen_id": "B"}').ok
+    control.take_start()
+    control.begin(Slide(specimen_id="B"))
+    assert control.target_count == 300
