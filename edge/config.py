@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
@@ -230,6 +230,26 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     return host, port
 
 
+def _is_text(path: list[str]) -> bool:
+    """Whether the config field at ``path`` takes text (str, a secret, a path, a string choice):
+    such a value is taken as it is written, never parsed ('s3cret #1' stays whole, 123456 stays text)."""
+    import typing
+
+    model: Any = AppConfig
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(v, str) for v in typing.get_args(annotation))
+    return any(a in (str, SecretStr) or (isinstance(a, type) and issubclass(a, PurePath)) for a in options)
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
@@ -239,7 +259,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+        if raw == "":
+            value = None
+        elif _is_text(path):
+            value = raw
+        else:
+            try:  # numbers, booleans, lists: YAML's reading of the value
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"{name}: not a valid value (numbers, true/false or a [list])") from None
+        node[path[-1]] = value
     return tree
 
 

@@ -80,3 +80,31 @@ def test_parse_mqtt_url():
     for bad in ("broker:1883", "mqtt://:1883", "mqtt://h:0", "mqtt://h:x"):
         with pytest.raises(ValueError):
             parse_mqtt_url(bad)
+
+
+def test_environment_text_values_are_taken_as_written():
+    # issue 13.12: YAML parsing cut 's3cret #1' at the '#' and refused a numeric password or device id
+    from edge.config import load_config
+
+    config = load_config(
+        environ={
+            "MARROW_EDGE__MQTT__PASSWORD": "s3cret #1",
+            "MARROW_EDGE__DEVICE_ID": "123456",
+            "MARROW_EDGE__COUNTING__TARGET_COUNT": "500",
+            "MARROW_EDGE__ENGINE__PROVIDERS": "[cpu]",
+        }
+    )
+    assert config.mqtt.password.get_secret_value() == "s3cret #1"
+    assert config.device_id == "123456"
+    assert config.counting.target_count == 500 and config.engine.providers == ["cpu"]
+
+
+def test_an_unparsable_environment_value_never_shows_it():
+    import pytest
+
+    from edge.config import load_config
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={"MARROW_EDGE__COUNTING__TARGET_COUNT": "{s3cret: [oops"})
+    assert "MARROW_EDGE__COUNTING__TARGET_COUNT" in str(raised.value) and "s3cret" not in str(raised.value)
