@@ -91,12 +91,13 @@ class SlideJournal:
                 (slide.slide_id, source, reason),
             )
 
-    def replay(self, slide: Slide, tally: Tally) -> int:
-        """Rebuild ``tally`` from the journal; the number of fields it held."""
+    def replay(self, slide: Slide, tally: Tally) -> list[FieldResult]:
+        """Rebuild ``tally`` from the journal; the counted fields it held, in order."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT source, result, skipped FROM field WHERE slide_id = ? ORDER BY rowid", (slide.slide_id,)
             ).fetchall()
+        results: list[FieldResult] = []
         for source, result, skipped in rows:
             if skipped is not None:
                 tally.skip(source, skipped)
@@ -115,8 +116,10 @@ class SlideJournal:
                 )
                 for c in data["cells"]
             ]
-            tally.add(FieldResult(data["index"], source, data["width"], data["height"], cells))
-        return len(rows)
+            result = FieldResult(data["index"], source, data["width"], data["height"], cells)
+            tally.add(result)
+            results.append(result)
+        return results
 
     def close_slide(self, slide: Slide, interrupted: bool = False) -> None:
         """Closed for good: 1 after its report, 2 when closed as interrupted (never resumed)."""

@@ -40,7 +40,11 @@ class Provenance(_Model):
 
 class Envelope(_Model):
     schema_version: str = SCHEMA_VERSION
-    message_id: str = Field(description="Unique per message (uuid4 hex); use it to de-duplicate.")
+    message_id: str = Field(
+        description="Unique per message (32 hex); use it to de-duplicate. A slide's field, tally and report "
+        "messages derive it from the device, slide and field (or report), so a re-send after a crash or a "
+        "restart carries the same id."
+    )
     device_id: str
     seq: int = Field(ge=0, description="Per-device sequence number, increasing within one run.")
     time: dt.datetime = Field(description="UTC time the message was made.")
@@ -215,9 +219,12 @@ class MessageFactory:
         self.provenance = provenance
         self._seq = itertools.count()
 
-    def _envelope(self) -> dict:
+    def _envelope(self, key: str | None = None) -> dict:
+        """``key`` names what the message is about (slide + field, or slide + report): the same key
+        always gives the same message_id, so a consumer drops a re-send as a duplicate."""
+        message_id = uuid.uuid5(uuid.NAMESPACE_URL, f"marrow-edge:{self.device_id}:{key}").hex if key else None
         return {
-            "message_id": uuid.uuid4().hex,
+            "message_id": message_id or uuid.uuid4().hex,
             "device_id": self.device_id,
             "seq": next(self._seq),
             "time": dt.datetime.now(dt.timezone.utc),
@@ -257,7 +264,7 @@ class MessageFactory:
             for c in result.cells
         ]
         return FieldMessage(
-            **self._envelope(),
+            **self._envelope(f"{slide.slide_id}/field/{result.index}/{result.source}"),
             slide_id=slide.slide_id,
             specimen_id=slide.specimen_id,
             field_index=result.index,
@@ -326,11 +333,13 @@ class MessageFactory:
         )
 
     def tally(self, slide: Slide, tally: Tally) -> TallyMessage:
-        return TallyMessage(**self._envelope(), **self._tally_fields(slide, tally))
+        # one tally per counted field: the same state after a restart gets the same id
+        key = f"{slide.slide_id}/tally/{tally.fields}/{len(tally.skipped)}"
+        return TallyMessage(**self._envelope(key), **self._tally_fields(slide, tally))
 
     def report(self, slide: Slide, tally: Tally) -> ReportMessage:
         return ReportMessage(
-            **self._envelope(),
+            **self._envelope(f"{slide.slide_id}/report"),
             **self._tally_fields(slide, tally),
             ended=slide.ended or dt.datetime.now(dt.timezone.utc),
             target_reached=tally.denominator >= tally.target_count,

@@ -124,7 +124,13 @@ def run_slide(
     if journal is not None:
         journal.begin(slide)
         if resumed := journal.replay(slide, tally):
-            log.warning("slide %s resumed after a restart: %d field(s) already in its tally", slide.slide_id, resumed)
+            log.warning(
+                "slide %s resumed after a restart: %d field(s) already in its tally", slide.slide_id, len(resumed)
+            )
+            # A crash between the journal and the outbox would lose a field's message: send each journalled
+            # field again. Their message ids are derived from slide and field, so consumers drop duplicates.
+            for result in resumed:
+                send(topics.field(slide.slide_id), factory.field(slide, result, names))
         seen = journal.seen(slide)
     if control is not None:
         control.begin(slide)

@@ -74,3 +74,19 @@ def test_topics():
     assert topics.field("s1") == "marrow/v1/box-1/slide/s1/field"
     assert topics.tally("s1").endswith("/slide/s1/tally")
     assert topics.report("s1").endswith("/slide/s1/report")
+
+
+def test_slide_messages_keep_their_id_across_a_restart():
+    # issue 13.6: a re-send after a crash must carry the same message_id, so consumers drop it
+    slide = Slide(specimen_id="S-1")
+    tally = Tally(CLASSES, load_rule_pack(), target_count=1)
+    tally.add(_result())
+    before, after = MessageFactory("box-1", PROVENANCE), MessageFactory("box-1", PROVENANCE)  # two runs
+    names = ["lymphoblast", "lymphocyte"]
+    assert before.field(slide, _result(), names).message_id == after.field(slide, _result(), names).message_id
+    assert before.report(slide, tally).message_id == after.report(slide, tally).message_id
+    assert before.tally(slide, tally).message_id == after.tally(slide, tally).message_id
+    other_field = FieldResult(4, "g.jpg", 640, 480, [], {})
+    assert before.field(slide, other_field, names).message_id != before.field(slide, _result(), names).message_id
+    assert MessageFactory("box-2", PROVENANCE).report(slide, tally).message_id != before.report(slide, tally).message_id
+    assert before.report(Slide(), tally).message_id != before.report(slide, tally).message_id
