@@ -10,17 +10,19 @@ closed when its report is published, or closed as interrupted when the operator 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from edge.analysis.field import Cell, FieldResult
 from edge.counting.tally import Slide, Tally
-from edge.durable import open_durable
+from edge.durable import open_durable, storage
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 class SlideJournal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
         self._db = open_durable(
             self.path,
             "CREATE TABLE IF NOT EXISTS slide (slide_id TEXT PRIMARY KEY, specimen_id TEXT, started TEXT NOT NULL, "
@@ -37,12 +39,19 @@ class SlideJournal:
             "CREATE TABLE IF NOT EXISTS field (slide_id TEXT NOT NULL, source TEXT NOT NULL, result TEXT, "
             "skipped TEXT, PRIMARY KEY (slide_id, source));",
         )
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(slide)")}
-        if "source" not in columns:  # journals written before the source was recorded
-            self._db.execute("ALTER TABLE slide ADD COLUMN source TEXT")
+        with self._lock():
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(slide)")}
+            if "source" not in columns:  # journals written before the source was recorded
+                self._db.execute("ALTER TABLE slide ADD COLUMN source TEXT")
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One thread at a time; a full disk or a broken file is a StorageError naming the journal."""
+        with self._mutex, storage(self.path):
+            yield
 
     def open_slide(self) -> Slide | None:
-        with self._lock:
+        with self._lock():
             row = self._db.execute(
                 "SELECT slide_id, specimen_id, started, source FROM slide WHERE closed = 0 "
                 "ORDER BY started DESC LIMIT 1"
@@ -52,14 +61,14 @@ class SlideJournal:
         return Slide(slide_id=row[0], specimen_id=row[1], started=dt.datetime.fromisoformat(row[2]), source=row[3])
 
     def begin(self, slide: Slide) -> None:
-        with self._lock:
+        with self._lock():
             self._db.execute(
                 "INSERT OR IGNORE INTO slide (slide_id, specimen_id, started, source) VALUES (?, ?, ?, ?)",
                 (slide.slide_id, slide.specimen_id, slide.started.isoformat(), slide.source),
             )
 
     def seen(self, slide: Slide) -> set[str]:
-        with self._lock:
+        with self._lock():
             rows = self._db.execute("SELECT source FROM field WHERE slide_id = ?", (slide.slide_id,)).fetchall()
         return {r[0] for r in rows}
 
@@ -78,14 +87,14 @@ class SlideJournal:
             for c in result.cells
         ]
         payload = {"index": result.index, "width": result.width, "height": result.height, "cells": cells}
-        with self._lock:
+        with self._lock():
             self._db.execute(
                 "INSERT INTO field (slide_id, source, result) VALUES (?, ?, ?)",
                 (slide.slide_id, result.source, json.dumps(payload)),
             )
 
     def record_skip(self, slide: Slide, source: str, reason: str) -> None:
-        with self._lock:
+        with self._lock():
             self._db.execute(
                 "INSERT OR IGNORE INTO field (slide_id, source, skipped) VALUES (?, ?, ?)",
                 (slide.slide_id, source, reason),
@@ -93,7 +102,7 @@ class SlideJournal:
 
     def replay(self, slide: Slide, tally: Tally) -> list[FieldResult]:
         """Rebuild ``tally`` from the journal; the counted fields it held, in order."""
-        with self._lock:
+        with self._lock():
             rows = self._db.execute(
                 "SELECT source, result, skipped FROM field WHERE slide_id = ? ORDER BY rowid", (slide.slide_id,)
             ).fetchall()
@@ -123,13 +132,13 @@ class SlideJournal:
 
     def close_slide(self, slide: Slide, interrupted: bool = False) -> None:
         """Closed for good: 1 after its report, 2 when closed as interrupted (never resumed)."""
-        with self._lock:
+        with self._lock():
             self._db.execute(
                 "UPDATE slide SET closed = ? WHERE slide_id = ?", (2 if interrupted else 1, slide.slide_id)
             )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock():
             self._db.close()
 
 
