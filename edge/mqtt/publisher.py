@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
@@ -113,6 +114,8 @@ class MqttPublisher:
         client.on_message = self._on_message
         self._commands: CommandHandler | None = None
         self._client = client
+        self._probe_id = f"probe-{uuid.uuid4().hex[:12]}"
+        self._probe_seen = threading.Event()
 
     # paho callbacks run on its network thread
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -186,6 +189,9 @@ class MqttPublisher:
         if self._commands is None:
             return
         verb = message.topic.rsplit("/", 1)[-1]
+        if not message.retain and self._probe_id.encode() in bytes(message.payload[:200]):
+            self._probe_seen.set()  # our own delivery probe came back: the broker carries our messages
+            return
         if message.retain:
             # A retained command is an old one replayed by the broker at every (re)subscription:
             # a stop_slide would end each new slide, a start_slide would start one at every restart.
@@ -225,7 +231,25 @@ class MqttPublisher:
         if self._refusal:
             self._client.loop_stop()
             raise PublishError(f"MQTT broker mqtt://{self.host}:{self.port} refused the connection: {self._refusal}")
+        if self._commands is not None:
+            self._probe_delivery()
         log.info("MQTT connected to mqtt://%s:%d as %s", self.host, self.port, self.topics.device_id)
+
+    def _probe_delivery(self) -> None:
+        """MQTT 3.1.1 acknowledges a publish the broker's ACL then drops: a box whose username does
+        not match the ACL would publish into the void and exit 0. So send one message to our own
+        command topic (which we subscribe to) and wait for it to come back; if it does not, stop."""
+        topic = f"{self.topics.root}/cmd/ping"
+        self._send(topic, json.dumps({"request_id": self._probe_id}).encode())  # tracked: its PUBACK is expected
+        if not self._probe_seen.wait(self.config.connect_timeout_s):
+            self._client.disconnect()
+            self._client.loop_stop()
+            raise PublishError(
+                f"MQTT broker mqtt://{self.host}:{self.port} accepts the connection but does not deliver this "
+                f"box's messages (a probe to {topic} never came back): its ACL denies them. With the shipped ACL "
+                f"the username (mqtt.username, now {self.config.username or 'none'!r}) must equal the device id "
+                f"{self.topics.device_id!r}"
+            )
 
     def camera_state(self, state: str, detail: str) -> None:
         """Republish the retained ``online`` status with the camera's new state (any thread)."""

@@ -136,3 +136,25 @@ def test_tls_needs_the_right_ca(mosquitto, tmp_path, samples):
         assert ok.returncode == 0, ok.stderr
     finally:
         broker.stop()
+
+
+def test_a_username_the_acl_does_not_match_fails_loudly(authenticated, samples, tmp_path):
+    # issue 13.11: MQTT 3.1.1 acknowledged every publish the ACL dropped; the run exited 0 with nothing delivered
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "scope-7", "pw-7"], check=True)
+    authenticated.stop()
+    broker = SecureBroker(authenticated.proc.args[0], tmp_path, f"allow_anonymous false\npassword_file {passwd}\n"
+                          f"acl_file {tmp_path / 'acl'}\n")  # fmt: skip
+    try:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        env = {**os.environ, "MARROW_EDGE__MQTT__USERNAME": "scope-7", "MARROW_EDGE__MQTT__PASSWORD": "pw-7"}
+        proc = marrow_edge("run", "--source", str(samples), "--broker", url, "--device-id", "box-1", env=env)
+        assert proc.returncode == 4, proc.stderr
+        lines = error_lines(proc)
+        assert len(lines) == 1 and "does not deliver this box's messages" in lines[0] and "'scope-7'" in lines[0]
+        right = marrow_edge(
+            "run", "--source", str(samples), "--broker", url, "--device-id", "scope-7", "--max-fields", "1", env=env
+        )
+        assert right.returncode == 0, right.stderr
+    finally:
+        broker.stop()
