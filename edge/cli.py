@@ -264,8 +264,10 @@ class LiveConsole:
         if domain.shifted:
             w(f"WARNING: {domain.sentence()}; every rule held at indeterminate\n")
         elif domain.state == "ok":
-            w(f"domain check: {domain.sentence()} (colour distance {domain.colour_distance:.2f}, "
-              f"mean confidence {domain.mean_confidence:.2f})\n")
+            w(
+                f"domain check: {domain.sentence()} (colour distance {domain.colour_distance:.2f}, "
+                f"mean confidence {domain.mean_confidence:.2f})\n"
+            )
         for s in tally.skipped:
             w(f"skipped {s.reason}\n")
         w(f"{tally.rules.disclaimer}\n")
@@ -303,9 +305,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.service.health import HealthReporter, RunStats
     from edge.service.pipeline import build_appliance, run_slide
 
+    _check_run_args(args)
     config = _load_config(args, {"bundle": args.bundle} if args.bundle else {})
-    if args.max_fields is not None and args.max_fields < 1:
-        raise EdgeError("--max-fields must be at least 1")
     capture = None
     camera = None
     publisher: MqttPublisher | None = None
@@ -351,7 +352,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = sys.stdout
     # Which slide this run counts, settled before anything is published: never another patient's.
     source_id = _source_id(args)
-    journal = SlideJournal(config.counting.journal) if config.counting.journal else None
+    journal = (
+        SlideJournal(config.counting.journal, config.counting.journal_keep_days) if config.counting.journal else None
+    )
     resume: Slide | None = None
     if journal is not None and (not args.wait_for_start or args.resume or args.close_interrupted):
         resume = resolve_open_slide(journal, args.specimen_id, source_id, args.resume, args.close_interrupted)
@@ -481,6 +484,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 1 if run.publish_failures else 0
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Command-line mistakes are exit 2, found before anything loads or connects."""
+    import re
+
+    from edge.errors import ConfigError
+
+    if args.max_fields is not None and args.max_fields < 1:
+        raise ConfigError("--max-fields must be at least 1")
+    if args.wait_for_start and args.source:
+        raise ConfigError("--wait-for-start needs --camera or --ring (a --source folder is one slide)")
+    # the same rule as start_slide's specimen_id: it names a patient's slide in every message and report
+    if args.specimen_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}", args.specimen_id):
+        raise ConfigError(
+            "--specimen-id must be 1-64 characters: letters, digits and _ . : / - (starting with a letter or digit)"
+        )
 
 
 def _stop_on_signals(control: SlideControl, out: TextIO) -> None:

@@ -93,7 +93,7 @@ class AnalysisConfig(_Strict):
 
 class CountingConfig(_Strict):
     target_count: int = Field(
-        300, ge=1, description="Countable cells per slide (ICSH: 300-500 for a marrow differential)."
+        300, ge=1, strict=True, description="Countable cells per slide (ICSH: 300-500 for a marrow differential)."
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the binomial intervals.")
     denominator_roles: list[Literal["wbc", "key", "other"]] = Field(
@@ -106,6 +106,9 @@ class CountingConfig(_Strict):
         description="SQLite slide journal: the open slide survives a crash or restart and resumes without "
         "counting a field twice. None: memory only (demos); the appliance sets /var/lib/marrow-edge/slides.sqlite.",
     )
+    journal_keep_days: float = Field(
+        90, gt=0, description="Closed slides older than this are deleted from the journal when a run starts."
+    )
 
 
 class MqttConfig(_Strict):
@@ -114,7 +117,11 @@ class MqttConfig(_Strict):
         description="mqtt://host:port of the broker. None: use localhost:1883 if it answers, "
         "else start an embedded mosquitto on loopback.",
     )
-    topic_prefix: str = Field("marrow/v1", description="Root of the topic tree.")
+    topic_prefix: str = Field(
+        "marrow/v1",
+        pattern=r"^[^/+#\s][^+#\s]*[^/+#\s]$|^[^/+#\s]$",
+        description="Root of the topic tree (no wildcards + or #, no leading or trailing /).",
+    )
     qos: Literal[0, 1, 2] = 1
     keepalive_s: int = Field(30, ge=5)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -218,9 +225,16 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     if not sep or scheme not in ("mqtt", "mqtts"):
         raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
     rest = rest.rstrip("/")
-    host, colon, port_text = rest.rpartition(":")
-    if not colon:
-        host, port_text = rest, "8883" if scheme == "mqtts" else "1883"
+    default_port = "8883" if scheme == "mqtts" else "1883"
+    if rest.startswith("["):  # IPv6: mqtt://[::1]:1883
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"expected mqtt://[IPv6]:PORT, got {url!r}")
+        port_text = after[1:] or default_port
+    else:
+        host, colon, port_text = rest.rpartition(":")
+        if not colon:
+            host, port_text = rest, default_port
     try:
         port = int(port_text)
     except ValueError:

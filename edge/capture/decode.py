@@ -64,7 +64,9 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             "(analysis.max_field_pixels); not decoded"
         )
     # libjpeg decodes a truncated JPEG with a warning and grey fill; catch it before it counts.
-    if data[:2] == _JPEG_START and _JPEG_END not in data[-64:]:
+    # The end marker must follow the last scan (data after it, e.g. a camera's trailer, is fine).
+    end = data.rfind(_JPEG_END)
+    if data[:2] == _JPEG_START and (end < 0 or end < data.rfind(b"\xff\xda")):
         raise FrameError(f"{name}: truncated JPEG (no end-of-image marker); the file is incomplete")
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -82,10 +84,18 @@ def to_rgb(image: np.ndarray, name: str) -> np.ndarray:
             f"{name}: {image.dtype} pixels ({image.dtype.itemsize * 8}-bit); "
             "the models take 8-bit colour: set the camera to 8 bits per channel"
         )
-    if image.ndim == 2 or image.shape[2] == 1:
+    if image.ndim == 2 or image.shape[2] <= 2:  # grey, or grey + alpha
         raise FrameError(f"{name}: greyscale image; the models need a colour (RGB) field of a stained smear")
     if image.shape[2] == 4:
         image = image[:, :, :3]
-    if image.shape[0] < 32 or image.shape[1] < 32:
-        raise FrameError(f"{name}: {image.shape[1]}x{image.shape[0]} px is too small to be a field")
+    height, width = image.shape[:2]
+    if height < 32 or width < 32:
+        raise FrameError(f"{name}: {width}x{height} px is too small to be a field")
+    if max(height, width) > 8 * min(height, width):
+        raise FrameError(f"{name}: {width}x{height} px is not the shape of a microscope field")
+    sample = image[:: max(1, height // 64), :: max(1, width // 64)].astype(np.int16)
+    if np.abs(sample - sample[..., :1]).max() <= 2:
+        raise FrameError(f"{name}: grey image saved as colour; the models need a stained (colour) field")
+    if sample.reshape(-1, 3).std(axis=0).max() < 2.0:
+        raise FrameError(f"{name}: blank field (no contrast): a cap on the lens, or no slide")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

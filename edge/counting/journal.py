@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class SlideJournal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_days: float | None = None) -> None:
         self.path = Path(path)
         self._mutex = threading.Lock()
         self._db = open_durable(
@@ -43,6 +43,24 @@ class SlideJournal:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(slide)")}
             if "source" not in columns:  # journals written before the source was recorded
                 self._db.execute("ALTER TABLE slide ADD COLUMN source TEXT")
+        if keep_days is not None:
+            self.purge(keep_days)
+
+    def purge(self, keep_days: float) -> int:
+        """Delete closed slides (and their fields) started more than ``keep_days`` ago: the journal
+        is for resuming, not an archive, and must not grow forever. Open slides are never deleted."""
+        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=keep_days)).isoformat()
+        with self._lock():
+            old = [
+                r[0]
+                for r in self._db.execute("SELECT slide_id FROM slide WHERE closed != 0 AND started < ?", (cutoff,))
+            ]
+            for slide_id in old:
+                self._db.execute("DELETE FROM field WHERE slide_id = ?", (slide_id,))
+                self._db.execute("DELETE FROM slide WHERE slide_id = ?", (slide_id,))
+        if old:
+            log.info("journal %s: %d closed slide(s) older than %g days deleted", self.path, len(old), keep_days)
+        return len(old)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -260,7 +260,8 @@ class MqttPublisher:
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
         payload = encode(message)
-        durable = self.outbox is not None and not topic.endswith("/gate")  # gate events are ephemeral
+        # gate events and health are of the moment: replayed after a restart they would mislead
+        durable = self.outbox is not None and not topic.endswith(("/gate", "/health"))
         row_id = self.outbox.put(topic, payload, retain) if durable else None  # type: ignore[union-attr]
         info = self._send(topic, payload, retain, row_id, self.config.qos)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:

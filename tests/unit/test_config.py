@@ -108,3 +108,19 @@ def test_an_unparsable_environment_value_never_shows_it():
     with pytest.raises(ConfigError) as raised:
         load_config(environ={"MARROW_EDGE__COUNTING__TARGET_COUNT": "{s3cret: [oops"})
     assert "MARROW_EDGE__COUNTING__TARGET_COUNT" in str(raised.value) and "s3cret" not in str(raised.value)
+
+
+def test_smaller_config_gaps_of_issue_13():
+    import pytest
+
+    from edge.config import load_config, parse_mqtt_url
+    from edge.errors import ConfigError
+
+    assert parse_mqtt_url("mqtt://[::1]:1884") == ("::1", 1884)
+    assert parse_mqtt_url("mqtts://[fe80::1]") == ("fe80::1", 8883)
+    for prefix in ("marrow/+/v1", "marrow/#", "/marrow", "marrow/"):
+        with pytest.raises(ConfigError, match="topic_prefix"):
+            load_config(overrides={"mqtt": {"topic_prefix": prefix}})
+    assert load_config(overrides={"mqtt": {"topic_prefix": "lab-3/marrow"}}).mqtt.topic_prefix == "lab-3/marrow"
+    with pytest.raises(ConfigError, match="target_count"):
+        load_config(overrides={"counting": {"target_count": True}})

@@ -48,6 +48,7 @@ def test_16_bit_image_is_refused():
 def test_alpha_is_dropped_and_tiny_images_refused():
     rgba = np.zeros((40, 40, 4), np.uint8)
     rgba[..., 2] = 255  # red in BGR(A)
+    rgba[20:, :, 0] = 200  # and a blue half: a field has contrast
     image = decode_image(_encode(rgba, ".png"), "a.png")
     assert image.shape == (40, 40, 3) and image[0, 0, 0] == 255
     with pytest.raises(FrameError, match="too small"):
@@ -94,3 +95,32 @@ def test_names_that_are_not_utf8_become_printable_and_stay_distinct():
     assert printable_name(a) == "f\\xff.jpg" and printable_name(a) != printable_name(b)
     assert printable_name(a).encode("utf-8")  # journal and JSON can take it
     assert printable_name("champ_été.jpg") == "champ_été.jpg"
+
+
+def _encoded(image, ext=".png"):
+    import cv2
+
+    return cv2.imencode(ext, image)[1].tobytes()
+
+
+def test_decode_gaps_of_issue_13():
+    import cv2
+    import numpy as np
+    import pytest
+
+    from edge.capture.decode import decode_image
+    from edge.errors import FrameError
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    jpeg = _encoded(colour, ".jpg")
+    assert decode_image(jpeg + b"camera trailer" * 20, "trailer.jpg").shape == (120, 160, 3)  # data after EOI is fine
+    grey_alpha = cv2.merge([colour[..., 0], colour[..., 0], colour[..., 0], colour[..., 1]])
+    with pytest.raises(FrameError, match="grey"):
+        decode_image(_encoded(grey_alpha), "grey_alpha.png")
+    with pytest.raises(FrameError, match="grey"):
+        decode_image(_encoded(np.stack([colour[..., 0]] * 3, axis=2)), "grey_as_rgb.png")
+    with pytest.raises(FrameError, match="blank field"):
+        decode_image(_encoded(np.full((120, 160, 3), (200, 180, 220), np.uint8)), "blank.png")
+    with pytest.raises(FrameError, match="not the shape of a microscope field"):
+        decode_image(_encoded(rng.integers(0, 255, (32, 10000, 3), dtype=np.uint8)), "strip.png")

@@ -82,3 +82,31 @@ def test_run_for_another_patient_exits_2_before_publishing(tmp_path, samples):
     lines = error_lines(proc)
     assert len(lines) == 1 and slide.slide_id in lines[0] and "PATIENT-A" in lines[0]
     assert "resuming" not in proc.stdout
+
+
+def test_closed_slides_leave_the_journal_after_keep_days(tmp_path):
+    journal = SlideJournal(tmp_path / "j.sqlite")
+    old = Slide(specimen_id="OLD", started=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    open_old = Slide(specimen_id="OPEN", started=dt.datetime(2020, 1, 2, tzinfo=dt.timezone.utc))
+    recent = Slide(specimen_id="NEW")
+    for s in (old, open_old, recent):
+        journal.begin(s)
+    journal.record_skip(old, "f.jpg", "x")
+    journal.close_slide(old)
+    journal.close_slide(recent)
+    assert journal.purge(90) == 1
+    assert journal.open_slide().specimen_id == "OPEN"  # an open slide is never deleted, however old
+    assert journal.seen(old) == set()
+
+
+def test_run_arguments_are_checked_first(samples):
+    for args, text in (
+        (("--max-fields", "0"), "--max-fields must be at least 1"),
+        (("--specimen-id", "A" * 5000), "--specimen-id must be 1-64 characters"),
+        (("--specimen-id", "BM-1\nPATIENT-B"), "--specimen-id must be"),
+    ):
+        proc = marrow_edge("run", "--source", str(samples), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert text in error_lines(proc)[0]
+    proc = marrow_edge("run", "--source", str(samples), "--wait-for-start")
+    assert proc.returncode == 2 and "--wait-for-start needs --camera or --ring" in proc.stderr

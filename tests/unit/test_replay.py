@@ -30,7 +30,8 @@ def test_video_file(tmp_path):
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
     for i in range(4):
-        writer.write(np.full((64, 96, 3), 40 * i, np.uint8))
+        frame = np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8)  # colour, with contrast
+        writer.write(frame)
     writer.release()
     source = open_replay(path)
     assert isinstance(source, VideoSource)
