@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -125,7 +125,8 @@ def init_from(network: torch.nn.Module, state_path: Path) -> list[str]:
     bundle's member); the new head starts random. Returns the names left at random init."""
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     own = network.state_dict()
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    kept = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
+    kept._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]  # MNASNet checks its version
     network.load_state_dict(kept, strict=False)
     return sorted(set(own) - set(kept))
 

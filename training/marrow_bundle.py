@@ -29,6 +29,9 @@ from training.compose import DATA
 from training.evaluate import evaluate_cells, evaluate_fields
 from training.guard import calibrate, measure
 from training.marrow import CROP_MARGIN, MARROW_CLASSES
+from training.slides import summary as slide_summary
+from training.slides import table as slide_table
+from training.slides import validate
 from training.starter import _recipe_record, _run_info, stage1_test, tune_score_threshold
 
 log = logging.getLogger(__name__)
@@ -191,8 +194,166 @@ def main(argv: list[str] | None = None) -> None:
     }
     manifest = bundle.manifest.model_copy(update={"provenance": provenance})
     write_manifest(args.out, manifest)
-    load_bundle(args.out)
-    sys.stdout.write(json.dumps(metrics) + "\n")
+    outcomes = validate(args.out, data=args.data)
+    provenance["metrics"]["slides"] = slide_summary(outcomes)
+    write_manifest(args.out, manifest.model_copy(update={"provenance": provenance}))
+    bundle = load_bundle(args.out)
+    size_mb = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 1e6
+    (args.out / "README.md").write_text(readme(bundle.manifest, size_mb, slide_table(outcomes)), encoding="utf-8")
+    sys.stdout.write(json.dumps(provenance["metrics"]) + "\n")
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def readme(manifest, size_mb: float, slides: str) -> str:
+    """The bundle's README: what it is for and not for, how its crops are made, every held-back and
+    foreign figure, the guard's rates, the slide table, and the recipe."""
+    p = manifest.provenance
+    m = p["metrics"]
+    mk, pb, z = m["matek_test"], m["pbc_test"], m["zheng2018"]
+    g = m["guard"]
+    guard = manifest.domain_guard
+    dm, db = m["detector_marrow_composed_test"], m["detector_txl_test"]
+    s1, junk = m["stage1_test"], m["matek_nif_art_test"]
+    blast = mk["per_class"]["blast"]
+    lines = [
+        f"# {manifest.name} {manifest.version}",
+        "",
+        "**Trained on public bone-marrow and peripheral-blood images (research data). Not for clinical use.**",
+        "It knows `blast` (lineage not resolved: myeloblast or lymphoblast), so the acute-leukaemia rule",
+        "(blasts > 20%) applies; the seed paper's ALL rule needs a `lymphoblast` class and stays",
+        "`not_applicable`, as do M7, lymphoma and neuroblastoma (no public images of those cells).",
+        "",
+        f"Profile `{manifest.profile}`: detector {manifest.detector.architecture} (fields fitted to "
+        f"{manifest.detector.input_min_size} px short side), classifier {manifest.classifier.architecture}, "
+        f"crops {manifest.classifier.crop_size} px with margin {manifest.classifier.crop_margin}. "
+        f"Size {size_mb:.1f} MB. Trained from random initialisation (the lite-pbc bundle's own weights as the "
+        f"starting point, themselves from random init) on {p['trained_where']}.",
+        "",
+        "## Classes",
+        "",
+        "| class | role | dataset codes (aliases) |",
+        "|---|---|---|",
+        *[f"| {c.name} | {c.role} | {', '.join(c.aliases)} |" for c in manifest.classes],
+        "",
+        "## How cells become crops (training, evaluation and the count path alike)",
+        "",
+        "1. **Colour**: each field (each single-cell image in training) is white-balanced by its brightest",
+        "   tenth of pixels (`edge/analysis/colour.py`; bundle `colour_normalisation: background`).",
+        "2. **Geometry**: the count path cuts a square of the detector's box x (1 + margin) around each cell.",
+        "   The public cell sets frame cells differently (matek_bm 250 px at 40x with neighbours, pbc_cells",
+        "   360 px at 100x), so every training image gets a box for its central cell from its nucleus",
+        "   (`training/cells.py`: darkest-in-green, bluer-than-green pixels, two Otsu levels, lobes merged,",
+        "   the component nearest the centre, widened 1.3x for the cytoplasm) and is cut exactly as the",
+        "   count path cuts (margin 0.5; beyond the image: the background colour, not a smeared edge).",
+        "   `marrow-edge evaluate cells` scores crops made the same way (`training_crops: central_cell`).",
+        "   The composed marrow fields the detector learns from use the same boxes, so detector boxes and",
+        "   training boxes agree. Contact sheet of the derived boxes: `docs/marrow-boxes.jpg` (checked by eye:",
+        "   about 5 in 6 boxes fit the cell; the rest are too large where a neighbour's nucleus touches).",
+        "3. **Augmentation** (`training/augment.py` STAIN_ROBUST): hue, saturation, value, per-channel gain,",
+        "   gamma, partial desaturation, blur, JPEG, scale and position jitter, flips and turns.",
+        "",
+        "## Held-back and cross-domain figures (ONNX Runtime on this bundle)",
+        "",
+        "| data | never trained on | metric | value | target |",
+        "|---|---|---|---|---|",
+        f"| matek_bm test, {mk['n']} cells | yes (20% split) | macro-F1 over BLA LYT MON EOS NGS PMO | "
+        f"{mk['macro_f1_six']:.3f} | >= 0.90 |",
+        f"| | | blast sensitivity / precision | {blast['sensitivity']:.3f} / {blast['precision']:.3f} | >= 0.90 |",
+        f"| pbc_cells test, {pb['n']} cells | yes (20% split) | macro-F1 over the ten blood classes | "
+        f"{pb['macro_f1_blood_classes']:.3f} | >= 0.90 (lite-pbc: 0.823) |",
+        f"| | | normal blood cells called blast | {_pct(pb['blood_called_blast'])} | <= 1% |",
+        f"| matek_bm test NIF + ART, {junk['n']} cells | yes | counted (stage 1 and class let them through) | "
+        f"{_pct(junk['counted_rate'])} (NIF {_pct(junk['NIF_counted_rate'])}, ART {_pct(junk['ART_counted_rate'])}) "
+        "| <= 10% |",
+    ]
+    for part, r in z.items():
+        lines.append(
+            f"| zheng2018 {part}, {r['n']} cells | another lab, never seen | grouped 5-type accuracy | "
+            f"{r['grouped_accuracy']:.3f} | >= 0.80 (lite-pbc: {'0.07' if part == 'dataset1' else '0.45'}) |"
+        )
+    lines += [
+        f"| composed marrow fields, test ({dm['images']} fields, {dm['ground_truth']} cells) | yes (test cells) | "
+        f"detector AP@0.5 | {dm['ap50']:.3f} | >= 0.95 |",
+        f"| TXL-PBC test ({db['images']} fields, {db['ground_truth']} WBC) | yes | detector AP@0.5 | "
+        f"{db['ap50']:.3f} | >= 0.89 (lite-pbc) |",
+        f"| stage-1 test set, {s1['n']} crops | yes | sensitivity countable / not countable | "
+        f"{s1['countable_sensitivity']:.3f} / {s1['not_countable_sensitivity']:.3f} | |",
+        "",
+        "Per-class (matek_bm test): "
+        + ", ".join(f"{c} F1 {v['f1']:.2f}" for c, v in mk["per_class"].items() if "f1" in v),
+        "",
+        "Per-class (pbc_cells test): "
+        + ", ".join(f"{c} F1 {v['f1']:.2f}" for c, v in pb["per_class"].items() if "f1" in v),
+        "",
+        "zheng2018 per group: "
+        + "; ".join(
+            f"{part}: " + ", ".join(f"{k} {v['accuracy']:.2f} (n {v['n']})" for k, v in r["per_group"].items())
+            for part, r in z.items()
+        ),
+        "",
+        "## Domain-shift guard",
+        "",
+        "Per slide, the guard (`edge/counting/domain.py`) compares the counted cells' stain features (optical",
+        "density of each box, all pixels and the densest quarter) with the training cells' (Mahalanobis",
+        "distance of the slide mean) and their mean top probability with what validation slides gave.",
+        f"Thresholds (from validation pseudo-slides only): colour distance > {guard.max_colour_distance}"
+        f" or mean confidence < {guard.min_mean_confidence}, judged after "
+        f"{guard.min_cells} counted cells. A shifted slide says so in the tally, the report, the",
+        "display and the console, and every rule is held at indeterminate.",
+        "",
+        "| pseudo-slides of 50 counted cells from | tripped | median colour distance | median confidence |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {_pct(v['tripped'])} of {v['slides']} | {v['colour_distance_median']} | "
+            f"{v['mean_confidence_median']} |"
+            for k, v in g.items()
+        ],
+        "",
+        "## Slide-level validation (the analogue of the seed paper's patient table)",
+        "",
+        "`marrow-edge validate-slides --bundle models/" + manifest.name + "`: marrow slides composed from matek_bm",
+        "**test** cells at known blast shares (200 countable cells each, plus 10% NIF/ART), counted through the",
+        "count path (detector, crops, classifiers, tally, rules, guard). Expected call: positive above 20%,",
+        "negative at or below.",
+        "",
+        slides,
+        "",
+        f"Summary: {json.dumps(m['slides'])}",
+        "",
+        "## Data",
+        "",
+        *[f"- `{k}`: {v['source']}; licence {v['licence']}; {v['use']}." for k, v in p["data"].items()],
+        f"- Splits: {p['splits']}.",
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        "marrow-edge evaluate cells --bundle models/marrow-bm ../shared/data/matek_bm --split test",
+        "marrow-edge evaluate cells --bundle models/marrow-bm ../shared/data/pbc_cells --split test",
+        "marrow-edge evaluate cells --bundle models/marrow-bm ../shared/data/zheng2018_wbc/dataset1 --groups",
+        "marrow-edge evaluate fields --bundle models/marrow-bm --format yolo --labels WBC --split test MARROW_FIELDS",
+        "marrow-edge evaluate fields --bundle models/marrow-bm --format yolo --labels WBC --split test "
+        "../shared/data/txl_pbc_detection",
+        "python -m training.guard measure --bundle models/marrow-bm",
+        "marrow-edge validate-slides --bundle models/marrow-bm",
+        "```",
+        "",
+        "MARROW_FIELDS is made by `python -m training.compose fields --out DIR` (seed 0; 500/60/120 fields).",
+        "",
+        "## Training",
+        "",
+    ]
+    for part, r in p["recipes"].items():
+        while r:
+            lines.append(
+                f"- {part}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
+                f"recipe {json.dumps(r['recipe'])}"
+            )
+            r, part = r.get("continued_from"), f"{part} (first phase)"
+    return "\n".join(lines) + "\n"
 
 
 def _mark(bundle_dir: Path, guard) -> None:
