@@ -437,9 +437,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 on_field, on_skip, control, journal, preview,
             )  # fmt: skip
 
+        state = config.counting.journal or config.mqtt.outbox
         health = HealthReporter(
-            publisher, factory, stats, appliance.provenance.backend, config.mqtt.health_interval_s
-        ).start()
+            publisher, factory, stats, appliance.provenance.backend, config.mqtt.health_interval_s,
+            Path(state).parent if state else None,
+        ).start()  # fmt: skip
         try:
             if args.wait_for_start:
                 from edge.capture.daemon import GatedRingSource

@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "marrow-bm")
     parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--robustness", type=Path, help="markdown: the zheng figures of each robustness step")
+    parser.add_argument(
+        "--colour-normalisation",
+        choices=["none", "background"],
+        default="none",
+        help="white-balance each field in the count path (background) or not (none; see the bundle README)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -163,13 +170,13 @@ def main(argv: list[str] | None = None) -> None:
             parity_images=sorted(SAMPLES.glob("*.jpg")),
         )
         export_bundle(request)
-        _mark(args.out, guard=None)  # colour normalisation on before the threshold is tuned
+        _mark(args.out, None, args.colour_normalisation)  # before the threshold is tuned: as the count path sees
         request.score_threshold = round(tune_score_threshold(args.out, args.det_data), 4)
         export_bundle(request)
-    _mark(args.out, guard=None)
+    _mark(args.out, None, args.colour_normalisation)
     bundle = load_bundle(args.out)
     guard = calibrate(bundle, args.data)
-    _mark(args.out, guard)
+    _mark(args.out, guard, args.colour_normalisation)
     metrics = measure_all(args.out, args.fields, args.data)
     metrics["stage1_test"] = stage1_test(args.out, args.stage1)
     metrics["matek_nif_art_test"] = not_countable_counted(args.out, args.data)
@@ -199,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     write_manifest(args.out, manifest.model_copy(update={"provenance": provenance}))
     bundle = load_bundle(args.out)
     size_mb = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 1e6
-    (args.out / "README.md").write_text(readme(bundle.manifest, size_mb, slide_table(outcomes)), encoding="utf-8")
+    robustness = args.robustness.read_text(encoding="utf-8").strip() if args.robustness else ""
+    text = readme(bundle.manifest, size_mb, slide_table(outcomes), robustness)
+    (args.out / "README.md").write_text(text, encoding="utf-8")
     sys.stdout.write(json.dumps(provenance["metrics"]) + "\n")
 
 
@@ -207,7 +216,7 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def readme(manifest, size_mb: float, slides: str) -> str:
+def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
     """The bundle's README: what it is for and not for, how its crops are made, every held-back and
     foreign figure, the guard's rates, the slide table, and the recipe."""
     p = manifest.provenance
@@ -240,8 +249,9 @@ def readme(manifest, size_mb: float, slides: str) -> str:
         "",
         "## How cells become crops (training, evaluation and the count path alike)",
         "",
-        "1. **Colour**: each field (each single-cell image in training) is white-balanced by its brightest",
-        "   tenth of pixels (`edge/analysis/colour.py`; bundle `colour_normalisation: background`).",
+        "1. **Colour**: training images were white-balanced by their brightest tenth of pixels",
+        "   (`edge/analysis/colour.py`; small gains on these sets, whose backgrounds are near white). In the",
+        f"   count path: `colour_normalisation: {manifest.colour_normalisation}` (why: 'Robustness steps' below).",
         "2. **Geometry**: the count path cuts a square of the detector's box x (1 + margin) around each cell.",
         "   The public cell sets frame cells differently (matek_bm 250 px at 40x with neighbours, pbc_cells",
         "   360 px at 100x), so every training image gets a box for its central cell from its nucleus",
@@ -293,6 +303,10 @@ def readme(manifest, size_mb: float, slides: str) -> str:
             f"{part}: " + ", ".join(f"{k} {v['accuracy']:.2f} (n {v['n']})" for k, v in r["per_group"].items())
             for part, r in z.items()
         ),
+        "",
+        "## Robustness steps (zheng2018: measured, never trained on)",
+        "",
+        robustness or "(not recorded)",
         "",
         "## Domain-shift guard",
         "",
@@ -356,12 +370,12 @@ def readme(manifest, size_mb: float, slides: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mark(bundle_dir: Path, guard) -> None:
+def _mark(bundle_dir: Path, guard, colour: str) -> None:
     """The marrow bundle's own settings, over what export writes."""
     bundle = load_bundle(bundle_dir)
     classifier = bundle.manifest.classifier.model_copy(update={"training_crops": "central_cell"})
     update = {
-        "colour_normalisation": "background",
+        "colour_normalisation": colour,
         "classifier": classifier,
         "trained_on": "bone_marrow",
         "clinical_use": False,

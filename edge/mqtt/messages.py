@@ -120,6 +120,8 @@ class HealthMessage(Envelope):
     outbox_alarm: bool = Field(description="The outbox is over its size bound: the lab link needs attention.")
     backend: str
     memory_mb: float = Field(description="Resident memory of the count process.")
+    disk_free_mb: float | None = Field(None, description="Free space where the journal and outbox live.")
+    disk_alarm: bool = Field(False, description="Under 200 MB free there: the journal will soon fail.")
 
 
 class CellOut(_Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import threading
 import time
@@ -50,8 +51,17 @@ def resident_mb() -> float:
 
 class HealthReporter:
     def __init__(
-        self, publisher: MqttPublisher, factory: MessageFactory, stats: RunStats, backend: str, interval: float
+        self,
+        publisher: MqttPublisher,
+        factory: MessageFactory,
+        stats: RunStats,
+        backend: str,
+        interval: float,
+        state_dir: Path | None = None,
+        min_free_mb: float = 200.0,
     ) -> None:
+        self.state_dir = state_dir  # where the journal and the outbox write: a full disk stops a slide
+        self.min_free_mb = min_free_mb
         self.publisher = publisher
         self.factory = factory
         self.stats = stats
@@ -66,6 +76,7 @@ class HealthReporter:
         then, frames_then = self._last
         self._last = (now, s.frames)
         outbox = self.publisher.outbox
+        free = self._free_mb()
         return HealthMessage(
             **self.factory._envelope(),
             uptime_s=round(now - s.started, 1),
@@ -78,13 +89,28 @@ class HealthReporter:
             outbox_alarm=bool(outbox and outbox.alarm),
             backend=self.backend,
             memory_mb=round(resident_mb(), 1),
+            disk_free_mb=free,
+            disk_alarm=free is not None and free < self.min_free_mb,
         )
+
+    def _free_mb(self) -> float | None:
+        if self.state_dir is None:
+            return None
+        try:
+            usage = shutil.disk_usage(self.state_dir)
+        except OSError:
+            return None
+        return round(usage.free / 2**20, 1)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             message = self.message()
             if message.outbox_alarm:
                 log.error("MQTT outbox over its bound: %d rows waiting", message.queues["outbox_rows"])
+            if message.disk_alarm:
+                log.error(
+                    "only %.0f MB free in %s: the journal and outbox will fail", message.disk_free_mb, self.state_dir
+                )
             try:
                 self.publisher.publish(self.publisher.topics.health, message)
             except PublishError as exc:
