@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -121,6 +122,7 @@ class GatedRingSource:
         self.name = f"ring {ring_name}"
         self.reader = RingReader(ring_name)
         self.gate = gate or FieldGate()
+        self._run_token = uuid.uuid4().hex[:6]
         self.idle_timeout = idle_timeout
         self.on_event = on_event
         self.on_frame: Callable[[np.ndarray, GateEvent | None], None] | None = None
@@ -157,7 +159,9 @@ class GatedRingSource:
                 log.info("gate: %s (%s)", event.decision.value, event.reason)
                 last_decision = event.decision
             if event.accepted:
-                yield Frame(accepted, f"field-{accepted:04d}@{got.seq}", got.image, None, got.timestamp)
+                # the run token keeps names unique across restarts (the journal skips names it has seen)
+                name = f"field-{accepted:04d}@{got.seq}-{self._run_token}"
+                yield Frame(accepted, name, got.image, None, got.timestamp)
                 accepted += 1
 
     def watch(self, until: threading.Event, timeout: float) -> None:

@@ -103,6 +103,35 @@ class FieldGate:
         self._state = _State()
         self.counts = {d.value: 0 for d in Decision}
 
+    def export_state(self) -> dict:
+        """What a restart needs so the slide's counted areas are not counted again: the stage
+        position, the counted-area map, the counted fields' thumbnails (to re-anchor on) and the
+        focus reference. JSON-able (thumbnails as uint8 lists, a few kB each)."""
+        st = self._state
+        return {
+            "x": st.x,
+            "y": st.y,
+            "best_sharpness": st.best_sharpness,
+            "counted": sorted(st.counted),
+            "landmarks": [
+                {"x": x, "y": y, "shape": list(t.shape), "pixels": np.clip(t, 0, 255).astype(np.uint8).ravel().tolist()}
+                for x, y, t in st.landmarks
+            ],
+        }
+
+    def restore_state(self, state: dict) -> None:
+        """Continue a slide from :meth:`export_state` (after a crash or a restart)."""
+        self._state = _State(
+            x=float(state["x"]),
+            y=float(state["y"]),
+            best_sharpness=float(state["best_sharpness"]),
+            counted={(int(i), int(j)) for i, j in state["counted"]},
+            landmarks=[
+                (float(m["x"]), float(m["y"]), np.asarray(m["pixels"], np.float32).reshape(m["shape"]))
+                for m in state["landmarks"]
+            ],
+        )
+
     def _small(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         scale = self.settings.analysis_width / image.shape[1]
         size = (self.settings.analysis_width, max(8, round(image.shape[0] * scale)))

@@ -37,7 +37,8 @@ class SlideJournal:
             "CREATE TABLE IF NOT EXISTS slide (slide_id TEXT PRIMARY KEY, specimen_id TEXT, started TEXT NOT NULL, "
             "closed INTEGER NOT NULL DEFAULT 0);"
             "CREATE TABLE IF NOT EXISTS field (slide_id TEXT NOT NULL, source TEXT NOT NULL, result TEXT, "
-            "skipped TEXT, PRIMARY KEY (slide_id, source));",
+            "skipped TEXT, PRIMARY KEY (slide_id, source));"
+            "CREATE TABLE IF NOT EXISTS gate (slide_id TEXT PRIMARY KEY, state TEXT NOT NULL);",
         )
         with self._lock():
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(slide)")}
@@ -91,6 +92,10 @@ class SlideJournal:
         return {r[0] for r in rows}
 
     def record(self, slide: Slide, result: FieldResult) -> None:
+        with self._lock():
+            self._insert_field(slide, result)
+
+    def _insert_field(self, slide: Slide, result: FieldResult) -> None:
         cells = [
             {
                 "box": list(c.box),
@@ -105,11 +110,31 @@ class SlideJournal:
             for c in result.cells
         ]
         payload = {"index": result.index, "width": result.width, "height": result.height, "cells": cells}
+        self._db.execute(
+            "INSERT INTO field (slide_id, source, result) VALUES (?, ?, ?)",
+            (slide.slide_id, result.source, json.dumps(payload)),
+        )
+
+    def record_with_gate(self, slide: Slide, result: FieldResult, gate_state: dict) -> None:
+        """A live camera's field and the field gate's counted-area map, in one transaction: after a
+        restart the same stage areas are not counted again (a field and its area go together)."""
         with self._lock():
-            self._db.execute(
-                "INSERT INTO field (slide_id, source, result) VALUES (?, ?, ?)",
-                (slide.slide_id, result.source, json.dumps(payload)),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._insert_field(slide, result)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO gate (slide_id, state) VALUES (?, ?)",
+                    (slide.slide_id, json.dumps(gate_state)),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def gate_state(self, slide: Slide) -> dict | None:
+        with self._lock():
+            row = self._db.execute("SELECT state FROM gate WHERE slide_id = ?", (slide.slide_id,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def record_skip(self, slide: Slide, source: str, reason: str) -> None:
         with self._lock():

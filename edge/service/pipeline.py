@@ -131,6 +131,10 @@ def run_slide(
             # field again. Their message ids are derived from slide and field, so consumers drop duplicates.
             for result in resumed:
                 send(topics.field(slide.slide_id), factory.field(slide, result, names))
+        gate = getattr(source, "gate", None)
+        if gate is not None and (state := journal.gate_state(slide)) is not None:
+            gate.restore_state(state)  # the areas counted before the restart stay counted
+            log.info("slide %s: the field gate's counted-area map restored", slide.slide_id)
         seen = journal.seen(slide)
     if control is not None:
         control.begin(slide)
@@ -164,8 +168,12 @@ def run_slide(
             if on_skip:
                 on_skip(frame.name, reason, tally)
             continue
-        if journal is not None:
-            journal.record(slide, result)  # on disk before anyone hears of it
+        if journal is not None:  # on disk before anyone hears of it
+            gate = getattr(source, "gate", None)  # a live camera: its counted-area map goes with the field
+            if gate is not None:
+                journal.record_with_gate(slide, result, gate.export_state())
+            else:
+                journal.record(slide, result)
         tally.add(result)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
         send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)

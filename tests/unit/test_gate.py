@@ -72,3 +72,31 @@ def test_long_random_scan_precision_and_recall(slide, capsys):
     assert score.stops_new >= 8 and score.stops_revisit >= 10
     assert score.counted_twice == 0
     assert score.precision >= 0.9 and score.recall >= 0.85
+
+
+def test_counted_areas_survive_a_restart_through_the_journal(tmp_path, samples):
+    # issue 13.7: the map was not persisted, so a restart counted the same stage areas again
+    import datetime as dt
+
+    from edge.analysis.field import FieldResult
+    from edge.capture.decode import decode_image
+    from edge.capture.gate import Decision, FieldGate
+    from edge.counting.journal import SlideJournal
+    from edge.counting.tally import Slide
+
+    image = decode_image(sorted(samples.glob("*.jpg"))[0].read_bytes(), "f.jpg")
+    gate = FieldGate()
+    decisions = [gate(image).decision for _ in range(gate.settings.still_frames + 2)]
+    assert Decision.ACCEPTED in decisions
+    journal = SlideJournal(tmp_path / "j.sqlite")
+    slide = Slide(specimen_id="S", started=dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc))
+    journal.begin(slide)
+    journal.record_with_gate(slide, FieldResult(0, "field-0000@1-abc", 10, 10, []), gate.export_state())
+    journal.close()
+
+    restarted = FieldGate()  # a new process: a fresh gate, the same stage position
+    restarted.restore_state(SlideJournal(tmp_path / "j.sqlite").gate_state(slide))
+    again = [restarted(image).decision for _ in range(gate.settings.still_frames + 2)]
+    assert Decision.ACCEPTED not in again and Decision.ALREADY_COUNTED in again
+    fresh = FieldGate()
+    assert Decision.ACCEPTED in [fresh(image).decision for _ in range(gate.settings.still_frames + 2)]
