@@ -105,7 +105,7 @@ def table(outcomes: list[SlideOutcome]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        mark = "" if o.state == o.expected else (" (indeterminate)" if o.state == "indeterminate" else " **WRONG**")
+        mark = "" if o.state in (o.expected, "indeterminate") else " **WRONG**"
         lines.append(
             f"| {o.true_percent:.0f}% | {o.fields} | {o.counted} | {o.blast_percent:.1f}% "
             f"({o.ci[0]:.1f}-{o.ci[1]:.1f}) | {o.state}{mark} | {o.expected} | {o.domain} |"
