@@ -390,6 +390,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         publisher = MqttPublisher(host, port, topics, factory, config.mqtt)
         control = SlideControl(config.counting.target_count)
         _stop_on_signals(control, out)
+        publisher.on_twin = lambda other: control.request_shutdown()  # two boxes, one device id: stop
         if args.camera or args.ring:
             source.stop_event = control.stop_requested  # a shutdown wakes a wait for frames
         publisher.serve_commands(CommandHandler(control, factory))
@@ -474,6 +475,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if run.tally.fields == 0:
         sys.stderr.write("marrow-edge: error: no field of the source could be counted\n")
         return 5
+    if publisher.twin:
+        sys.stderr.write(
+            f"marrow-edge: error: another marrow-edge (instance {publisher.twin}) is online as device "
+            f"{config.device_id}: give every box its own device_id; this run stopped\n"
+        )
+        return 4
     if publisher.undelivered:
         kept = (
             f"kept in the outbox {config.mqtt.outbox} and re-sent by the next run"

@@ -63,6 +63,11 @@ class StatusMessage(Envelope):
     state: Literal["online", "offline", "stopped"]
     provenance: Provenance | None = None
     camera: CameraState | None = Field(None, description="The live camera's state; absent for file replays.")
+    instance: str | None = Field(
+        None,
+        description="Random id of this run of the appliance: two different instances online under one device "
+        "id are two boxes configured alike (each refuses to go on).",
+    )
 
 
 class GateMessage(Envelope):
@@ -220,6 +225,7 @@ class MessageFactory:
         self.device_id = device_id
         self.provenance = provenance
         self._seq = itertools.count()
+        self.instance = uuid.uuid4().hex[:12]
 
     def _envelope(self, key: str | None = None) -> dict:
         """``key`` names what the message is about (slide + field, or slide + report): the same key
@@ -235,7 +241,9 @@ class MessageFactory:
     def status(
         self, state: Literal["online", "offline", "stopped"], camera: CameraState | None = None
     ) -> StatusMessage:
-        return StatusMessage(**self._envelope(), state=state, provenance=self.provenance, camera=camera)
+        return StatusMessage(
+            **self._envelope(), state=state, provenance=self.provenance, camera=camera, instance=self.instance
+        )
 
     def gate(self, event: GateEvent) -> GateMessage:
         return GateMessage(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -116,6 +118,9 @@ class MqttPublisher:
         self._client = client
         self._probe_id = f"probe-{uuid.uuid4().hex[:12]}"
         self._probe_seen = threading.Event()
+        self._started = time.time()
+        self.twin: str | None = None  # set when another instance is online under this device id
+        self.on_twin: Callable[[str], None] | None = None
 
     # paho callbacks run on its network thread
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -127,6 +132,7 @@ class MqttPublisher:
             return
         if self._commands is not None:
             client.subscribe(self.topics.commands, qos=1)  # before the birth message: online means listening
+            client.subscribe(self.topics.status, qos=1)  # another box with this device id shows up here
         self._send(self.topics.status, encode(self.factory.status("online", self._camera)), retain=True)
         if self.outbox is not None and not self._backlog_sent:
             self._backlog_sent = True
@@ -188,6 +194,9 @@ class MqttPublisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if self._commands is None:
             return
+        if message.topic == self.topics.status:
+            self._check_twin(message)
+            return
         verb = message.topic.rsplit("/", 1)[-1]
         if not message.retain and self._probe_id.encode() in bytes(message.payload[:200]):
             self._probe_seen.set()  # our own delivery probe came back: the broker carries our messages
@@ -203,6 +212,31 @@ class MqttPublisher:
         if not reply.ok:
             log.warning("command %s refused: %s", verb[:64], reply.error)
         self._send(self.topics.command_reply(verb[:64]), encode(reply))
+
+    def _check_twin(self, message: mqtt.MQTTMessage) -> None:
+        """An ``online`` status from another instance, sent after this one started, means a second box
+        runs under this device id: their slides would mix on one topic tree and the broker would keep
+        throwing one off (same client id). A retained status from before our start is an earlier run."""
+        try:
+            status = json.loads(bytes(message.payload))
+        except (ValueError, UnicodeDecodeError):
+            return
+        other = status.get("instance")
+        if status.get("state") != "online" or not other or other == self.factory.instance:
+            return
+        try:
+            sent = dt.datetime.fromisoformat(str(status.get("time")).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return
+        if sent >= self._started - 1.0 and self.twin is None:
+            self.twin = other
+            log.error(
+                "another marrow-edge (instance %s) is online as device %s: two boxes share one device_id",
+                other,
+                self.topics.device_id,
+            )
+            if self.on_twin is not None:
+                self.on_twin(other)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:

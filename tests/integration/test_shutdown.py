@@ -87,3 +87,23 @@ def test_a_retained_stop_slide_never_ends_a_slide(broker, samples):
     assert run.returncode == 0, err
     assert report[0]["fields"] == 8  # all counted: the old command did nothing
     assert replies and replies[0]["ok"] is False and "retained command ignored" in replies[0]["error"]
+
+
+def test_two_boxes_with_one_device_id_stop_with_a_clear_error(broker, samples):
+    # issue 13.11: a second box under the same device id mixed its slides into the first one's topics
+    recorder = Recorder(broker.host, broker.port, "marrow/v1/twin-box/#")
+    first = _run(samples, "twin-box", broker, fps="0.5")
+    _wait_fields(recorder, 1)  # the first is counting (16 s for its slide)
+    recorder.close()
+    second = _run(samples, "twin-box", broker, fps="0.5")
+    try:
+        _out2, err2 = second.communicate(timeout=90)
+        _out1, err1 = first.communicate(timeout=90)
+    finally:
+        first.kill()
+        second.kill()
+    codes = (first.returncode, second.returncode)
+    assert 4 in codes, (err1[-800:], err2[-800:])
+    errors = err1 + err2
+    assert "is online as device twin-box: give every box its own device_id" in errors
+    assert "Traceback" not in errors
