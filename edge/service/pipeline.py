@@ -136,6 +136,8 @@ def run_slide(
             gate.restore_state(state)  # the areas counted before the restart stay counted
             log.info("slide %s: the field gate's counted-area map restored", slide.slide_id)
         seen = journal.seen(slide)
+        if hasattr(source, "skip"):
+            source.skip = seen  # a paced replay does not wait out the fields counted before the restart
     if control is not None:
         control.begin(slide)
     for taken, frame in enumerate(source.frames()):

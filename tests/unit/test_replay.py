@@ -53,3 +53,16 @@ def test_unusable_sources(tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"nope")
     with pytest.raises(CameraError, match="cannot open"):
         open_replay(tmp_path / "broken.mp4")
+
+
+def test_paced_replay_does_not_wait_for_fields_counted_before_a_restart(samples, monkeypatch):
+    from edge.capture import cameras
+
+    slept: list[float] = []
+    monkeypatch.setattr(cameras.time, "sleep", slept.append)  # count the waits instead of waiting
+    paced = cameras.Paced(open_replay(samples), fps=2)
+    names = sorted(p.name for p in samples.glob("*.jpg"))
+    paced.skip = set(names[:6])
+    frames = list(paced.frames())
+    assert len(frames) == 8
+    assert len(slept) <= 1 and sum(slept) <= 0.5  # at most the wait before the second new field
