@@ -275,3 +275,46 @@ def test_run_serves_the_display_in_process(broker, samples):
     finally:
         app.stdout.read()  # type: ignore[union-attr]
         assert app.wait(timeout=120) == 0, app.stderr.read()  # type: ignore[union-attr]
+
+
+def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broker, display, page, tmp_path):
+    """Issue 12: the domain-shift guard's verdict reaches the technician; issue 19: the bundle's scope badge."""
+    import numpy as np
+    import paho.mqtt.publish as publish
+
+    from edge.analysis.field import Cell, FieldResult
+    from edge.counting.rules import load_rule_pack
+    from edge.counting.tally import Slide, Tally
+    from edge.engines.bundle import ClassSpec, DomainGuardSpec
+    from edge.mqtt.messages import BundleRef, MessageFactory, Provenance, encode
+    from edge.mqtt.topics import Topics
+
+    url, device = display
+    classes = [ClassSpec(name="blast", role="key"), ClassSpec(name="lymphocyte", role="wbc")]
+    guard = DomainGuardSpec(mean=[0.3] * 6, inv_cov=np.eye(6).tolist(), max_colour_distance=0.5,
+                            min_mean_confidence=0.5, min_cells=5)  # fmt: skip
+    tally = Tally(classes, load_rule_pack(), target_count=300, domain_guard=guard)
+    probs = np.array([0.9, 0.1], np.float32)
+    cells = [Cell((0, 0, 9, 9), 0.9, "blast", 0.9, probs, 0.9, True, (1.5,) * 6) for _ in range(30)]
+    tally.add(FieldResult(0, "f0.jpg", 100, 100, cells))
+    assert tally.domain().shifted
+    provenance = Provenance(
+        software_version="t",
+        bundle=BundleRef(name="marrow-bm", version="1.0.0", hash="0" * 12, untrained=False,
+                         trained_on="bone_marrow", clinical_use=False),
+        backend="onnxruntime", providers=["CPUExecutionProvider"],
+    )  # fmt: skip
+    factory, topics, slide = MessageFactory(device, provenance), Topics("marrow/v1", device), Slide(specimen_id="BM-9")
+    for topic, message in (
+        (topics.status, factory.status("online")),
+        (topics.tally(slide.slide_id), factory.tally(slide, tally)),
+    ):
+        publish.single(topic, encode(message), qos=1, retain=True, hostname=broker.host, port=broker.port)
+    page.goto(url)
+    page.wait_for_selector("#domain:not([hidden])", timeout=15000)
+    warning = page.inner_text("#domain")
+    assert "unlike the bundle's training data" in warning and "not reliable" in warning
+    assert page.inner_text("#scope") == "NOT FOR CLINICAL USE"
+    rules = page.inner_text("#rules")
+    assert "acute_leukaemia indeterminate" in rules
+    _screenshot(page, tmp_path, "display-domain-shift.png")
