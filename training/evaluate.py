@@ -109,8 +109,9 @@ def evaluate_cells(
             raise EdgeError(f"{cells_dir}: no folder is named after one of {', '.join(FIVE_GROUPS)}")
         samples = read_cell_folders(cells_dir, wanted)
         spec = bundle.manifest.classifier
-        classifier = Classifier(OnnxRuntimeBackend(bundle.path(spec.file), threads=threads),
-                                len(bundle.manifest.classes), max_batch=32)
+        classifier = Classifier(
+            OnnxRuntimeBackend(bundle.path(spec.file), threads=threads), len(bundle.manifest.classes), max_batch=32
+        )
         images = [decode_image(s.image.read_bytes(), s.image.name) for s in samples]
         p_countable, probs = classifier(bundle_crops(bundle, images))
         return _grouped(bundle, cells_dir, probs, samples, p_countable)

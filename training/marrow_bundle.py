@@ -32,7 +32,7 @@ from training.marrow import CROP_MARGIN, MARROW_CLASSES
 from training.slides import summary as slide_summary
 from training.slides import table as slide_table
 from training.slides import validate
-from training.starter import _recipe_record, _run_info, stage1_test, tune_score_threshold
+from training.starter import _recipe_record, _run_info, recipe_lines, stage1_test, tune_score_threshold
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -367,14 +367,7 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         "## Training",
         "",
     ]
-    for part, r in p["recipes"].items():
-        while r:
-            lines.append(
-                f"- {part}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
-                f"recipe {json.dumps(r['recipe'])}"
-            )
-            r, part = r.get("continued_from"), f"{part} (first phase)"
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + recipe_lines(p["recipes"])) + "\n"
 
 
 def _mark(bundle_dir: Path, guard, colour: str) -> None:

@@ -164,14 +164,20 @@ def bundle_readme(manifest, size_mb: float) -> str:
         "## Training",
         "",
     ]
-    for part, r in p["recipes"].items():
+    return "\n".join(lines + recipe_lines(p["recipes"])) + "\n"
+
+
+def recipe_lines(recipes: dict) -> list[str]:
+    """One line per trained model (and per earlier phase it continued from), for a bundle README."""
+    lines = []
+    for part, r in recipes.items():
         while r:
             lines.append(
                 f"- {part}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
                 f"recipe {json.dumps(r['recipe'])}"
             )
             r, part = r.get("continued_from"), f"{part} (first phase)"
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _classifier_parts(pbc: Path, size: int):
