@@ -14,11 +14,9 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.errors import StorageError
 
-
-class StorageError(EdgeError):
-    exit_code = 3
+__all__ = ["StorageError", "open_durable", "storage"]
 
 
 def _explain(path: Path, exc: sqlite3.Error | OSError) -> str:

@@ -21,6 +21,12 @@ class EngineError(EdgeError):
     exit_code = 3
 
 
+class StorageError(EdgeError):
+    """The journal or the outbox cannot be used (a full disk, a read-only or wrong path, a second run)."""
+
+    exit_code = 3
+
+
 class PublishError(EdgeError):
     exit_code = 4
 
