@@ -1,8 +1,11 @@
 """Cross-domain check of one stage-2 checkpoint under each preprocessing step, on zheng2018_wbc.
 
 Which step helps on a camera and stain never seen: the crop geometry (the whole image resized,
-or the central cell cut as the count path cuts it) and the background white balance. Measures
-only; zheng2018 is never trained on.
+or the central cell cut as the count path cuts it) and the background white balance. And one
+diagnostic that is not a step the appliance could take per cell: batch-norm statistics
+re-estimated on the foreign images themselves (AdaBN), which shows how much of the collapse the
+training set's batch-norm statistics cause (Tsutsui et al. 2023), i.e. what a network without
+batch norm might recover. Measures only; zheng2018 is never trained on.
 
     python -m training.robustness --arch shufflenet_v2_x1_0 --weights RUN/best.pt
 """
@@ -10,6 +13,7 @@ only; zheng2018 is never trained on.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -26,6 +30,7 @@ from training.compose import DATA
 from training.evaluate import FIVE_GROUPS
 from training.marrow import CLASS_NAMES, CROP_MARGIN
 from training.readers import read_cell_folders
+from training.recalibrate import recalibrate_batch_norm
 
 VARIANTS = {
     "whole image": lambda image, size: eval_cell(image, size),
@@ -44,6 +49,13 @@ def grouped_accuracy(model: torch.nn.Module, crops: np.ndarray, truth: list[str]
     return float(np.mean([group_of.get(names[w], "other") == t for w, t in zip(winners, truth, strict=True)]))
 
 
+_PREP = NormalisedInput()
+
+
+def _normalised_forward(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    return model(_PREP(crops))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", required=True)
@@ -56,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     model.eval()
     out: dict[str, dict[str, float]] = {}
+    state = copy.deepcopy(model.state_dict())
     for part in ("dataset1", "dataset2"):
         folder = args.data / part
         samples = read_cell_folders(folder, sorted(d.name for d in folder.iterdir() if d.is_dir()))
@@ -64,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
         for variant, cut in VARIANTS.items():
             crops = np.stack([cut(i, args.size) for i in images])
             out.setdefault(variant, {})[part] = round(grouped_accuracy(model, crops, truth, CLASS_NAMES), 4)
+        crops = torch.from_numpy(np.stack([VARIANTS["central cell"](i, args.size) for i in images]))
+        batches = [crops[i : i + 64] for i in range(0, len(crops), 64)]
+        recalibrate_batch_norm(model, batches, _normalised_forward)
+        adabn = grouped_accuracy(model, crops.numpy(), truth, CLASS_NAMES)
+        out.setdefault("central cell, AdaBN diagnostic", {})[part] = round(adabn, 4)
+        model.load_state_dict(state)
     sys.stdout.write(json.dumps(out) + "\n")
 
 
