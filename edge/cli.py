@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
     from edge.capture.daemon import CaptureThread, GatedRingSource
     from edge.config import AppConfig
+    from edge.counting.control import SlideControl
     from edge.counting.journal import SlideJournal
     from edge.counting.tally import Slide
-    from edge.mqtt.commands import SlideControl
     from edge.mqtt.messages import MessageFactory
     from edge.mqtt.publisher import Publisher
     from edge.service.pipeline import Appliance, SlideRun
@@ -295,10 +295,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.analysis.field import FieldResult
     from edge.capture.replay import ImageFilesSource, open_replay
     from edge.config import parse_mqtt_url
+    from edge.counting.control import SlideControl
     from edge.counting.journal import SlideJournal, resolve_open_slide
     from edge.counting.tally import Slide, Tally
     from edge.mqtt.broker import EmbeddedBroker, answers
-    from edge.mqtt.commands import CommandHandler, SlideControl
+    from edge.mqtt.commands import CommandHandler
     from edge.mqtt.messages import MessageFactory
     from edge.mqtt.publisher import MqttPublisher
     from edge.mqtt.topics import Topics
@@ -398,7 +399,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if camera is not None:  # after the models load: the ring keeps only the newest frames
             capture = CaptureThread(camera, ring).start()
         if args.ring:
-            from edge.capture.daemon import sd_notify
+            from edge.systemd import sd_notify
 
             sd_notify(f"READY=1\nSTATUS=counting fields from ring {args.ring}")
         slide = resume
@@ -615,7 +616,8 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     import threading
 
     from edge.capture.cameras import CameraSettings, open_camera
-    from edge.capture.daemon import capture_loop, sd_notify
+    from edge.capture.daemon import capture_loop
+    from edge.systemd import sd_notify
 
     def camera_state(state: str, detail: str) -> None:
         # Retrying an absent camera is alive, not hung: keep the watchdog fed and say why.

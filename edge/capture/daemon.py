@@ -9,8 +9,6 @@ reads: the ring's newest frames through the field gate, yielding only accepted f
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -23,30 +21,9 @@ from edge.capture.gate import Decision, FieldGate, GateEvent
 from edge.capture.ring import FrameRing, RingReader
 from edge.capture.source import CameraSource, Frame
 from edge.errors import CameraError
+from edge.systemd import sd_notify, watchdog_interval
 
 log = logging.getLogger(__name__)
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (``$NOTIFY_SOCKET``); False when not run by systemd. No dependency needed."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec for this process, or None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and int(pid) != os.getpid()):
-        return None
-    return int(usec) / 2e6
 
 
 @dataclass

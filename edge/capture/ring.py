@@ -35,7 +35,8 @@ from edge.errors import CameraError
 log = logging.getLogger(__name__)
 
 MAGIC = b"MRWRING1"
-assert struct.calcsize("<8sIQq") == 28 and struct.calcsize("<8sIQqQQ") == 44  # the offsets below
+if struct.calcsize("<8sIQq") != 28 or struct.calcsize("<8sIQqQQ") != 44:  # the offsets below depend on it
+    raise ImportError("unexpected struct sizes: the frame ring layout would be wrong on this platform")
 # magic, slots, slot_bytes, writer_pid, write_seq, overwritten, last_read_seq, retired, generation
 HEADER = struct.Struct("<8sIQqQQQII")
 HEADER_BYTES = 128
@@ -132,10 +133,15 @@ class FrameRing:
         self.generation += 1
         self._write_header(retired=0)
 
+    def _memory(self) -> memoryview:
+        """The segment's buffer; a closed ring is an error even under ``python -O``."""
+        if self._shm is None:
+            raise CameraError(f"frame ring {self.name} is closed")
+        return self._shm.buf
+
     def _write_header(self, retired: int) -> None:
-        assert self._shm is not None
         HEADER.pack_into(
-            self._shm.buf,
+            self._memory(),
             0,
             MAGIC,
             self.slots,
@@ -174,11 +180,10 @@ class FrameRing:
                 self.recreated += 1
             self._retire()
             self._create(shape)
-        assert self._shm is not None
         self.seq += 1
         slot = self.seq % self.slots
         offset = HEADER_BYTES + slot * self._slot_bytes
-        buf = self._shm.buf
+        buf = self._memory()
         previous = SLOT.unpack_from(buf, offset)[1]
         if previous and previous > self._last_read():
             self.overwritten += 1  # that frame was never read
@@ -232,7 +237,8 @@ class RingReader:
         return True
 
     def _header(self) -> tuple:
-        assert self._shm is not None
+        if self._shm is None:
+            raise CameraError(f"frame ring {self.name} is not attached")
         return HEADER.unpack_from(self._shm.buf, 0)
 
     def latest(self) -> RingFrame | None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.counting.tally import Slide
+from edge.counting.control import SlideControl
 from edge.mqtt.messages import Envelope, MessageFactory
 
 log = logging.getLogger(__name__)
@@ -67,71 +66,6 @@ class CommandReply(Envelope):
     target_count: int | None = None
 
 
-class SlideControl:
-    """What commands may change, shared by the MQTT thread and the count loop."""
-
-    def __init__(self, target_count: int) -> None:
-        self._lock = threading.Lock()
-        self.default_target = target_count  # each slide starts from it: a target never carries over
-        self.target_count = target_count
-        self.slide: Slide | None = None
-        self.pending_specimen: str | None = None
-        self.stop_requested = threading.Event()
-        self.start_requested = threading.Event()
-        # systemctl stop or Ctrl-C: end the slide after this field, report, and take no new slide
-        self.shutdown = threading.Event()
-
-    @property
-    def state(self) -> Literal["idle", "counting"]:
-        return "counting" if self.slide is not None else "idle"
-
-    def begin(self, slide: Slide) -> None:
-        with self._lock:
-            self.slide = slide
-            if not self.shutdown.is_set():
-                self.stop_requested.clear()
-
-    def request_shutdown(self) -> None:
-        self.shutdown.set()
-        self.stop_requested.set()  # wakes a loop waiting for frames too
-
-    def end(self) -> None:
-        with self._lock:
-            self.slide = None
-            self.target_count = self.default_target
-
-    def start(self, command: StartSlide) -> str | None:
-        with self._lock:
-            if self.slide is not None:
-                return f"slide {self.slide.slide_id} is being counted: send stop_slide first"
-            if self.start_requested.is_set():
-                return f"a slide for specimen {self.pending_specimen or '-'} is already starting"
-            self.pending_specimen = command.specimen_id
-            if command.target_count is not None:
-                self.target_count = command.target_count
-            self.start_requested.set()
-        return None
-
-    def take_start(self) -> str | None:
-        """The specimen of the slide a start_slide asked for (consumed)."""
-        with self._lock:
-            specimen, self.pending_specimen = self.pending_specimen, None
-            self.start_requested.clear()
-            return specimen
-
-    def stop(self) -> str | None:
-        with self._lock:
-            if self.slide is None:
-                return "no slide is being counted"
-            self.stop_requested.set()
-        return None
-
-    def set_target(self, command: SetTarget) -> str | None:
-        with self._lock:
-            self.target_count = command.target_count
-        return None
-
-
 def _first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "payload"
@@ -139,6 +73,8 @@ def _first_error(exc: ValidationError) -> str:
 
 
 class CommandHandler:
+    """Validates a command, asks the slide control, answers with a CommandReply (any thread)."""
+
     def __init__(self, control: SlideControl, factory: MessageFactory) -> None:
         self.control = control
         self.factory = factory
@@ -182,11 +118,11 @@ class CommandHandler:
             except ValidationError as exc:
                 return self._reply(verb, request_id, _first_error(exc))
             if isinstance(command, StartSlide):
-                error = self.control.start(command)
+                error = self.control.start(command.specimen_id, command.target_count)
             elif isinstance(command, StopSlide):
                 error = self.control.stop()
             elif isinstance(command, SetTarget):
-                error = self.control.set_target(command)
+                error = self.control.set_target(command.target_count)
             else:
                 error = None
             return self._reply(verb, request_id, error)

@@ -14,13 +14,13 @@ from edge import __version__
 from edge.analysis.field import FieldAnalyzer, FieldResult
 from edge.capture.source import CameraSource
 from edge.config import AppConfig
+from edge.counting.control import SlideControl
 from edge.counting.journal import SlideJournal
 from edge.counting.rules import RulePack, load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
 from edge.engines.field_models import build_field_model
 from edge.errors import PublishError
-from edge.mqtt.commands import SlideControl
 from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.topics import Topics

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from edge.capture.cameras import OpenCVCamera, Paced, Reconnecting, load_script, open_camera
-from edge.capture.daemon import CaptureThread, GatedRingSource, capture_loop, sd_notify
+from edge.capture.daemon import CaptureThread, GatedRingSource, capture_loop
 from edge.capture.ring import FrameRing, RingReader
 from edge.capture.simulator import SimulatedMicroscope, build_slide
 from edge.capture.source import Frame
 from edge.errors import CameraError
+from edge.systemd import sd_notify
 
 
 class Flaky:

@@ -5,8 +5,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.counting.control import SlideControl
 from edge.counting.tally import Slide
-from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandHandler, SlideControl
+from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandHandler
 from edge.mqtt.messages import MessageFactory
 from tests.unit.test_messages import PROVENANCE
 

@@ -12,11 +12,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.config import MqttConfig
+from edge.counting.control import SlideControl
 from edge.counting.rules import load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.display.feed import DisplayFeed
 from edge.display.server import DisplayServer
-from edge.mqtt.commands import CommandHandler, SlideControl
+from edge.mqtt.commands import CommandHandler
 from edge.mqtt.messages import MessageFactory, encode
 from edge.mqtt.topics import Topics
 from tests.unit.test_messages import CLASSES, PROVENANCE, _result
