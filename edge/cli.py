@@ -116,6 +116,7 @@ def _monitor_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
     p.add_argument("--prefix", default="marrow/v1", help="topic prefix (default: marrow/v1)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--config", type=Path, help="YAML config: mqtt credentials and TLS for the lab broker")
 
 
 def _display_parser(sub: argparse._SubParsersAction) -> None:
@@ -639,7 +640,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         host, port = parse_mqtt_url(args.broker)
     except ValueError as exc:
         raise EdgeError(str(exc)) from None
-    monitor(host, port, args.prefix, sys.stdout, args.duration)
+    from edge.config import load_config
+
+    monitor(host, port, args.prefix, sys.stdout, args.duration, config=load_config(args.config).mqtt)
     return 0
 
 

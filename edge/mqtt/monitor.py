@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.mqtt.messages import ReportMessage, StatusMessage, TallyMessage
+from edge.mqtt.publisher import make_client
 
 
 @dataclass
@@ -98,15 +98,27 @@ def rule_summary(tally: TallyMessage) -> str:
 
 
 def monitor(
-    host: str, port: int, prefix: str, out: TextIO, duration: float | None = None, refresh: float = 2.0
+    host: str,
+    port: int,
+    prefix: str,
+    out: TextIO,
+    duration: float | None = None,
+    refresh: float = 2.0,
+    config: MqttConfig | None = None,
 ) -> MonitorState:
-    """Print the table whenever it changes (at most every ``refresh`` s); stop after ``duration`` s."""
+    """Print the table whenever it changes (at most every ``refresh`` s); stop after ``duration`` s.
+    ``config`` gives the credentials and TLS settings (a lab broker needs them), as for the box."""
     state = MonitorState()
     lock = threading.Lock()
     changed = threading.Event()
     connected = threading.Event()
+    refusal: list[str] = []
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:  # bad credentials or not authorised: retrying will not help
+            refusal.append(str(reason))
+            connected.set()
+            return
         for suffix in ("+/status", "+/slide/+/tally", "+/slide/+/report"):
             client.subscribe(f"{prefix}/{suffix}", qos=1)
         connected.set()
@@ -116,7 +128,7 @@ def monitor(
             state.apply(message.topic, bytes(message.payload))
         changed.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"marrow-monitor-{uuid.uuid4().hex[:6]}")
+    client = make_client(config or MqttConfig(), "marrow-monitor")
     client.on_connect = on_connect
     client.on_message = on_message
     try:
@@ -127,6 +139,8 @@ def monitor(
     try:
         if not connected.wait(10):
             raise PublishError(f"the MQTT broker mqtt://{host}:{port} did not answer")
+        if refusal:
+            raise PublishError(f"the MQTT broker mqtt://{host}:{port} refused the connection: {refusal[0]}")
         deadline = None if duration is None else time.monotonic() + duration
         while deadline is None or time.monotonic() < deadline:
             if changed.wait(refresh):

@@ -158,3 +158,16 @@ def test_a_username_the_acl_does_not_match_fails_loudly(authenticated, samples, 
         assert right.returncode == 0, right.stderr
     finally:
         broker.stop()
+
+
+def test_monitor_uses_the_credentials_and_says_when_it_is_refused(authenticated, tmp_path):
+    # issue 14: the monitor built its own client (no credentials, no TLS) and ignored a refused CONNACK
+    url = f"mqtt://127.0.0.1:{authenticated.port}"
+    refused = marrow_edge("monitor", "--broker", url, "--duration", "1")
+    assert refused.returncode == 4, refused.stderr
+    assert "refused the connection" in error_lines(refused)[0]
+    config = tmp_path / "lab.yaml"
+    config.write_text("mqtt:\n  username: lab-dashboard\n")
+    env = {**os.environ, "MARROW_EDGE__MQTT__PASSWORD": "lab-pw"}
+    ok = marrow_edge("monitor", "--broker", url, "--duration", "1", "--config", str(config), env=env)
+    assert ok.returncode == 0, ok.stderr
