@@ -119,7 +119,9 @@ class HealthMessage(Envelope):
     frames_per_s: float = Field(description="Camera frames the gate looked at (live) or fields read (replay).")
     fields_counted: int
     fields_skipped: int
-    stage_ms_p50: dict[str, float] = Field(description="Median per stage over the last fields.")
+    stage_ms_p50: dict[str, float] = Field(
+        description="Median per stage over the last fields; frame_to_published: frame taken -> its messages sent."
+    )
     drops: dict[str, int] = Field(description="ring_skipped (frames never seen), publish_failures.")
     queues: dict[str, int] = Field(description="mqtt_unacknowledged, outbox_rows.")
     outbox_alarm: bool = Field(description="The outbox is over its size bound: the lab link needs attention.")

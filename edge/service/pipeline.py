@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -179,6 +180,8 @@ def run_slide(
         tally.add(result)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
         send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)
+        # frame taken -> its field and tally handed to MQTT: what health reports as end-to-end latency
+        result.timings_ms["frame_to_published"] = (time.monotonic() - frame.timestamp) * 1e3
         if preview is not None:
             preview.offer(frame.image, result=result, slide_id=slide.slide_id)  # type: ignore[arg-type]
         if on_field:

@@ -55,3 +55,17 @@ def test_max_fields(appliance, samples):
         max_fields=2,
     )
     assert run.tally.fields == 2 and len(publisher.on("/field")) == 2
+
+
+def test_end_to_end_latency_is_measured_for_health(appliance, samples):
+    # issue 14: frame taken -> its messages handed to MQTT, per field, for health's stage medians
+    publisher = MemoryPublisher()
+    seen = []
+    run_slide(
+        appliance, open_replay(samples), publisher, Topics("marrow/v1", "unit"),
+        MessageFactory("unit", appliance.provenance), max_fields=2,
+        on_field=lambda result, tally: seen.append(dict(result.timings_ms)),
+    )  # fmt: skip
+    assert len(seen) == 2
+    for timings in seen:
+        assert timings["frame_to_published"] >= timings["detect"] + timings["classify"] > 0
