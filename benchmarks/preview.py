@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from benchmarks.pipeline import cpu_name, git_commit
 from edge import __version__
-from edge.capture.gate import FieldGate, GateSettings
+from edge.capture.gate import FieldGate
 from edge.capture.simulator import SimulatedMicroscope, build_slide, random_scan
 from edge.config import DEFAULT_SAMPLES, PreviewConfig, load_config
 from edge.mqtt.messages import MessageFactory, PreviewMessage
@@ -74,7 +74,7 @@ def run_variant(appliance: Any, boxes: bool, args: argparse.Namespace) -> dict[s
     slide = build_slide(DEFAULT_SAMPLES, 8, 6)
     script = random_scan(slide.shape[:2], 640, 480, stops=200, seed=args.seed)
     camera = SimulatedMicroscope(slide, script, fps=args.camera_fps)
-    gate = FieldGate(GateSettings())
+    gate = FieldGate()
     publisher = TimingPublisher()
     settings = PreviewConfig(fps=args.preview_fps, boxes=boxes)
     preview = PreviewPublisher(

@@ -331,9 +331,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         camera = open_camera(args.camera, CameraSettings(fps=args.fps), camera_state) if args.camera else None
         appliance = build_appliance(config)
         ring = args.ring or f"run-{os.getpid()}"
-        from edge.capture.gate import FieldGate, GateEvent, GateSettings
+        from edge.capture.gate import FieldGate, GateEvent
 
-        gate = FieldGate(GateSettings(**config.gate.model_dump()))
+        gate = FieldGate(config.gate)
         last_decision: list[str] = []
 
         def gate_event(event: GateEvent) -> None:

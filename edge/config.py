@@ -156,7 +156,7 @@ class MqttConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """When a live camera's frame counts as a field (edge.capture.gate)."""
+    """When a live camera's frame counts as a field (edge.capture.gate); the gate reads these directly."""
 
     still_px: float = Field(2.0, ge=0, description="Shift per frame (px) under which the stage counts as still.")
     still_frames: int = Field(3, ge=1, description="Still frames in a row before a field may count.")
@@ -168,6 +168,13 @@ class GateConfig(_Strict):
     max_overlap: float = Field(
         0.3, ge=0, le=1, description="Share of the field already counted above which it is refused."
     )
+    analysis_width: int = Field(320, ge=64, description="Frames are registered and scored at this width (px).")
+    min_sharpness: float = Field(0.02, ge=0, description="Absolute sharpness floor, for a slide's first field.")
+    max_clipped: float = Field(0.25, ge=0, le=1, description="Share of pixels at 250 or above beyond which: bright.")
+    map_cell_px: int = Field(16, ge=1, description="Resolution of the counted-area map (full-resolution px).")
+    min_response: float = Field(0.03, ge=0, description="Phase-correlation peak below which a shift is not trusted.")
+    relocate_response: float = Field(0.15, ge=0, description="Peak needed to re-anchor on a counted field.")
+    relocate_max_px: float = Field(150.0, ge=0, description="Larger corrections are false matches, not drift.")
 
 
 class PreviewConfig(_Strict):

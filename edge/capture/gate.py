@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from edge.config import GateConfig
+
 
 class Decision(str, enum.Enum):
     ACCEPTED = "accepted"
@@ -34,23 +36,6 @@ class Decision(str, enum.Enum):
     DARK = "dark"
     BRIGHT = "bright"
     ALREADY_COUNTED = "already_counted"
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    analysis_width: int = 320  # frames are registered and scored at this width
-    still_px: float = 2.0  # full-resolution pixels of shift per frame that still count as still
-    still_frames: int = 3
-    focus_ratio: float = 0.2  # sharpness against the slide's sharpest still frame (defocus: <0.1)
-    min_sharpness: float = 0.02  # absolute floor (normalised), for the first field of a slide
-    dark_below: float = 40.0  # mean grey level 0..255
-    bright_above: float = 235.0
-    max_clipped: float = 0.25  # share of pixels at 250 or above
-    max_overlap: float = 0.3  # share of the window already counted above which a field is refused
-    map_cell_px: int = 16  # resolution of the counted-area map, full-resolution pixels
-    min_response: float = 0.03  # phase-correlation peak below which a shift is not trusted
-    relocate_response: float = 0.15  # peak needed to re-anchor the position on a counted field
-    relocate_max_px: float = 150.0  # larger corrections are false matches, not drift
 
 
 @dataclass(frozen=True)
@@ -92,8 +77,9 @@ def window_cells(x: float, y: float, width: int, height: int, cell: int) -> set[
 
 
 class FieldGate:
-    def __init__(self, settings: GateSettings | None = None) -> None:
-        self.settings = settings or GateSettings()
+    def __init__(self, settings: GateConfig | None = None) -> None:
+        # the config section itself (edge.config.GateConfig): one model, one set of defaults
+        self.settings = settings or GateConfig()
         self._state = _State()
         self._window: np.ndarray | None = None
         self.counts: dict[str, int] = {d.value: 0 for d in Decision}
