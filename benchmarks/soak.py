@@ -17,11 +17,15 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import paho.mqtt.publish as publish
+import yaml
 
+from edge.capture.simulator import build_slide, random_scan
+from edge.config import DEFAULT_SAMPLES
 from edge.mqtt.broker import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     broker = EmbeddedBroker().start()
-    command = [sys.executable, "-m", "edge.cli", "run", "--camera", "sim", "--fps", str(args.fps),
+    # a scan long enough for the whole soak (the default sim scan ends after 12 stops)
+    slide = build_slide(DEFAULT_SAMPLES, 8, 6)
+    stops = int(args.seconds * args.fps / 20) + 10
+    script = Path(tempfile.mkdtemp()) / "scan.yaml"
+    script.write_text(yaml.safe_dump(random_scan(slide.shape[:2], 640, 480, stops)))
+    command = [sys.executable, "-m", "edge.cli", "run", "--camera", f"sim:{script}", "--fps", str(args.fps),
                "--wait-for-start", "--device-id", "soak", "--broker", broker.url, "--quiet"]  # fmt: skip
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples: list[dict] = []
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fds": {"first": settled[0]["fds"], "last": settled[-1]["fds"], "peak": max(s["fds"] for s in samples)},
         "rss_growth_mb_per_slide": round((settled[-1]["rss_mb"] - settled[0]["rss_mb"]) / max(slides - 1, 1), 2),
         "exit_code_after_sigterm": run.returncode,
+        "ended_by": "the soak's own deadline (SIGTERM)" if run.returncode == 0 else "the appliance",
     }
     sys.stdout.write(json.dumps(summary) + "\n")
     if args.out:
