@@ -1,6 +1,6 @@
 """Build TensorRT engines from a bundle, verify them against ONNX Runtime FP32, cache them.
 
-    python -m build_engines.tensorrt --bundle models/lite-pbc --cache /var/cache/marrow-edge/engines
+    python -m build_engines.tensorrt --bundle models/marrow-bm --cache /var/cache/marrow-edge/engines
 
 TensorRT 10 builds FP16 from the FP32 graph with the FP16 builder flag, softmax, sigmoid and
 exp (box decoding) kept in FP32 by layer constraints. TensorRT 11 builds strongly typed

@@ -21,8 +21,8 @@ from edge.errors import ConfigError
 ENV_PREFIX = "MARROW_EDGE__"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # The bundle that ships in the repo; an installed wheel points at it through the config.
-DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "lite-pbc"
-DEFAULT_SAMPLES = PACKAGE_ROOT.parent / "samples" / "fields"
+DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "marrow-bm"
+DEFAULT_SAMPLES = PACKAGE_ROOT.parent / "samples" / "marrow"
 
 
 class _Strict(BaseModel):

@@ -13,7 +13,7 @@ from edge.engines.field_models import onnxruntime_model
 from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples" / "fields"
+SAMPLES = ROOT / "samples" / "marrow"  # the demo's marrow slide
 BUNDLE = DEFAULT_BUNDLE  # the bundle the appliance ships with
 SHARED_DATA = Path(os.environ.get("MARROW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -56,16 +56,22 @@ class DomainGuard:
         self.spec = spec
         self._mean = np.asarray(spec.mean, np.float64) if spec else None
         self._inv_cov = np.asarray(spec.inv_cov, np.float64) if spec else None
+        self._class_means = np.asarray(spec.class_means, np.float64) if spec and spec.class_means else None
         self._sum = np.zeros(len(spec.mean) if spec else 0, np.float64)
         self._confidence = 0.0
         self._colour_cells = 0
         self.cells = 0
 
-    def add(self, colour: tuple[float, ...] | np.ndarray | None, top_probability: float) -> None:
+    def add(
+        self, colour: tuple[float, ...] | np.ndarray | None, top_probability: float, class_index: int | None = None
+    ) -> None:
         self.cells += 1
         self._confidence += top_probability
         if colour is not None and self.spec is not None and len(colour) == len(self._sum):
-            self._sum += np.asarray(colour, np.float64)
+            value = np.asarray(colour, np.float64)
+            if self._class_means is not None and class_index is not None and class_index < len(self._class_means):
+                value = value - self._class_means[class_index]
+            self._sum += value
             self._colour_cells += 1
 
     def check(self) -> DomainCheck:

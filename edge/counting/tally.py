@@ -62,6 +62,7 @@ class Tally:
         self.not_countable = 0
         self.skipped: list[SkippedField] = []
         self.guard = DomainGuard(domain_guard)
+        self._class_index = {c.name: i for i, c in enumerate(classes)}
 
     def add(self, result: FieldResult) -> None:
         self.fields += 1
@@ -69,7 +70,7 @@ class Tally:
         for cell in result.cells:
             if cell.countable:
                 self.counts[cell.class_name] += 1
-                self.guard.add(cell.colour, cell.class_probability)
+                self.guard.add(cell.colour, cell.class_probability, self._class_index.get(cell.class_name))
             else:
                 self.not_countable += 1
 

@@ -130,8 +130,14 @@ class DomainGuardSpec(_Strict):
     """Calibration of the domain-shift guard (``edge.counting.domain``), made on validation cells."""
 
     features: Literal["od_colour_v1"] = "od_colour_v1"
-    mean: list[float] = Field(min_length=1, description="Mean stain features of the training cells.")
+    mean: list[float] = Field(min_length=1, description="Mean stain features of the training cells (residuals "
+                              "when class_means is given).")  # fmt: skip
     inv_cov: list[list[float]] = Field(description="Inverse covariance of those features (per cell).")
+    class_means: list[list[float]] | None = Field(
+        None,
+        description="Per bundle class, the mean stain features of the training cells called that class: each "
+        "cell is compared with its own class, so a slide rich in one class (blasts) is not mistaken for a shift.",
+    )
     max_colour_distance: float = Field(gt=0.0, description="Slide-mean Mahalanobis distance above which: shifted.")
     min_mean_confidence: float = Field(ge=0.0, le=1.0, description="Slide-mean top probability below which: shifted.")
     min_cells: int = Field(20, ge=1, description="Counted cells before the guard judges.")
@@ -142,6 +148,8 @@ class DomainGuardSpec(_Strict):
         n = len(self.mean)
         if len(self.inv_cov) != n or any(len(row) != n for row in self.inv_cov):
             raise ValueError(f"inv_cov must be {n}x{n}")
+        if self.class_means is not None and any(len(row) != n for row in self.class_means):
+            raise ValueError(f"every class_means row must have {n} features")
         return self
 
 

@@ -200,7 +200,7 @@ def test_health_is_published_periodically(broker, samples, tmp_path):
     assert len(health) >= 2
     last = health[-1]
     assert last["fields_counted"] >= 4 and last["backend"] == "onnxruntime" and last["memory_mb"] > 50
-    assert set(last["stage_ms_p50"]) == {"detect", "crop", "classify"}
+    assert set(last["stage_ms_p50"]) == {"detect", "crop", "classify", "frame_to_published"}
     assert last["queues"]["outbox_rows"] >= 0 and last["outbox_alarm"] is False
     assert any(h["frames_per_s"] > 0 for h in health)
 

@@ -120,3 +120,20 @@ def test_a_shifted_slide_holds_every_rule_indeterminate():
 def test_domain_guard_spec_refuses_a_bad_matrix():
     with pytest.raises(ValueError, match="inv_cov"):
         DomainGuardSpec(mean=[0.0, 0.0], inv_cov=[[1.0]], max_colour_distance=1.0, min_mean_confidence=0.5)
+
+
+def test_a_slide_rich_in_one_class_is_not_a_shift_when_cells_are_taken_relative_to_their_class():
+    # blasts stain darker than lymphocytes: a leukaemic slide moves the raw mean, not the class-relative one
+    class_means = [[0.8] * 6, [0.3] * 6, [0.3] * 6]
+    spec = SPEC.model_copy(update={"mean": [0.0] * 6, "class_means": class_means})
+    raw = DomainGuard(SPEC)
+    relative = DomainGuard(spec)
+    for _ in range(40):
+        raw.add((0.8,) * 6, 0.9, 0)
+        relative.add((0.8,) * 6, 0.9, 0)
+    assert raw.check().shifted  # without class means: a blast-rich slide looks like another stain
+    assert relative.check().state == "ok"
+    shifted = DomainGuard(spec)
+    for _ in range(40):
+        shifted.add((1.3,) * 6, 0.9, 0)  # every blast darker than blasts ever were: a new stain
+    assert shifted.check().shifted

@@ -57,7 +57,7 @@ def test_install_script_stages_a_tree_and_keeps_local_config(tmp_path):
     env = {**os.environ, "DESTDIR": str(tmp_path), "SKIP_PIP": "1"}
     subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], check=True, env=env, capture_output=True)
     assert (tmp_path / "etc/systemd/system/marrow-edge-capture.service").is_file()
-    assert (tmp_path / "opt/marrow-edge/models/lite-pbc/bundle.json").is_file()
+    assert (tmp_path / "opt/marrow-edge/models/marrow-bm/bundle.json").is_file()
     assert (tmp_path / "etc/mosquitto/conf.d/marrow-edge.conf").is_file()
     config = tmp_path / "etc/marrow-edge/config.yaml"
     config.write_text("device_id: lab-box-7\n")
