@@ -67,6 +67,9 @@ def available_backends() -> list[BackendAvailability]:
 
 def require_backend(name: str, device: str) -> None:
     """A clear error naming what is available when ``name`` on ``device`` is not."""
+    if name == "onnxruntime":
+        return  # always installed (its execution providers are checked when the session starts);
+        # probing the others would import torch, 0.5 GB and a second, into a runtime that never uses it
     backends = available_backends()
     listing = "; ".join(
         f"{b.name} ({', '.join(b.devices)})" if b.available else f"{b.name} (unavailable: {b.why_not})"

@@ -69,3 +69,17 @@ def test_end_to_end_latency_is_measured_for_health(appliance, samples):
     assert len(seen) == 2
     for timings in seen:
         assert timings["frame_to_published"] >= timings["detect"] + timings["classify"] > 0
+
+
+def test_the_onnxruntime_appliance_never_imports_torch():
+    # torch is installed in the test venv (the train extra); the runtime must not load it (0.5 GB, 1 s)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edge.config import AppConfig; from edge.service.pipeline import build_appliance; "
+        "build_appliance(AppConfig()); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
