@@ -22,33 +22,20 @@ from pydantic import BaseModel, ValidationError
 
 from edge.config import MqttConfig
 from edge.errors import PublishError
+from edge.mqtt.channels import BY_NAME, DEVICE_KINDS, SLIDE_KINDS
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
 from edge.mqtt.messages import (
-    FieldMessage,
-    GateMessage,
-    HealthMessage,
-    PreviewMessage,
-    ReportMessage,
     StatusMessage,
-    TallyMessage,
 )
 from edge.mqtt.publisher import make_client
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
-MODELS: dict[str, type[BaseModel]] = {
-    "status": StatusMessage,
-    "health": HealthMessage,
-    "gate": GateMessage,
-    "preview": PreviewMessage,
-    "field": FieldMessage,
-    "tally": TallyMessage,
-    "report": ReportMessage,
-    "reply": CommandReply,
+# The kinds the page shows, from the one channel table: device-level ones, a slide's, command replies.
+MODELS: dict[str, type[BaseModel]] = {name: BY_NAME[name].model for name in (*DEVICE_KINDS, *SLIDE_KINDS)} | {
+    "reply": CommandReply
 }
-DEVICE_KINDS = ("status", "health", "gate", "preview")  # marrow/v1/<device>/<kind>
-SLIDE_KINDS = ("field", "tally", "report")  # marrow/v1/<device>/slide/<slide_id>/<kind>
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from edge.config import MqttConfig
 from edge.errors import PublishError
+from edge.mqtt.channels import BY_NAME
 from edge.mqtt.messages import ReportMessage, StatusMessage, TallyMessage
 from edge.mqtt.publisher import make_client
 
@@ -119,8 +120,8 @@ def monitor(
             refusal.append(str(reason))
             connected.set()
             return
-        for suffix in ("+/status", "+/slide/+/tally", "+/slide/+/report"):
-            client.subscribe(f"{prefix}/{suffix}", qos=1)
+        for name in ("status", "tally", "report"):  # every box's: the device id level is a wildcard
+            client.subscribe(f"{prefix}/+/{BY_NAME[name].address.format(slide_id='+')}", qos=1)
         connected.set()
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

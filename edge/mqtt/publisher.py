@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from edge.config import MqttConfig
 from edge.errors import PublishError
+from edge.mqtt.channels import channel_of
 from edge.mqtt.messages import CameraState, MessageFactory, encode
 from edge.mqtt.outbox import Outbox
 
@@ -294,8 +295,8 @@ class MqttPublisher:
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None:
         payload = encode(message)
-        # gate events and health are of the moment: replayed after a restart they would mislead
-        durable = self.outbox is not None and not topic.endswith(("/gate", "/health"))
+        channel = channel_of(self.topics.root, topic)  # the channel table decides what the outbox keeps
+        durable = self.outbox is not None and (channel is None or channel.outbox)
         row_id = self.outbox.put(topic, payload, retain) if durable else None  # type: ignore[union-attr]
         info = self._send(topic, payload, retain, row_id, self.config.qos)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:

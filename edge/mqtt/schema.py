@@ -11,106 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
-from edge.mqtt.messages import (
-    SCHEMA_VERSION,
-    FieldMessage,
-    GateMessage,
-    HealthMessage,
-    PreviewMessage,
-    ReportMessage,
-    StatusMessage,
-    TallyMessage,
-)
+from edge.mqtt.channels import CHANNELS
+from edge.mqtt.commands import VERBS
+from edge.mqtt.messages import SCHEMA_VERSION
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
-
-
-@dataclass(frozen=True)
-class Channel:
-    name: str
-    address: str  # under marrow/v1/{device_id}/
-    model: type[BaseModel]
-    retained: bool
-    qos: int
-    description: str
-    action: str = "send"  # send: the box publishes; receive: the box listens (commands)
-
-
-CHANNELS = [
-    Channel(
-        "status",
-        "status",
-        StatusMessage,
-        True,
-        1,
-        "Birth `online` after connecting (and after every reconnect), last will `offline`, `stopped` on a "
-        "clean exit; carries the bundle, backend and the live camera's state.",
-    ),
-    Channel(
-        "gate",
-        "gate",
-        GateMessage,
-        False,
-        1,
-        "Field-gate decisions of a live camera: on every change and for every accepted field.",
-    ),
-    Channel(
-        "preview",
-        "preview",
-        PreviewMessage,
-        False,
-        0,
-        "Local only (the lab bridge never forwards it): the newest frame as a small JPEG with the cells "
-        "found on it, at most preview.fps per second; newest wins, QoS 0. Counted fields are always sent.",
-    ),
-    Channel(
-        "health",
-        "health",
-        HealthMessage,
-        False,
-        1,
-        "Every mqtt.health_interval_s: rates, stage latency, drops, queue depths, outbox alarm, memory.",
-    ),
-    Channel("field", "slide/{slide_id}/field", FieldMessage, False, 1, "One counted field: every cell."),
-    Channel(
-        "tally",
-        "slide/{slide_id}/tally",
-        TallyMessage,
-        True,
-        1,
-        "The slide's running differential with intervals and rule states, after every field.",
-    ),
-    Channel("report", "slide/{slide_id}/report", ReportMessage, True, 1, "The slide's final report."),
-    *(
-        Channel(
-            f"cmd_{verb}",
-            f"cmd/{verb}",
-            model,
-            False,
-            1,
-            f"Command {verb}: a JSON object (at most {MAX_PAYLOAD_BYTES} bytes); answered on cmd/{verb}/reply.",
-            "receive",
-        )
-        for verb, model in VERBS.items()
-    ),
-    Channel(
-        "cmd_reply",
-        "cmd/{verb}/reply",
-        CommandReply,
-        False,
-        1,
-        "The answer to every command, valid or not: ok, or a precise error; the slide state after it.",
-    ),
-]
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

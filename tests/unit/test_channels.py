@@ -1,0 +1,47 @@
+"""The one MQTT channel table: the publisher's outbox policy, the display feed's kinds and the lab
+bridge template all follow it."""
+
+from edge.mqtt.channels import CHANNELS, DEVICE_KINDS, SLIDE_KINDS, channel_of
+from edge.mqtt.topics import Topics
+from tests.cli_helpers import ROOT
+
+
+def test_every_topic_the_box_uses_has_its_channel():
+    topics = Topics("marrow/v1", "box")
+    for topic, name in (
+        (topics.status, "status"),
+        (topics.gate, "gate"),
+        (topics.preview, "preview"),
+        (topics.health, "health"),
+        (topics.field("S1"), "field"),
+        (topics.tally("S1"), "tally"),
+        (topics.report("S1"), "report"),
+        (topics.command_reply("ping"), "cmd_reply"),
+    ):
+        channel = channel_of(topics.root, topic)
+        assert channel is not None and channel.name == name, topic
+    assert channel_of(topics.root, "marrow/v1/other-box/status") is None
+
+
+def test_what_the_outbox_keeps_and_what_is_of_the_moment():
+    keeps = {c.name for c in CHANNELS if c.outbox and c.action == "send"}
+    assert {"field", "tally", "report", "status"} <= keeps
+    assert not keeps & {"gate", "health", "preview"}
+    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health"} and SLIDE_KINDS == ("field", "tally", "report")
+
+
+def test_the_bridge_template_forwards_what_the_table_says():
+    lines = (ROOT / "systemd" / "mosquitto" / "bridge-lab.conf.example").read_text().splitlines()
+    out = [
+        line.split()[1].removeprefix("marrow/v1/DEVICE_ID/")
+        for line in lines
+        if line.startswith("topic ") and " out " in line
+    ]
+
+    def forwarded(address: str) -> bool:
+        concrete = address.format(slide_id="S1", verb="ping")
+        return any(p == concrete or (p.endswith("/#") and concrete.startswith(p[:-1])) for p in out)
+
+    for channel in CHANNELS:
+        if channel.action == "send":
+            assert forwarded(channel.address) == channel.bridged, channel.name
