@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.analysis.colour import white_balance
+from edge.analysis.colour import background_colour, white_balance
 from edge.analysis.crops import crop_cells
 
 CYTOPLASM = 1.3  # box side over nucleus box side
@@ -80,8 +80,6 @@ def cell_crop(image: np.ndarray, size: int, margin: float, balance: bool = True)
     # Beyond the image lies more smear, not a smeared edge: pad with the background colour
     # (repeating the edge would paint stripes that only one data set has, a shortcut).
     pad = int(max(box[2] - box[0], box[3] - box[1]) * (1 + margin) / 2) + 2
-    pixels = image.reshape(-1, 3).astype(np.float32)
-    brightness = pixels.sum(axis=1)
-    background = pixels[brightness >= np.quantile(brightness, 0.9)].mean(axis=0)
+    background = background_colour(image)
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background.tolist())
     return crop_cells(padded, (box + pad)[None].astype(np.float32), size, margin)[0]

@@ -16,14 +16,20 @@ TARGET_LEVEL = 235.0  # the background level of the training sets after balancin
 MAX_GAIN = 2.0  # a near-black or saturated image is not rescued by a huge gain
 
 
-def background_gains(image: np.ndarray, fraction: float = 0.1, max_side: int = 256) -> np.ndarray:
-    """Per-channel gains (3,) that bring the brightest ``fraction`` of pixels to ``TARGET_LEVEL``."""
+def background_colour(image: np.ndarray, fraction: float = 0.1, max_side: int | None = None) -> np.ndarray:
+    """Mean colour (3,) of the brightest ``fraction`` of pixels: the smear's background, or pale
+    cytoplasm where a cell fills the image. ``max_side``: subsample to about that many pixels a side."""
     height, width = image.shape[:2]
-    step = max(1, max(height, width) // max_side)  # a subsample is enough for a percentile
+    step = max(1, max(height, width) // max_side) if max_side else 1  # a subsample is enough for a percentile
     pixels = image[::step, ::step].reshape(-1, 3).astype(np.float32)
     brightness = pixels.sum(axis=1)
     cut = np.quantile(brightness, 1.0 - fraction)
-    background = pixels[brightness >= cut].mean(axis=0)
+    return pixels[brightness >= cut].mean(axis=0)
+
+
+def background_gains(image: np.ndarray, fraction: float = 0.1, max_side: int = 256) -> np.ndarray:
+    """Per-channel gains (3,) that bring the brightest ``fraction`` of pixels to ``TARGET_LEVEL``."""
+    background = background_colour(image, fraction, max_side)
     return np.clip(TARGET_LEVEL / np.maximum(background, 1.0), 1.0 / MAX_GAIN, MAX_GAIN).astype(np.float32)
 
 

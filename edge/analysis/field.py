@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from edge.analysis.classify import Classifier
-from edge.analysis.colour import apply_gains, background_gains, cell_colour_features
+from edge.analysis.colour import cell_colour_features, white_balance
 from edge.analysis.crops import crop_cells
 from edge.analysis.detect import Detector
 from edge.engines.bundle import Bundle
@@ -117,7 +117,7 @@ class FieldAnalyzer:
         timings = {}
         if self.colour_normalisation == "background":
             t0 = time.perf_counter()
-            image = apply_gains(image, background_gains(image))
+            image = white_balance(image)
             timings["colour"] = (time.perf_counter() - t0) * 1e3
         out = self.model(image)
         colours = cell_colour_features(image, out.boxes) if self._guarded and len(out.boxes) else None
