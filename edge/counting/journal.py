@@ -91,9 +91,23 @@ class SlideJournal:
             rows = self._db.execute("SELECT source FROM field WHERE slide_id = ?", (slide.slide_id,)).fetchall()
         return {r[0] for r in rows}
 
-    def record(self, slide: Slide, result: FieldResult) -> None:
+    def record(self, slide: Slide, result: FieldResult, gate_state: dict | None = None) -> None:
+        """A counted field; with ``gate_state`` (a live camera) the field gate's counted-area map too,
+        in the same transaction: after a restart the same stage areas are not counted again."""
         with self._lock():
-            self._insert_field(slide, result)
+            self._db.execute("BEGIN")
+            try:
+                self._insert_field(slide, result)
+                if gate_state is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO gate (slide_id, state) VALUES (?, ?)",
+                        (slide.slide_id, json.dumps(gate_state)),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _insert_field(self, slide: Slide, result: FieldResult) -> None:
         cells = [
@@ -114,22 +128,6 @@ class SlideJournal:
             "INSERT INTO field (slide_id, source, result) VALUES (?, ?, ?)",
             (slide.slide_id, result.source, json.dumps(payload)),
         )
-
-    def record_with_gate(self, slide: Slide, result: FieldResult, gate_state: dict) -> None:
-        """A live camera's field and the field gate's counted-area map, in one transaction: after a
-        restart the same stage areas are not counted again (a field and its area go together)."""
-        with self._lock():
-            self._db.execute("BEGIN")
-            try:
-                self._insert_field(slide, result)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO gate (slide_id, state) VALUES (?, ?)",
-                    (slide.slide_id, json.dumps(gate_state)),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def gate_state(self, slide: Slide) -> dict | None:
         with self._lock():

@@ -122,6 +122,7 @@ def run_slide(
             log.error("publish to %s failed: %s", topic, exc)
 
     seen: set[str] = set()
+    gate = getattr(source, "gate", None)  # a live camera: its counted-area map is journalled with each field
     if journal is not None:
         journal.begin(slide)
         if resumed := journal.replay(slide, tally):
@@ -132,7 +133,6 @@ def run_slide(
             # field again. Their message ids are derived from slide and field, so consumers drop duplicates.
             for result in resumed:
                 send(topics.field(slide.slide_id), factory.field(slide, result, names))
-        gate = getattr(source, "gate", None)
         if gate is not None and (state := journal.gate_state(slide)) is not None:
             gate.restore_state(state)  # the areas counted before the restart stay counted
             log.info("slide %s: the field gate's counted-area map restored", slide.slide_id)
@@ -172,11 +172,7 @@ def run_slide(
                 on_skip(frame.name, reason, tally)
             continue
         if journal is not None:  # on disk before anyone hears of it
-            gate = getattr(source, "gate", None)  # a live camera: its counted-area map goes with the field
-            if gate is not None:
-                journal.record_with_gate(slide, result, gate.export_state())
-            else:
-                journal.record(slide, result)
+            journal.record(slide, result, gate.export_state() if gate is not None else None)
         tally.add(result)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
         send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)

@@ -91,7 +91,7 @@ def test_counted_areas_survive_a_restart_through_the_journal(tmp_path, samples):
     journal = SlideJournal(tmp_path / "j.sqlite")
     slide = Slide(specimen_id="S", started=dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc))
     journal.begin(slide)
-    journal.record_with_gate(slide, FieldResult(0, "field-0000@1-abc", 10, 10, []), gate.export_state())
+    journal.record(slide, FieldResult(0, "field-0000@1-abc", 10, 10, []), gate.export_state())
     journal.close()
 
     restarted = FieldGate()  # a new process: a fresh gate, the same stage position
