@@ -446,11 +446,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             Path(state).parent if state else None,
         ).start()  # fmt: skip
         try:
-            if args.wait_for_start:
-                from edge.capture.daemon import GatedRingSource
-
-                if not isinstance(source, GatedRingSource):
-                    raise EdgeError("--wait-for-start needs --camera or --ring")
+            if args.wait_for_start:  # a live source: _check_run_args refused --source
                 run = _serve_slides(
                     args, source, capture, control, journal, out, console, resume, count, pending, source_id
                 )
@@ -502,13 +498,14 @@ def _check_run_args(args: argparse.Namespace) -> None:
     import re
 
     from edge.errors import ConfigError
+    from edge.mqtt.commands import SPECIMEN_ID_MAX, SPECIMEN_ID_PATTERN
 
     if args.max_fields is not None and args.max_fields < 1:
         raise ConfigError("--max-fields must be at least 1")
     if args.wait_for_start and args.source:
         raise ConfigError("--wait-for-start needs --camera or --ring (a --source folder is one slide)")
-    # the same rule as start_slide's specimen_id: it names a patient's slide in every message and report
-    if args.specimen_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}", args.specimen_id):
+    specimen = args.specimen_id
+    if specimen is not None and (len(specimen) > SPECIMEN_ID_MAX or not re.fullmatch(SPECIMEN_ID_PATTERN, specimen)):
         raise ConfigError(
             "--specimen-id must be 1-64 characters: letters, digits and _ . : / - (starting with a letter or digit)"
         )

@@ -42,8 +42,9 @@ class ImageFilesSource:
                 if not path.is_file():
                     raise FrameError(f"{name}: not a regular file")
                 # A compressed file is far smaller than its pixels; one larger than 3 bytes a pixel is not a field.
-                if path.stat().st_size > 3 * self.max_pixels + (1 << 20):
-                    raise FrameError(f"{name}: {path.stat().st_size:,} bytes is too large for a field")
+                size = path.stat().st_size
+                if size > 3 * self.max_pixels + (1 << 20):
+                    raise FrameError(f"{name}: {size:,} bytes is too large for a field")
                 image = decode_image(path.read_bytes(), name, self.max_pixels)
             except FrameError as exc:
                 yield Frame(index, name, None, str(exc), time.monotonic())

@@ -2,13 +2,15 @@
 
 A classifier trained on one lab's camera and stain can name every cell of another lab's slide
 with confidence and be wrong (issue 12: 7% right on zheng2018 dataset1). The guard watches two
-per-slide statistics, each calibrated on the bundle's validation cells grouped into
+per-slide statistics, each calibrated on the bundle's validation cells and fields grouped into
 pseudo-slides (``training.guard``) and stored in the bundle:
 
 - colour distance: Mahalanobis distance of the slide's mean stain features (optical density of
   each counted cell's box, ``edge.analysis.colour.cell_colour_features``) from the training
-  cells' mean, with the training cells' covariance. A different stain or camera moves the mean
-  of every cell the same way, so the distance grows with the shift, not with the cell count.
+  cells' mean, with the training cells' covariance. Each cell is first taken relative to the
+  training mean of the class it was called (``class_means``), so a slide rich in one class (a
+  leukaemic marrow full of blasts) is not mistaken for a shift, while a different stain or camera
+  moves every cell away from its class alike: the distance grows with the shift, not the count.
 - mean confidence: the mean top probability of the counted cells. Unfamiliar cells lower it.
 
 Either beyond its threshold (after ``min_cells`` counted cells) -> ``shifted``: the counts are

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 4096
 
 
+# A specimen id names a patient's slide in every message and report: start_slide and the
+# command line's --specimen-id take the same form.
+SPECIMEN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+SPECIMEN_ID_MAX = 64
+
+
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -30,7 +36,7 @@ class _Command(BaseModel):
 
 
 class StartSlide(_Command):
-    specimen_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+    specimen_id: str = Field(min_length=1, max_length=SPECIMEN_ID_MAX, pattern=SPECIMEN_ID_PATTERN)
     target_count: int | None = Field(None, ge=1, le=100_000)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -16,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.mqtt.channels import channel_of
-from edge.mqtt.messages import CameraState, MessageFactory, encode
+from edge.mqtt.messages import CameraState, MessageFactory, StatusMessage, encode
 from edge.mqtt.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -219,16 +218,13 @@ class MqttPublisher:
         runs under this device id: their slides would mix on one topic tree and the broker would keep
         throwing one off (same client id). A retained status from before our start is an earlier run."""
         try:
-            status = json.loads(bytes(message.payload))
-        except (ValueError, UnicodeDecodeError):
+            status = StatusMessage.model_validate_json(bytes(message.payload))
+        except ValidationError:
             return
-        other = status.get("instance")
-        if status.get("state") != "online" or not other or other == self.factory.instance:
+        other = status.instance
+        if status.state != "online" or not other or other == self.factory.instance:
             return
-        try:
-            sent = dt.datetime.fromisoformat(str(status.get("time")).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return
+        sent = status.time.timestamp()
         if sent >= self._started - 1.0 and self.twin is None:
             self.twin = other
             log.error(
