@@ -146,7 +146,7 @@ class Suite:
         self.bundle = bundle
         self.work = work
         if bundle is not None:
-            from edge.engines.torch_fused import load_torch_models
+            from edge.analysis.torch_fused import load_torch_models
 
             self.classes = len(bundle.manifest.classes)
             self._graphs = lambda: load_torch_models(bundle)
@@ -164,8 +164,8 @@ class Suite:
 
     def specs(self) -> tuple[Any, Any]:
         if self.detector_spec is None:
-            from build_engines.profiles import PROFILES
             from edge.engines.bundle import ClassifierSpec, DetectorSpec, TensorSpec
+            from edge.engines.graphs import PROFILES
 
             p = PROFILES[self.profile]
             io = [TensorSpec(name="images", dtype="uint8", shape=[1, "h", "w", 3])]
@@ -223,7 +223,7 @@ class Suite:
             names.append("onnxruntime-cuda")
         if "TensorrtExecutionProvider" in providers:
             names.append("onnxruntime-tensorrt")
-        from edge.engines.field_models import available_backends
+        from edge.analysis.field_models import available_backends
 
         if any(b.name == "tensorrt" and b.available for b in available_backends()):
             names.append("tensorrt-fp16")
@@ -240,18 +240,18 @@ class Suite:
         return names
 
     def build(self, name: str) -> FieldModel:
-        from edge.engines.torch_fused import TorchFusedFieldModel
+        from edge.analysis.torch_fused import TorchFusedFieldModel
         from edge.engines.torch_reference import TorchBackend
 
         if name.startswith("onnxruntime"):
-            from edge.engines.field_models import onnxruntime_model
+            from edge.analysis.field_models import onnxruntime_model
 
             bundle = self.onnx_bundle()
             config = AppConfig(bundle=bundle.root)
             provider = name.split("-", 1)[1]
             return onnxruntime_model(bundle, config, providers=[provider])
         if name == "tensorrt-fp16":
-            from edge.engines.field_models import tensorrt_model
+            from edge.analysis.field_models import tensorrt_model
 
             bundle = self.onnx_bundle()
             config = AppConfig(bundle=bundle.root, engine={"engine_cache": self.work / "engines"})
@@ -497,12 +497,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def verify_against_ort(model: FieldModel, bundle: Bundle) -> dict[str, Any]:
-    from edge.engines.field_models import onnxruntime_model, verification_fields
-    from edge.engines.verify import compare_models
+    from edge.analysis.field_models import onnxruntime_model
+    from edge.analysis.verify import compare_models
+    from edge.capture.replay import verification_fields
 
     config = AppConfig(bundle=bundle.root)
     reference = onnxruntime_model(bundle, config, providers=["cpu"])
-    report = compare_models(model, reference, verification_fields(config), bundle.manifest.verification)
+    report = compare_models(
+        model, reference, verification_fields(config.engine.verify_fields), bundle.manifest.verification
+    )
     keys = ("matched_boxes", "reference_boxes", "class_agreement", "max_probability_diff", "max_countable_diff")
     return {k: report.as_dict()[k] for k in (*keys, "passed")}
 

@@ -23,13 +23,6 @@ import torch
 from torch import nn
 
 from build_engines.classes import PAPER_CLASSES
-from build_engines.profiles import (
-    PROFILES,
-    DetectorGraph,
-    FusedClassifier,
-    build_classifier,
-    build_detector,
-)
 from edge import __version__
 from edge.analysis.detect import fit_field
 from edge.capture.decode import decode_image
@@ -45,6 +38,7 @@ from edge.engines.bundle import (
     load_bundle,
     write_manifest,
 )
+from edge.engines.graphs import PROFILES, DetectorGraph, FusedClassifier, load_graphs, weight_files
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from edge.errors import BundleError
 
@@ -80,56 +74,16 @@ class ExportRequest:
     include_torch_weights: bool = True  # copy the state dicts into the bundle for the PyTorch backends
 
 
-def _load_weights(module: nn.Module, path: Path, what: str) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise BundleError(f"{path} does not fit the {what}: {detail}") from None
-
-
-WEIGHT_FILES = ("detector.pt", "stage1.pt")  # + stage2_<i>.pt per ensemble member
-
-
-def weight_files(profile: str) -> list[str]:
-    """The state-dict files of a profile's models, as training saves and bundles carry them."""
-    return [*WEIGHT_FILES, *(f"stage2_{i}.pt" for i in range(len(PROFILES[profile].stage2)))]
-
-
 def build_models(request: ExportRequest, require_all: bool = False) -> tuple[DetectorGraph, FusedClassifier, bool]:
-    """The two graphs to export, and whether any weights were loaded (False: untrained).
-
-    ``require_all``: every model must find its weights (a runtime backend must never run a
-    half-random ensemble); otherwise a missing file leaves that model random, with a warning.
-    """
-    profile = PROFILES[request.profile]
-    torch.manual_seed(request.seed)
-    detector = build_detector(profile, num_classes=len(request.detector_labels) + 1)
-    stage1 = build_classifier(profile.stage1, 2)
-    members = [build_classifier(arch, len(request.classes)) for arch in profile.stage2]
-    trained = False
-    if request.weights_dir is not None:
-        parts: list[tuple[nn.Module, str, str]] = [
-            (detector, "detector.pt", f"{profile.detector} detector with labels {request.detector_labels}"),
-            (stage1, "stage1.pt", f"stage-1 {profile.stage1} (2 outputs)"),
-        ]
-        parts += [
-            (m, f"stage2_{i}.pt", f"stage-2 member {arch} ({len(request.classes)} classes)")
-            for i, (m, arch) in enumerate(zip(members, profile.stage2, strict=True))
-        ]
-        for module, file, what in parts:
-            path = request.weights_dir / file
-            if path.is_file():
-                _load_weights(module, path, what)
-                trained = True
-            elif require_all:
-                raise BundleError(f"{path} is missing: the {what} has no weights")
-            else:
-                log.warning("no %s in %s: that model keeps random weights", file, request.weights_dir)
-    graphs = DetectorGraph(detector).eval(), FusedClassifier(stage1, members).eval()
-    return graphs[0], graphs[1], trained
+    """The two graphs to export, and whether any weights were loaded (False: untrained)."""
+    return load_graphs(
+        request.profile,
+        len(request.classes),
+        request.detector_labels,
+        request.weights_dir,
+        require_all=require_all,
+        seed=request.seed,
+    )
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], axes: dict) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from edge.analysis.field import HostFieldModel
+from edge.analysis.field_models import onnxruntime_model
 from edge.config import DEFAULT_BUNDLE, AppConfig
 from edge.engines.bundle import Bundle, load_bundle
-from edge.engines.field_models import onnxruntime_model
 from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent

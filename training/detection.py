@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from build_engines.profiles import PROFILES, build_detector
+from edge.engines.graphs import PROFILES, build_detector
 from training.augment import AugmentConfig, colour_and_blur
 from training.loop import Recipe, RunBook, seed_everything
 from training.metrics import detection_report

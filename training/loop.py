@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from build_engines.profiles import NormalisedInput
+from edge.engines.graphs import NormalisedInput
 from training.augment import AugmentConfig, augment_cell, eval_cell
 from training.metrics import classification_report
 

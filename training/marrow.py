@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import torch
 
-from build_engines.profiles import build_classifier
 from edge.analysis.crops import crop_cells
 from edge.engines.bundle import ClassSpec
+from edge.engines.graphs import build_classifier
 from training.augment import STAIN_ROBUST
 from training.cells import cell_crop
 from training.loop import CellDataset, Recipe, train_classifier

@@ -40,7 +40,7 @@ def recalibrate_batch_norm(model: nn.Module, inputs: Iterable, forward: Callable
 def _load(model: nn.Module, state: dict) -> nn.Module:
     """A best.pt state dict, or a last.pt training state (the model alone, or wrapped after the
     input normalisation as the classifier loop trains it)."""
-    from build_engines.profiles import NormalisedInput
+    from edge.engines.graphs import NormalisedInput
 
     if "optimiser" not in state:
         model.load_state_dict(state)

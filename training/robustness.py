@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build_engines.profiles import NormalisedInput, build_classifier
 from edge.analysis.colour import white_balance
 from edge.capture.decode import decode_image
+from edge.engines.graphs import NormalisedInput, build_classifier
 from training.augment import eval_cell
 from training.cells import cell_crop
 from training.compose import DATA

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 import torch
 
-from build_engines.profiles import build_classifier
 from edge.analysis.crops import crop_cells
+from edge.engines.graphs import build_classifier
 from training.augment import AugmentConfig
 from training.loop import CellDataset, Recipe, load_images, train_classifier
 from training.pbc import PBC_WBC

@@ -203,7 +203,7 @@ def choose_weights(args, weights: Path) -> dict:
     """For every model: best.pt or last.pt, as trained or batch-norm recalibrated, by validation score."""
     import torch
 
-    from build_engines.profiles import PROFILES, NormalisedInput, build_classifier, build_detector
+    from edge.engines.graphs import PROFILES, NormalisedInput, build_classifier, build_detector
     from training.detection import field_targets, load_field, predict_fields
     from training.metrics import detection_report
     from training.recalibrate import choose_checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from build_engines.profiles import build_classifier
+from edge.engines.graphs import build_classifier
 from training.augment import AugmentConfig
 from training.loop import CellDataset, Recipe, load_images, train_classifier
 from training.readers import read_cell_folders, split_samples

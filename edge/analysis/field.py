@@ -2,7 +2,7 @@
 
 The model part (detector, crops, classifier) sits behind :class:`FieldModel`: the host
 path here runs two backends with crops cut on the CPU; the fused GPU path
-(``edge.engines.torch_fused``) keeps the field on the device. Both return
+(``edge.analysis.torch_fused``) keeps the field on the device. Both return
 :class:`FieldOutputs`; the countable decision and the result are the same for either.
 """
 

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from edge.capture.decode import DEFAULT_MAX_PIXELS, decode_image, printable_name, to_rgb
 from edge.capture.source import CameraSource, Frame
-from edge.errors import CameraError, FrameError
+from edge.errors import CameraError, EngineError, FrameError
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +97,11 @@ def open_replay(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> CameraSourc
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFilesSource([path], str(path), max_pixels)
     raise CameraError(f"{path}: not a folder, an image or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+
+
+def verification_fields(folder: Path) -> list[np.ndarray]:
+    """The real fields an engine is checked on against ONNX Runtime FP32 before it is used."""
+    fields = [f.image for f in open_replay(folder).frames() if f.image is not None]
+    if not fields:
+        raise EngineError(f"{folder} holds no readable field to verify an engine on")
+    return fields

@@ -105,8 +105,9 @@ class Tally:
             return states
         # A slide unlike the training data: a count may look decisive and be wrong; no rule decides.
         return [
-            s if s.state == "not_applicable" else replace(s, state="indeterminate", cells_to_settle=None,
-                                                            note=domain.sentence())
+            s
+            if s.state == "not_applicable"
+            else replace(s, state="indeterminate", cells_to_settle=None, note=domain.sentence())
             for s in states
         ]
 

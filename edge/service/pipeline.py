@@ -13,6 +13,8 @@ import numpy as np
 
 from edge import __version__
 from edge.analysis.field import FieldAnalyzer, FieldResult
+from edge.analysis.field_models import build_field_model, needs_verification
+from edge.capture.replay import verification_fields
 from edge.capture.source import CameraSource
 from edge.config import AppConfig
 from edge.counting.control import SlideControl
@@ -20,7 +22,6 @@ from edge.counting.journal import SlideJournal
 from edge.counting.rules import RulePack, load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
-from edge.engines.field_models import build_field_model
 from edge.errors import PublishError
 from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
 from edge.mqtt.publisher import Publisher
@@ -58,7 +59,8 @@ class Appliance:
 def build_appliance(config: AppConfig) -> Appliance:
     bundle = load_bundle(config.bundle)
     manifest = bundle.manifest
-    model, _ = build_field_model(bundle, config)
+    fields = verification_fields(config.engine.verify_fields) if needs_verification(config) else None
+    model, _ = build_field_model(bundle, config, fields)
     analyzer = FieldAnalyzer(bundle, model, config.analysis.countable_threshold)
     # Warm up: the first run of a session allocates and plans; keep that out of the first field.
     analyzer(np.full((256, 256, 3), 200, np.uint8))

@@ -62,7 +62,7 @@ def test_a_new_build_removes_the_stale_plan(tmp_path):
 
 
 def fake_key(bundle, model, onnx_path, precision):
-    from build_engines.tensorrt import engine_profiles
+    from edge.analysis.tensorrt_plans import engine_profiles
     from edge.engines.bundle import sha256_file
 
     return key(model=model, onnx_sha256=sha256_file(onnx_path), precision=precision,
@@ -100,30 +100,42 @@ def ort_runner(shift=0):
     return make
 
 
-def test_engines_are_built_verified_cached_and_reused(bundle, tmp_path):
-    from build_engines.tensorrt import ensure_engines
+@pytest.fixture(scope="module")
+def fields():
+    from edge.capture.replay import verification_fields
+    from edge.config import DEFAULT_SAMPLES
+
+    return verification_fields(DEFAULT_SAMPLES)
+
+
+def test_engines_are_built_verified_cached_and_reused(bundle, tmp_path, fields):
+    from edge.analysis.tensorrt_plans import ensure_engines
 
     builds = Builds()
-    plans = ensure_engines(bundle, tmp_path, "fp16", "rebuild", builder=builds, key_for=fake_key, runner=ort_runner())
+    plans = ensure_engines(
+        bundle, tmp_path, "fp16", "rebuild", fields, builder=builds, key_for=fake_key, runner=ort_runner()
+    )
     assert set(plans) == {"detector", "classifier"} and builds.count == 2
     sidecar = plans["classifier"].with_suffix(".json").read_text()
     assert '"class_agreement": 1.0' in sidecar and '"passed": true' in sidecar
-    again = ensure_engines(bundle, tmp_path, "fp16", "rebuild", builder=builds, key_for=fake_key, runner=ort_runner())
+    again = ensure_engines(
+        bundle, tmp_path, "fp16", "rebuild", fields, builder=builds, key_for=fake_key, runner=ort_runner()
+    )
     assert again == plans and builds.count == 2  # nothing rebuilt
 
 
-def test_an_engine_that_disagrees_is_refused_and_not_cached(bundle, tmp_path):
-    from build_engines.tensorrt import ensure_engines
+def test_an_engine_that_disagrees_is_refused_and_not_cached(bundle, tmp_path, fields):
+    from edge.analysis.tensorrt_plans import ensure_engines
 
     with pytest.raises(EngineError, match=r"classifier engine does not match ONNX Runtime FP32: .*class agreement"):
         ensure_engines(
-            bundle, tmp_path, "fp16", "rebuild", builder=Builds(), key_for=fake_key, runner=ort_runner(shift=1)
+            bundle, tmp_path, "fp16", "rebuild", fields, builder=Builds(), key_for=fake_key, runner=ort_runner(shift=1)
         )
     assert not list(tmp_path.glob("classifier-*.plan"))
 
 
 def test_engine_profiles_cover_the_fields_and_batches(bundle):
-    from build_engines.tensorrt import engine_profiles
+    from edge.analysis.tensorrt_plans import engine_profiles
 
     profiles = engine_profiles(bundle)
     low, opt, high = profiles["classifier"]["images"]
@@ -134,9 +146,9 @@ def test_engine_profiles_cover_the_fields_and_batches(bundle):
 
 def test_fp16_graph_for_strongly_typed_tensorrt_agrees_with_fp32(bundle, tmp_path, samples):
     pytest.importorskip("onnxconverter_common", reason="the FP16 graph needs onnxconverter-common (gpu extra)")
-    from build_engines.fp16 import fp16_variant
-    from build_engines.tensorrt import reference_inputs
+    from edge.analysis.tensorrt_plans import reference_inputs
     from edge.capture.replay import open_replay
+    from edge.engines.fp16 import fp16_variant
 
     fields = [f.image for f in open_replay(samples).frames() if f.image is not None]
     crops = np.concatenate(reference_inputs(bundle, fields)["classifier"])

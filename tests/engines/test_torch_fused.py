@@ -8,14 +8,14 @@ torch = pytest.importorskip("torch", reason="the torch backend needs the train e
 from benchmarks.fields import compose_field  # noqa: E402
 from edge.analysis.crops import crop_cells  # noqa: E402
 from edge.analysis.detect import fitted_size  # noqa: E402
-from edge.config import AppConfig  # noqa: E402
-from edge.engines.field_models import (  # noqa: E402
+from edge.analysis.field_models import (  # noqa: E402
     build_field_model,
     torch_model,
-    verification_fields,
 )
-from edge.engines.torch_fused import TorchFusedFieldModel, bucket, load_torch_models  # noqa: E402
-from edge.engines.verify import compare_models  # noqa: E402
+from edge.analysis.torch_fused import TorchFusedFieldModel, bucket, load_torch_models  # noqa: E402
+from edge.analysis.verify import compare_models  # noqa: E402
+from edge.capture.replay import verification_fields  # noqa: E402
+from edge.config import AppConfig  # noqa: E402
 from edge.errors import EngineError  # noqa: E402
 
 CPU = {"backend": "torch", "device": "cpu", "precision": "fp32"}
@@ -27,7 +27,9 @@ def fused(bundle):
 
 
 def test_fused_cpu_matches_onnxruntime_on_the_sample_fields(bundle, fused, ort_reference):
-    report = compare_models(fused, ort_reference, verification_fields(AppConfig()), bundle.manifest.verification)
+    report = compare_models(
+        fused, ort_reference, verification_fields(AppConfig().engine.verify_fields), bundle.manifest.verification
+    )
     assert report.reference_boxes >= 8 and report.matched_boxes == report.reference_boxes
     assert report.class_agreement == 1.0
     assert report.max_probability_diff < 0.02, report  # resize/crop arithmetic differs, the cells do not
@@ -91,7 +93,9 @@ def test_tensorrt_unavailable_names_what_is(bundle):
 
 def test_appliance_on_the_torch_backend_verifies_before_use(bundle, caplog):
     caplog.set_level("INFO")
-    model, report = build_field_model(bundle, AppConfig(engine=CPU))
+    model, report = build_field_model(
+        bundle, AppConfig(engine=CPU), verification_fields(AppConfig().engine.verify_fields)
+    )
     assert report is not None and report.passed and report.cells_compared >= 8
     assert model.name == "torch-cpu-fp32"
     assert "verified torch-cpu-fp32 against onnxruntime" in caplog.text
@@ -114,7 +118,7 @@ def test_helpers():
 def test_capturable_box_decoding_equals_torchvision(bundle):
     from torchvision.ops import boxes as box_ops
 
-    from edge.engines.torch_fused import decode_boxes
+    from edge.analysis.torch_fused import decode_boxes
 
     coder = load_torch_models(bundle)[0].detector.box_coder
     generator = torch.Generator().manual_seed(0)

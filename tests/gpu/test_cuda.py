@@ -10,14 +10,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="the GPU paths need torch (the train extra)")
 
 from benchmarks.fields import compose_field  # noqa: E402
-from edge.config import AppConfig  # noqa: E402
-from edge.engines.field_models import (  # noqa: E402
+from edge.analysis.field_models import (  # noqa: E402
     build_field_model,
     onnxruntime_model,
     torch_model,
-    verification_fields,
 )
-from edge.engines.verify import compare_models  # noqa: E402
+from edge.analysis.verify import compare_models  # noqa: E402
+from edge.capture.replay import verification_fields  # noqa: E402
+from edge.config import AppConfig  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,7 +33,9 @@ def fp16_graphs(bundle):
 
 
 def test_fp16_graphs_match_onnxruntime_fp32_on_real_fields(bundle, fp16_graphs, ort_reference):
-    report = compare_models(fp16_graphs, ort_reference, verification_fields(AppConfig()), bundle.manifest.verification)
+    report = compare_models(
+        fp16_graphs, ort_reference, verification_fields(AppConfig().engine.verify_fields), bundle.manifest.verification
+    )
     print("verification", report.as_dict())
     assert report.passed, report.failures
     assert report.class_agreement == 1.0
@@ -61,14 +63,16 @@ def test_cuda_graphs_replay_what_eager_computes(bundle, fp16_graphs):
 
 
 def test_detections_match_between_graph_replays(fp16_graphs):
-    image = verification_fields(AppConfig())[0]
+    image = verification_fields(AppConfig().engine.verify_fields)[0]
     first, second = fp16_graphs(image), fp16_graphs(image)
     np.testing.assert_array_equal(first.boxes, second.boxes)
     assert len(first.boxes) >= 1
 
 
 def test_appliance_on_cuda_verifies_and_reports_the_gpu(bundle):
-    model, report = build_field_model(bundle, AppConfig(engine=CUDA))
+    model, report = build_field_model(
+        bundle, AppConfig(engine=CUDA), verification_fields(AppConfig().engine.verify_fields)
+    )
     assert report is not None and report.passed
     assert torch.cuda.get_device_name(0) in model.providers[0]
 
@@ -95,5 +99,5 @@ def test_onnxruntime_cuda_provider(bundle):
 def test_tensorrt_engine_builds_and_verifies(bundle, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installable here (NVIDIA's index is unreachable)")
     config = AppConfig(engine={"backend": "tensorrt", "engine_cache": tmp_path})
-    model, report = build_field_model(bundle, config)
+    model, report = build_field_model(bundle, config, verification_fields(config.engine.verify_fields))
     assert report is not None and report.passed and model.name == "tensorrt"

@@ -44,7 +44,7 @@ def test_choose_checkpoint_prefers_the_better_validation_score(tmp_path):
 
 
 def test_chosen_state_loads_into_a_fresh_mnasnet(tmp_path):
-    from build_engines.profiles import build_classifier
+    from edge.engines.graphs import build_classifier
 
     torch.save(build_classifier("mnasnet0_5", 3).state_dict(), tmp_path / "best.pt")
     x = torch.rand(2, 3, 32, 32)

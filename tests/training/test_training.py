@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
-from build_engines.profiles import PROFILES, build_classifier, build_detector  # noqa: E402
+from edge.engines.graphs import PROFILES, build_classifier, build_detector  # noqa: E402
 from training.augment import AugmentConfig  # noqa: E402
 from training.detection import flip_rotate_with_boxes  # noqa: E402
 from training.loop import CellDataset, Recipe, train_classifier  # noqa: E402

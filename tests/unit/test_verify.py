@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from edge.analysis.field import FieldOutputs
+from edge.analysis.verify import compare_models, iou_matrix, matched_pairs, verify_model
 from edge.engines.bundle import VerificationSpec
-from edge.engines.verify import compare_models, iou_matrix, matched_pairs, verify_model
 from edge.errors import EngineError
 
 

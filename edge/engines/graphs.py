@@ -8,7 +8,9 @@ modules, so a trained checkpoint loads into what export expects.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,6 +22,10 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from edge.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 ProfileName = Literal["lite", "paper"]
 
@@ -199,3 +205,63 @@ class DetectorGraph(nn.Module):
         boxes = self.detector.box_coder.decode_single(head["bbox_regression"][0].float(), anchors)
         boxes = box_ops.clip_boxes_to_image(boxes, size)
         return boxes, torch.sigmoid(head["cls_logits"][0].float())[:, 1:]
+
+
+def _load_weights(module: nn.Module, path: Path, what: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise BundleError(f"{path} does not fit the {what}: {detail}") from None
+
+
+WEIGHT_FILES = ("detector.pt", "stage1.pt")  # + stage2_<i>.pt per ensemble member
+
+
+def weight_files(profile: str) -> list[str]:
+    """The state-dict files of a profile's models, as training saves and bundles carry them."""
+    return [*WEIGHT_FILES, *(f"stage2_{i}.pt" for i in range(len(PROFILES[profile].stage2)))]
+
+
+def load_graphs(
+    profile_name: str,
+    num_classes: int,
+    detector_labels: tuple[str, ...],
+    weights_dir: Path | None,
+    require_all: bool = False,
+    seed: int = 0,
+) -> tuple[DetectorGraph, FusedClassifier, bool]:
+    """A profile's two graphs with the state dicts in ``weights_dir``, and whether any weights were
+    loaded (False: untrained).
+
+    ``require_all``: every model must find its weights (a runtime backend must never run a
+    half-random ensemble); otherwise a missing file leaves that model random, with a warning.
+    """
+    profile = PROFILES[profile_name]
+    torch.manual_seed(seed)
+    detector = build_detector(profile, num_classes=len(detector_labels) + 1)
+    stage1 = build_classifier(profile.stage1, 2)
+    members = [build_classifier(arch, num_classes) for arch in profile.stage2]
+    trained = False
+    if weights_dir is not None:
+        parts: list[tuple[nn.Module, str, str]] = [
+            (detector, "detector.pt", f"{profile.detector} detector with labels {detector_labels}"),
+            (stage1, "stage1.pt", f"stage-1 {profile.stage1} (2 outputs)"),
+        ]
+        parts += [
+            (m, f"stage2_{i}.pt", f"stage-2 member {arch} ({num_classes} classes)")
+            for i, (m, arch) in enumerate(zip(members, profile.stage2, strict=True))
+        ]
+        for module, file, what in parts:
+            path = weights_dir / file
+            if path.is_file():
+                _load_weights(module, path, what)
+                trained = True
+            elif require_all:
+                raise BundleError(f"{path} is missing: the {what} has no weights")
+            else:
+                log.warning("no %s in %s: that model keeps random weights", file, weights_dir)
+    graphs = DetectorGraph(detector).eval(), FusedClassifier(stage1, members).eval()
+    return graphs[0], graphs[1], trained

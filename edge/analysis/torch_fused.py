@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms, roi_align
 
-from build_engines.profiles import IMAGE_MEAN, IMAGE_STD, DetectorGraph, FusedClassifier
 from edge.analysis.detect import fitted_size
 from edge.analysis.field import FieldOutputs
 from edge.engines.bundle import Bundle, ClassifierSpec, DetectorSpec
+from edge.engines.graphs import IMAGE_MEAN, IMAGE_STD, DetectorGraph, FusedClassifier, load_graphs
 from edge.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -331,8 +331,6 @@ class TorchFusedFieldModel:
 
 def load_torch_models(bundle: Bundle, weights: Path | None = None) -> tuple[DetectorGraph, FusedClassifier]:
     """The bundle's architectures with its PyTorch weights (``torch/`` in the bundle, or ``weights``)."""
-    from build_engines.export import ExportRequest, build_models
-
     manifest = bundle.manifest
     folder = weights or (bundle.root / manifest.torch_weights if manifest.torch_weights else None)
     if folder is None:
@@ -340,14 +338,9 @@ def load_torch_models(bundle: Bundle, weights: Path | None = None) -> tuple[Dete
             f"bundle {manifest.name} carries no PyTorch weights (torch_weights in bundle.json) and "
             "engine.torch_weights is not set: the torch backend needs the checkpoints the bundle was exported from"
         )
-    request = ExportRequest(
-        out_dir=bundle.root,
-        profile=manifest.profile,
-        classes=list(manifest.classes),
-        detector_labels=tuple(manifest.detector.labels),
-        weights_dir=Path(folder),
+    detector, classifier, trained = load_graphs(
+        manifest.profile, len(manifest.classes), tuple(manifest.detector.labels), Path(folder), require_all=True
     )
-    detector, classifier, trained = build_models(request, require_all=True)
     if not trained:
         raise EngineError(f"no PyTorch weights found in {folder}")
     return detector, classifier

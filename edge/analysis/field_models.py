@@ -17,11 +17,10 @@ import numpy as np
 from edge.analysis.classify import Classifier
 from edge.analysis.detect import Detector
 from edge.analysis.field import FieldModel, HostFieldModel
-from edge.capture.replay import open_replay
+from edge.analysis.verify import VerificationReport, verify_model
 from edge.config import AppConfig
 from edge.engines.bundle import Bundle, ModelSpec
 from edge.engines.onnxruntime import OnnxRuntimeBackend, provider_options
-from edge.engines.verify import VerificationReport, verify_model
 from edge.errors import BundleError, EngineError
 
 log = logging.getLogger(__name__)
@@ -133,7 +132,7 @@ def _margin(bundle: Bundle, config: AppConfig) -> float:
 
 
 def torch_model(bundle: Bundle, config: AppConfig) -> FieldModel:
-    from edge.engines.torch_fused import TorchFusedFieldModel, load_torch_models
+    from edge.analysis.torch_fused import TorchFusedFieldModel, load_torch_models
 
     engine = config.engine
     detector, classifier = load_torch_models(bundle, engine.torch_weights)
@@ -151,12 +150,12 @@ def torch_model(bundle: Bundle, config: AppConfig) -> FieldModel:
     )
 
 
-def tensorrt_model(bundle: Bundle, config: AppConfig) -> HostFieldModel:
-    from build_engines.tensorrt import ensure_engines
+def tensorrt_model(bundle: Bundle, config: AppConfig, fields: list[np.ndarray]) -> HostFieldModel:
+    from edge.analysis.tensorrt_plans import ensure_engines
     from edge.engines.tensorrt import TensorRTBackend
 
     engine = config.engine
-    plans = ensure_engines(bundle, engine.engine_cache, engine.precision, engine.on_engine_mismatch)
+    plans = ensure_engines(bundle, engine.engine_cache, engine.precision, engine.on_engine_mismatch, fields)
     manifest = bundle.manifest
     detector = Detector(TensorRTBackend(plans["detector"]), manifest.detector, config.analysis.score_threshold)
     classifier = Classifier(
@@ -165,21 +164,26 @@ def tensorrt_model(bundle: Bundle, config: AppConfig) -> HostFieldModel:
     return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, config))
 
 
-def verification_fields(config: AppConfig) -> list[np.ndarray]:
-    fields = [f.image for f in open_replay(config.engine.verify_fields).frames() if f.image is not None]
-    if not fields:
-        raise EngineError(f"engine.verify_fields {config.engine.verify_fields} holds no readable field")
-    return fields
+def needs_verification(config: AppConfig) -> bool:
+    """Whether the engine the config asks for is checked on real fields before use (all but ONNX
+    Runtime FP32 itself; TensorRT always, as its plans are verified when built)."""
+    engine = config.engine
+    return engine.backend == "tensorrt" or (engine.backend != "onnxruntime" and engine.verify)
 
 
-def build_field_model(bundle: Bundle, config: AppConfig) -> tuple[FieldModel, VerificationReport | None]:
+def build_field_model(
+    bundle: Bundle, config: AppConfig, fields: list[np.ndarray] | None = None
+) -> tuple[FieldModel, VerificationReport | None]:
+    """``fields``: the real fields to verify on, where ``needs_verification`` says so."""
     engine = config.engine
     require_backend(engine.backend, engine.device)
     if engine.backend == "onnxruntime":
         return onnxruntime_model(bundle, config), None
-    model = torch_model(bundle, config) if engine.backend == "torch" else tensorrt_model(bundle, config)
+    if needs_verification(config) and not fields:
+        raise EngineError(f"the {engine.backend} backend is verified on real fields before use: none were given")
+    model = torch_model(bundle, config) if engine.backend == "torch" else tensorrt_model(bundle, config, fields or [])
     if not engine.verify:
         log.warning("engine.verify is off: %s runs without a comparison with ONNX Runtime FP32", model.name)
         return model, None
     reference = onnxruntime_model(bundle, config, providers=["cpu"])
-    return model, verify_model(model, reference, verification_fields(config), bundle.manifest.verification)
+    return model, verify_model(model, reference, fields or [], bundle.manifest.verification)

@@ -1,0 +1,259 @@
+"""Build TensorRT engines from a bundle, verify them against ONNX Runtime FP32, cache them.
+
+The runtime builds them on first use (``engine.backend: tensorrt``); ahead of time:
+
+    python -m build_engines.tensorrt --bundle models/marrow-bm --cache /var/cache/marrow-edge/engines
+
+TensorRT 10 builds FP16 from the FP32 graph with the FP16 builder flag, softmax, sigmoid and
+exp (box decoding) kept in FP32 by layer constraints. TensorRT 11 builds strongly typed
+networks only: the precision comes from the graph, so an FP16 variant of the ONNX file is
+made first (``edge.engines.fp16``) with those ops kept in FP32.
+
+Written to TensorRT's documented Python API (10.x/11.x) and cuda-python; TensorRT could not be
+installed where this was developed (its wheels fetch the libraries from NVIDIA's index), so
+this path has not run on hardware yet: see the README's backend table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.analysis.crops import crop_cells
+from edge.analysis.detect import fit_field
+from edge.engines.bundle import Bundle, VerificationSpec, sha256_file
+from edge.engines.engine_cache import EngineKey, OnMismatch, find_plan, store_plan
+from edge.engines.onnxruntime import OnnxRuntimeBackend
+from edge.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+MAX_CLASSIFIER_BATCH = 64
+TYPICAL_CELLS = 16  # the classifier profile's optimum: a marrow field at x1000 holds a handful to a few dozen
+WORKSPACE_BYTES = 2 << 30
+
+
+def gpu_identity() -> tuple[str, str]:
+    """(GPU name, compute capability) of device 0, through cuda-python."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # cuda-python < 12.6
+    err, prop = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise EngineError(f"cannot query the GPU: CUDA error {err}")
+    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return name.rstrip("\x00"), f"{prop.major}.{prop.minor}"
+
+
+def tensorrt_version() -> str:
+    import tensorrt as trt
+
+    return str(trt.__version__)
+
+
+def engine_profiles(bundle: Bundle) -> dict[str, dict[str, list[list[int]]]]:
+    """Optimisation profiles: the detector over the field sizes the appliance feeds, the
+    classifier over batch 1..64 with the optimum at a typical field."""
+    det = bundle.manifest.detector
+    low = det.input_min_size or 256
+    high = det.input_max_size or 2048
+    crop = bundle.manifest.classifier.crop_size
+    return {
+        "detector": {"images": [[1, 32, 32, 3], [1, low, round(low * 4 / 3), 3], [1, high, high, 3]]},
+        "classifier": {
+            "images": [[1, crop, crop, 3], [TYPICAL_CELLS, crop, crop, 3], [MAX_CLASSIFIER_BATCH, crop, crop, 3]]
+        },
+    }
+
+
+def engine_key(bundle: Bundle, model: str, onnx_path: Path, precision: str) -> EngineKey:
+    name, capability = gpu_identity()
+    version = tensorrt_version()
+    return EngineKey(
+        model=model,
+        onnx_sha256=sha256_file(onnx_path),
+        gpu_name=name,
+        compute_capability=capability,
+        tensorrt_version=version,
+        precision=precision,  # type: ignore[arg-type]
+        strongly_typed=int(version.split(".")[0]) >= 11,
+        profile=engine_profiles(bundle)[model],
+    )
+
+
+class _Progress:
+    """Logs the builder's phases: a first build on a Jetson takes minutes."""
+
+    def __new__(cls) -> Any:
+        import tensorrt as trt
+
+        class Monitor(trt.IProgressMonitor):
+            def __init__(self) -> None:
+                trt.IProgressMonitor.__init__(self)
+                self.last = 0.0
+
+            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+                log.info(
+                    "TensorRT: %s (%d steps)%s", phase_name, num_steps, f" in {parent_phase}" if parent_phase else ""
+                )
+
+            def step_complete(self, phase_name: str, step: int) -> bool:
+                now = time.monotonic()
+                if now - self.last > 10:  # a line every 10 s at most
+                    log.info("TensorRT: %s step %d", phase_name, step + 1)
+                    self.last = now
+                return True  # False would cancel the build
+
+            def phase_finish(self, phase_name: str) -> None:
+                log.debug("TensorRT: %s done", phase_name)
+
+        return Monitor()
+
+
+def build_plan(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
+    """Serialise an engine for ``key`` (TensorRT 10 or 11)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if key.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if key.precision == "fp16" and not key.strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            # Probabilities and box decoding stay FP32: an FP16 softmax rounds near-ties away.
+            if layer.type in (trt.LayerType.SOFTMAX, trt.LayerType.UNARY) or (
+                layer.type == trt.LayerType.ACTIVATION and "Sigmoid" in layer.name
+            ):
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in key.profile.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _Progress()
+    config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT could not build {onnx_path.name} (see the TensorRT log above)")
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def reference_inputs(bundle: Bundle, fields: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Fixed real inputs: the fitted fields, and crops of the cells ONNX Runtime finds in them."""
+    det = bundle.manifest.detector
+    fitted = [fit_field(f, det.input_min_size, det.input_max_size)[0][None] for f in fields]
+    from edge.analysis.detect import Detector
+
+    detector = Detector(OnnxRuntimeBackend(bundle.path(det.file)), det)
+    spec = bundle.manifest.classifier
+    crops = [crop_cells(f, detector(f).boxes, spec.crop_size, spec.crop_margin) for f in fields]
+    batch = np.concatenate([c for c in crops if len(c)]) if any(len(c) for c in crops) else None
+    if batch is None:
+        raise EngineError("the verification fields hold no cell the detector finds: choose other fields")
+    return {"detector": fitted, "classifier": [batch[i : i + MAX_CLASSIFIER_BATCH] for i in range(0, len(batch), 64)]}
+
+
+def compare_outputs(
+    model: str, candidate: Callable, reference: Callable, inputs: list[np.ndarray], spec: VerificationSpec
+) -> dict[str, Any]:
+    """Engine vs ONNX Runtime FP32 on the same inputs, with the bundle's tolerances."""
+    worst = 0.0
+    agree = total = 0
+    for x in inputs:
+        ours, theirs = candidate({"images": x}), reference({"images": x})
+        for name, value in theirs.items():
+            worst = max(worst, float(np.abs(ours[name].astype(np.float32) - value).max()))
+        if model == "classifier":
+            agree += int((ours["probs"].argmax(1) == theirs["probs"].argmax(1)).sum())
+            total += len(x)
+    report: dict[str, Any] = {"inputs": len(inputs), "max_abs_diff": worst}
+    failures = []
+    if worst > spec.max_probability_diff:
+        failures.append(f"max difference {worst:.4f} > {spec.max_probability_diff}")
+    if model == "classifier":
+        report["class_agreement"] = agree / total
+        report["cells"] = total
+        if agree / total < spec.min_class_agreement:
+            failures.append(f"class agreement {agree / total:.3f} < {spec.min_class_agreement}")
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report
+
+
+def ensure_engines(
+    bundle: Bundle,
+    cache: Path,
+    precision: str,
+    on_mismatch: OnMismatch,
+    fields: list[np.ndarray],
+    builder: Callable[[Path, EngineKey, Path], bytes] = build_plan,
+    key_for: Callable[[Bundle, str, Path, str], EngineKey] = engine_key,
+    runner: Callable[[bytes], Callable] | None = None,
+) -> dict[str, Path]:
+    """A verified plan per model for this GPU, built when missing or stale (or refused).
+
+    A build that fails verification stores nothing and raises: a wrong engine never runs.
+    """
+    manifest = bundle.manifest
+    plans: dict[str, Path] = {}
+    inputs: dict[str, list[np.ndarray]] | None = None
+    for model, spec in (("detector", manifest.detector), ("classifier", manifest.classifier)):
+        onnx_path = bundle.path(spec.file)
+        key = key_for(bundle, model, onnx_path, precision)
+        found = find_plan(cache, key, on_mismatch)
+        if found is not None:
+            log.info("TensorRT engine for %s found: %s", model, found.name)
+            plans[model] = found
+            continue
+        source = onnx_path
+        if key.strongly_typed and precision == "fp16":
+            from edge.engines.fp16 import fp16_variant
+
+            source = fp16_variant(onnx_path, cache / f"{onnx_path.stem}-fp16-{key.onnx_sha256[:12]}.onnx")
+        log.info(
+            "building the TensorRT %s engine for %s (%s); first builds take minutes", precision, model, key.gpu_name
+        )
+        started = time.monotonic()
+        plan_bytes = builder(source, key, cache / "timing.cache")
+        seconds = time.monotonic() - started
+        if inputs is None:
+            inputs = reference_inputs(bundle, fields)
+        run = (runner or _tensorrt_runner)(plan_bytes)
+        reference = OnnxRuntimeBackend(onnx_path).run
+        report = compare_outputs(model, run, reference, inputs[model], manifest.verification)
+        log.info("TensorRT %s engine vs ONNX Runtime FP32: %s", model, report)
+        if not report["passed"]:
+            raise EngineError(
+                f"the TensorRT {model} engine does not match ONNX Runtime FP32: {'; '.join(report['failures'])}; "
+                "nothing was cached"
+            )
+        plans[model] = store_plan(cache, key, plan_bytes, seconds, report)
+    return plans
+
+
+def _tensorrt_runner(plan_bytes: bytes) -> Callable:
+    from edge.engines.tensorrt import TensorRTBackend
+
+    return TensorRTBackend(plan_bytes).run
