@@ -86,7 +86,8 @@ class GatedRingSource:
     Ends when the writer has been silent for ``idle_timeout`` seconds (the capture stopped).
     ``on_event`` hears every gate decision (for the display and status); decisions that
     change are logged with their reason. ``on_frame`` gets every frame with its decision
-    (the preview path); it must return at once.
+    (the preview path); it must return at once. ``stop_event`` set: the current slide's frames
+    end now (a stop_slide, a shutdown).
     """
 
     def __init__(
@@ -95,6 +96,8 @@ class GatedRingSource:
         gate: FieldGate | None = None,
         idle_timeout: float = 5.0,
         on_event: Callable[[GateEvent], None] | None = None,
+        on_frame: Callable[[np.ndarray, GateEvent | None], None] | None = None,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.name = f"ring {ring_name}"
         self.reader = RingReader(ring_name)
@@ -102,9 +105,9 @@ class GatedRingSource:
         self._run_token = uuid.uuid4().hex[:6]
         self.idle_timeout = idle_timeout
         self.on_event = on_event
-        self.on_frame: Callable[[np.ndarray, GateEvent | None], None] | None = None
+        self.on_frame = on_frame
         self._last_ping = time.monotonic()
-        self.stop_event: threading.Event | None = None  # set: end the current slide's frames now
+        self.stop_event = stop_event
         self.finished = False  # the writer went silent: the capture has stopped
         self._closed = False
 
@@ -140,6 +143,11 @@ class GatedRingSource:
                 name = f"field-{accepted:04d}@{got.seq}-{self._run_token}"
                 yield Frame(accepted, name, got.image, None, got.timestamp)
                 accepted += 1
+
+    @property
+    def skipped(self) -> int:
+        """Frames the capture wrote that this reader never saw (it was busy counting)."""
+        return self.reader.skipped
 
     def watch(self, until: threading.Event, timeout: float) -> None:
         """Between slides: the newest frames go to ``on_frame`` (the live view, so the technician

@@ -93,25 +93,32 @@ FieldCallback = Callable[[FieldResult, Tally], None]
 SkipCallback = Callable[[str, str, Tally], None]
 
 
-def run_slide(
-    appliance: Appliance,
-    source: CameraSource,
-    publisher: Publisher,
-    topics: Topics,
-    factory: MessageFactory,
-    slide: Slide | None = None,
-    max_fields: int | None = None,
-    on_field: FieldCallback | None = None,
-    on_skip: SkipCallback | None = None,
-    control: SlideControl | None = None,
-    journal: SlideJournal | None = None,
-    preview: PreviewPublisher | None = None,
-) -> SlideRun:
-    """Count every field of ``source`` as one slide; publish field, tally and the final report.
+@dataclass
+class SlideContext:
+    """What counting a slide needs besides the slide: the same for every slide of a run."""
+
+    appliance: Appliance
+    source: CameraSource
+    publisher: Publisher
+    topics: Topics
+    factory: MessageFactory
+    control: SlideControl | None = None
+    journal: SlideJournal | None = None
+    preview: PreviewPublisher | None = None
+    max_fields: int | None = None
+    on_field: FieldCallback | None = None
+    on_skip: SkipCallback | None = None
+
+
+def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
+    """Count every field of the context's source as one slide; publish field, tally and the final report.
 
     A field that cannot be read or analysed is skipped, logged and listed in the report;
     the slide goes on and nothing already counted is dropped.
     """
+    appliance, source, publisher, topics, factory = ctx.appliance, ctx.source, ctx.publisher, ctx.topics, ctx.factory
+    control, journal, preview, max_fields = ctx.control, ctx.journal, ctx.preview, ctx.max_fields
+    on_field, on_skip = ctx.on_field, ctx.on_skip
     run = SlideRun(slide or Slide(), appliance.new_tally())
     slide, tally = run.slide, run.tally
     names = appliance.bundle.class_names

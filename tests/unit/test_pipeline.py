@@ -9,7 +9,7 @@ from edge.config import load_config
 from edge.mqtt.memory import MemoryPublisher
 from edge.mqtt.messages import MessageFactory
 from edge.mqtt.topics import Topics
-from edge.service.pipeline import build_appliance, run_slide
+from edge.service.pipeline import SlideContext, build_appliance, run_slide
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def test_slide_on_real_fields_with_a_bad_one(appliance, samples, tmp_path):
     (tmp_path / "1b.jpg").write_bytes(fields[0].read_bytes()[:300])  # sorts between 1 and 2
     publisher = MemoryPublisher()
     topics = Topics("marrow/v1", "unit")
-    run = run_slide(appliance, open_replay(tmp_path), publisher, topics, MessageFactory("unit", appliance.provenance))
+    factory = MessageFactory("unit", appliance.provenance)
+    run = run_slide(SlideContext(appliance, open_replay(tmp_path), publisher, topics, factory))
 
     field_msgs = publisher.on("/field")
     assert [m.source for m in field_msgs] == ["0.jpg", "1.jpg", "2.jpg"]
@@ -46,14 +47,8 @@ def test_slide_on_real_fields_with_a_bad_one(appliance, samples, tmp_path):
 def test_max_fields(appliance, samples):
     publisher = MemoryPublisher()
     topics = Topics("marrow/v1", "unit")
-    run = run_slide(
-        appliance,
-        open_replay(samples),
-        publisher,
-        topics,
-        MessageFactory("unit", appliance.provenance),
-        max_fields=2,
-    )
+    factory = MessageFactory("unit", appliance.provenance)
+    run = run_slide(SlideContext(appliance, open_replay(samples), publisher, topics, factory, max_fields=2))
     assert run.tally.fields == 2 and len(publisher.on("/field")) == 2
 
 
@@ -61,10 +56,12 @@ def test_end_to_end_latency_is_measured_for_health(appliance, samples):
     # issue 14: frame taken -> its messages handed to MQTT, per field, for health's stage medians
     publisher = MemoryPublisher()
     seen = []
+    factory = MessageFactory("unit", appliance.provenance)
     run_slide(
-        appliance, open_replay(samples), publisher, Topics("marrow/v1", "unit"),
-        MessageFactory("unit", appliance.provenance), max_fields=2,
-        on_field=lambda result, tally: seen.append(dict(result.timings_ms)),
+        SlideContext(
+            appliance, open_replay(samples), publisher, Topics("marrow/v1", "unit"), factory, max_fields=2,
+            on_field=lambda result, tally: seen.append(dict(result.timings_ms)),
+        )
     )  # fmt: skip
     assert len(seen) == 2
     for timings in seen:

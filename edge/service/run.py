@@ -1,0 +1,326 @@
+"""One run of the appliance: a source's fields counted as slides and published over MQTT.
+
+Built from the config and what the command line asked for (``RunRequest``); ``CountingService.run``
+connects, counts one slide (a replay) or serves slide after slide (service mode, each begun by
+start_slide), and hands back what happened (``RunOutcome``) for the CLI to turn into an exit status.
+The path of a frame: source -> gate (live) -> ``run_slide`` (analysis, tally, journal) -> publisher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from edge import __version__
+from edge.config import AppConfig, parse_mqtt_url
+from edge.counting.control import SlideControl
+from edge.counting.journal import SlideJournal, resolve_open_slide
+from edge.counting.tally import Slide, Tally
+from edge.errors import PublishError
+from edge.mqtt.broker import EmbeddedBroker, answers
+from edge.mqtt.commands import CommandHandler
+from edge.mqtt.messages import MessageFactory
+from edge.mqtt.publisher import MqttPublisher
+from edge.mqtt.topics import Topics
+from edge.service.console import LiveConsole
+from edge.service.health import HealthReporter, RunStats
+from edge.service.pipeline import Appliance, SlideContext, SlideRun, build_appliance, run_slide
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge.analysis.field import FieldResult
+    from edge.capture.daemon import CaptureThread, GatedRingSource
+    from edge.capture.gate import GateEvent
+    from edge.capture.source import CameraSource
+    from edge.display.server import Display
+    from edge.service.preview import PreviewPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunRequest:
+    """What a run was asked for: exactly one of ``source`` (a replay: one slide), ``camera`` or ``ring``."""
+
+    source: Path | None = None
+    camera: str | None = None
+    ring: str | None = None
+    fps: float | None = None
+    idle_timeout: float | None = None
+    wait_for_start: bool = False  # service mode: slides begun by start_slide (live sources only)
+    specimen_id: str | None = None
+    resume: bool = False
+    close_interrupted: bool = False
+    max_fields: int | None = None
+    display: bool = False
+    quiet: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.source is None
+
+    @property
+    def source_id(self) -> str:
+        """What a slide is counted from, as recorded in the journal (a resume must match it)."""
+        if self.source is not None:
+            return f"files:{Path(self.source).resolve()}"
+        if self.camera:
+            return f"camera:{self.camera}"
+        return f"ring:{self.ring}"
+
+
+@dataclass
+class RunOutcome:
+    """What the run left: the last slide (None: the camera stopped before any start_slide), another
+    box with this device id, and messages the broker never acknowledged."""
+
+    run: SlideRun | None
+    twin: str | None
+    undelivered: int
+
+
+class CountingService:
+    """The appliance's run: source, models, journal, MQTT, preview and health, started and stopped together."""
+
+    def __init__(self, config: AppConfig, request: RunRequest, out: TextIO) -> None:
+        self.config, self.request = config, request
+        self.console = LiveConsole(out, None, request.quiet)
+        self.stats = RunStats()
+        self.control = SlideControl(config.counting.target_count)
+        self.publisher: MqttPublisher | None = None
+        self.preview: PreviewPublisher | None = None
+        self.capture: CaptureThread | None = None
+        self._last_gate_decision: str | None = None
+        self._ring = request.ring or f"run-{os.getpid()}"
+        replay = (
+            self._open_replay() if request.source is not None else None
+        )  # a bad folder fails before the models load
+        self._camera = self._open_camera() if request.camera else None
+        self.appliance: Appliance = build_appliance(config)
+        self.source: CameraSource = replay if replay is not None else self._gated_ring()
+        self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        self.factory = MessageFactory(config.device_id, self.appliance.provenance)
+        counting = config.counting
+        self.journal = SlideJournal(counting.journal, counting.journal_keep_days) if counting.journal else None
+        # Which slide this run counts, settled before anything is published: never another patient's.
+        self.resume: Slide | None = None
+        if self.journal is not None and (not request.wait_for_start or request.resume or request.close_interrupted):
+            self.resume = resolve_open_slide(
+                self.journal, request.specimen_id, request.source_id, request.resume, request.close_interrupted
+            )
+        waiting = self.journal is not None and request.wait_for_start and self.resume is None
+        self.pending = self.journal.open_slide() if waiting and self.journal is not None else None
+
+    # -- sources ---------------------------------------------------------------------------------
+
+    def _open_replay(self) -> CameraSource:
+        from edge.capture.replay import ImageFilesSource, open_replay
+
+        source = open_replay(self.request.source, self.config.analysis.max_field_pixels)  # type: ignore[arg-type]
+        if isinstance(source, ImageFilesSource):
+            max_fields = self.request.max_fields
+            self.console.total = min(len(source.paths), max_fields) if max_fields else len(source.paths)
+        if self.request.fps:
+            from edge.capture.cameras import Paced
+
+            source = Paced(source, self.request.fps)
+        return source
+
+    def _open_camera(self) -> Any:
+        from edge.capture.cameras import CameraSettings, open_camera
+
+        return open_camera(self.request.camera, CameraSettings(fps=self.request.fps), self._camera_state)
+
+    def _gated_ring(self) -> GatedRingSource:
+        from edge.capture.daemon import GatedRingSource
+        from edge.capture.gate import FieldGate
+
+        request = self.request
+        idle = request.idle_timeout or (5.0 if request.camera else 30.0)
+        return GatedRingSource(
+            self._ring,
+            FieldGate(self.config.gate),
+            idle_timeout=idle,
+            on_event=self._gate_event,
+            on_frame=self._live_frame,
+            stop_event=self.control.stop_requested,  # a stop or a shutdown wakes a wait for frames
+        )
+
+    def _camera_state(self, state: str, detail: str) -> None:
+        if self.publisher is not None:
+            self.publisher.camera_state(state, detail)  # retained status: the display shows it
+
+    def _gate_event(self, event: GateEvent) -> None:
+        self.stats.frames += 1
+        self.stats.ring_skipped = self.source.skipped  # type: ignore[attr-defined]
+        # Changes and every accepted field: the display flashes them; a still stage sends nothing.
+        decision = event.decision.value
+        if self.publisher is None or (decision == self._last_gate_decision and not event.accepted):
+            return
+        self._last_gate_decision = decision
+        try:
+            self.publisher.publish(self.topics.gate, self.factory.gate(event))
+        except PublishError as exc:
+            log.warning("gate event not published: %s", exc)
+
+    def _live_frame(self, image: np.ndarray, event: GateEvent | None) -> None:
+        if self.preview is not None:
+            self.preview.offer(image, event=event)
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def _broker(self) -> tuple[str, int, EmbeddedBroker | None]:
+        """The configured broker; else one answering on localhost:1883; else an embedded mosquitto."""
+        if self.config.mqtt.url:
+            host, port = parse_mqtt_url(self.config.mqtt.url)
+            return host, port, None
+        if answers("127.0.0.1", 1883):
+            self.console.say("mqtt: no broker configured; using the one answering on localhost:1883")
+            return "127.0.0.1", 1883, None
+        broker = EmbeddedBroker().start()
+        self.console.say(
+            f"mqtt: no broker configured and none on localhost:1883: started an embedded mosquitto on "
+            f"{broker.url} for this run (subscribe there to see the messages)"
+        )
+        return broker.host, broker.port, broker
+
+    def run(self) -> RunOutcome:
+        manifest, request = self.appliance.bundle.manifest, self.request
+        self.console.say(
+            f"marrow-edge {__version__} | bundle {manifest.name} {manifest.version} "
+            f"({self.appliance.bundle.short_hash}){' UNTRAINED' if manifest.untrained else ''} | "
+            f"{self.appliance.provenance.backend} {','.join(self.appliance.provenance.providers)}"
+        )
+        host, port, broker = self._broker()
+        display: Display | None = None
+        try:
+            if request.display:
+                from edge.display.server import Display
+
+                display = Display(self.config, host, port).start()  # before the box connects: the page sees it all
+                self.console.say(f"display: {display.url}")
+            return self._connected(host, port)
+        finally:
+            if display is not None:
+                display.stop()
+            if broker is not None:
+                broker.stop()
+
+    def _connected(self, host: str, port: int) -> RunOutcome:
+        config, request, control = self.config, self.request, self.control
+        publisher = self.publisher = MqttPublisher(host, port, self.topics, self.factory, config.mqtt)
+        publisher.on_twin = lambda other: control.request_shutdown()  # two boxes, one device id: stop
+        publisher.serve_commands(CommandHandler(control, self.factory))
+        publisher.connect()
+        if self._camera is not None:  # after the models load: the ring keeps only the newest frames
+            from edge.capture.daemon import CaptureThread
+
+            self.capture = CaptureThread(self._camera, self._ring).start()
+        if request.ring:
+            from edge.systemd import sd_notify
+
+            sd_notify(f"READY=1\nSTATUS=counting fields from ring {request.ring}")
+        slide = self.resume or Slide(specimen_id=request.specimen_id, source=request.source_id)
+        if self.resume is not None:
+            self.console.say(f"resuming slide {slide.slide_id} (specimen {slide.specimen_id}) after a restart")
+        if self.pending is not None:
+            self.console.say(
+                f"slide {self.pending.slide_id} (specimen {self.pending.specimen_id}) is open after a restart: a "
+                "start_slide for that specimen resumes it; any other closes it as interrupted"
+            )
+        where = self.topics.root if request.wait_for_start else f"{self.topics.root}/slide/{slide.slide_id}"
+        self.console.say(f"mqtt: publishing to mqtt://{host}:{port} under {where}/")
+        self.preview = self._start_preview()
+        state = config.counting.journal or config.mqtt.outbox
+        health = HealthReporter(
+            publisher, self.factory, self.stats, self.appliance.provenance.backend, config.mqtt.health_interval_s,
+            Path(state).parent if state else None,
+        ).start()  # fmt: skip
+        context = SlideContext(
+            self.appliance, self.source, publisher, self.topics, self.factory, control, self.journal,
+            self.preview, request.max_fields, self._on_field, self._on_skip,
+        )  # fmt: skip
+        try:
+            run = self._serve_slides(context) if request.wait_for_start else run_slide(context, slide)
+        finally:
+            health.stop()
+            if self.preview is not None:
+                self.preview.stop()
+            publisher.close()  # waits for the broker's acknowledgements: undelivered is known after it
+            self.source.close()
+            if self.capture is not None:
+                self.capture.close()
+        if not request.wait_for_start and run is not None:
+            self.console.report(run, self.appliance.bundle.manifest.untrained)
+        return RunOutcome(run, publisher.twin, publisher.undelivered)
+
+    def _start_preview(self) -> PreviewPublisher | None:
+        """The preview path for the display: counted fields always; a live camera's frames too."""
+        from edge.service.preview import PreviewPublisher
+
+        if not self.config.preview.enabled or self.publisher is None:
+            return None
+        live = self.request.live
+        return PreviewPublisher(
+            self.publisher,
+            self.factory,
+            self.config.preview,
+            self.appliance.bundle.manifest.classes,
+            analyze=self.appliance.analyzer if live else None,
+            models_lock=self.appliance.models_lock,
+        ).start()
+
+    def _on_field(self, result: FieldResult, tally: Tally) -> None:
+        self.stats.field(result.timings_ms)
+        self.stats.frames += 0 if self.request.live else 1
+        self.console.field(result, tally)
+
+    def _on_skip(self, source_name: str, reason: str, tally: Tally) -> None:
+        self.stats.skipped += 1
+        self.stats.frames += 0 if self.request.live else 1
+        self.console.skip(source_name, reason, tally)
+
+    def _camera_gone(self) -> bool:
+        source = self.source
+        return bool(getattr(source, "finished", False)) or (self.capture is not None and not self.capture.alive)
+
+    def _serve_slides(self, context: SlideContext) -> SlideRun | None:
+        """Service mode: each slide begins with start_slide and ends with stop_slide (or the camera ending).
+
+        A slide left open by a crash (``pending``): a start_slide for its specimen resumes it; any
+        other closes it as interrupted first, so another patient's cells never join it."""
+        control, journal, source = self.control, self.journal, self.source
+        resume, last = self.resume, None
+        while True:
+            if resume is not None:
+                slide, resume = resume, None
+            else:
+                self.console.say(f"waiting for start_slide (on {self.config.device_id}'s cmd/start_slide)")
+                while not control.start_requested.is_set():
+                    source.watch(control.start_requested, 0.5)  # type: ignore[attr-defined]  # the live view
+                    if control.shutdown.is_set() or self._camera_gone():
+                        return last
+                slide = self._slide_for(control.take_start(), journal)
+            self.console.say(f"slide {slide.slide_id} (specimen {slide.specimen_id}) started")
+            source.gate.new_slide()  # type: ignore[attr-defined]
+            last = run_slide(context, slide)
+            self.console.report(last, False)
+            if control.shutdown.is_set() or self._camera_gone():
+                return last
+
+    def _slide_for(self, specimen: str | None, journal: SlideJournal | None) -> Slide:
+        pending, self.pending = self.pending, None
+        if pending is not None and journal is not None:
+            if specimen == pending.specimen_id:
+                self.console.say(f"resuming slide {pending.slide_id} (specimen {pending.specimen_id}) after a restart")
+                return pending
+            journal.close_slide(pending, interrupted=True)
+            self.console.say(
+                f"slide {pending.slide_id} (specimen {pending.specimen_id}) closed as interrupted: "
+                f"start_slide named specimen {specimen}"
+            )
+        return Slide(specimen_id=specimen, source=self.request.source_id)
