@@ -240,22 +240,22 @@ class Suite:
         return names
 
     def build(self, name: str) -> FieldModel:
+        from edge.analysis.field_models import ENGINES
         from edge.analysis.torch_fused import TorchFusedFieldModel
         from edge.engines.torch_reference import TorchBackend
 
         if name.startswith("onnxruntime"):
-            from edge.analysis.field_models import onnxruntime_model
-
             bundle = self.onnx_bundle()
-            config = AppConfig(bundle=bundle.root)
-            provider = name.split("-", 1)[1]
-            return onnxruntime_model(bundle, config, providers=[provider])
+            engine = {"type": "onnxruntime", "providers": [name.split("-", 1)[1]]}
+            config = AppConfig(bundle=bundle.root, engine=engine)
+            return ENGINES[config.engine.type](bundle, config.analysis, config.engine)
         if name == "tensorrt-fp16":
-            from edge.analysis.field_models import tensorrt_model
+            from edge.capture.replay import verification_fields
 
             bundle = self.onnx_bundle()
-            config = AppConfig(bundle=bundle.root, engine={"engine_cache": self.work / "engines"})
-            return tensorrt_model(bundle, config)
+            config = AppConfig(bundle=bundle.root, engine={"type": "tensorrt", "engine_cache": self.work / "engines"})
+            fields = verification_fields(config.engine.verify_fields)
+            return ENGINES[config.engine.type](bundle, config.analysis, config.engine, fields)
         detector_spec, classifier_spec = self.specs()
         detector, classifier = self.graphs()
         if name == BASELINE:
@@ -497,15 +497,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def verify_against_ort(model: FieldModel, bundle: Bundle) -> dict[str, Any]:
-    from edge.analysis.field_models import onnxruntime_model
+    from edge.analysis.field_models import reference_model
     from edge.analysis.verify import compare_models
     from edge.capture.replay import verification_fields
+    from edge.config import DEFAULT_SAMPLES
 
-    config = AppConfig(bundle=bundle.root)
-    reference = onnxruntime_model(bundle, config, providers=["cpu"])
-    report = compare_models(
-        model, reference, verification_fields(config.engine.verify_fields), bundle.manifest.verification
-    )
+    reference = reference_model(bundle, AppConfig(bundle=bundle.root).analysis)
+    report = compare_models(model, reference, verification_fields(DEFAULT_SAMPLES), bundle.manifest.verification)
     keys = ("matched_boxes", "reference_boxes", "class_agreement", "max_probability_diff", "max_countable_diff")
     return {k: report.as_dict()[k] for k in (*keys, "passed")}
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from edge.errors import ConfigError
 
@@ -29,13 +29,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class EngineConfig(_Strict):
-    backend: Literal["onnxruntime", "torch", "tensorrt"] = Field(
-        "onnxruntime",
-        description="onnxruntime: the default, CPU or its CUDA/TensorRT providers. torch: the fused "
-        "field path on PyTorch (needs torch; CUDA for speed). tensorrt: engines built from the bundle "
-        "(needs TensorRT and cuda-python).",
-    )
+class OnnxRuntimeEngine(_Strict):
+    """The default: ONNX Runtime on the bundle's graphs (CPU, or its CUDA/TensorRT providers)."""
+
+    type: Literal["onnxruntime"] = "onnxruntime"
     providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
         default_factory=lambda: ["cpu"],
         description="ONNX Runtime execution providers in order of preference.",
@@ -44,28 +41,51 @@ class EngineConfig(_Strict):
         False, description="Refuse to start when a requested provider is not the one that really runs."
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime; 0 lets it choose.")
-    device: Literal["cuda", "cpu"] = Field("cuda", description="Device of the torch and tensorrt backends.")
-    precision: Literal["fp16", "fp32"] = Field(
-        "fp16", description="Precision of the torch and tensorrt backends (fp16 needs a GPU)."
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the TensorRT provider.")
+    engine_cache: Path = Field(
+        Path("/var/cache/marrow-edge/engines"), description="Where the TensorRT provider keeps its engines."
     )
-    cuda_graphs: bool = Field(True, description="Replay the torch backend's networks as CUDA graphs.")
+
+
+class _VerifiedEngine(_Strict):
+    verify: bool = Field(
+        True,
+        description="Compare the whole field model with ONNX Runtime FP32 on verify_fields before use "
+        "(tolerances from the bundle); a failure stops the start.",
+    )
+    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields the engine is checked on before use.")
+
+
+class TorchEngine(_VerifiedEngine):
+    """The fused field path on PyTorch (needs torch; CUDA FP16 with CUDA graphs for speed)."""
+
+    type: Literal["torch"] = "torch"
+    device: Literal["cuda", "cpu"] = "cuda"
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="fp16 needs a GPU.")
+    cuda_graphs: bool = Field(True, description="Replay the networks as CUDA graphs.")
     torch_weights: Path | None = Field(
         None, description="Folder of PyTorch state dicts; None takes the bundle's torch/ folder."
     )
-    verify: bool = Field(
-        True,
-        description="Compare a torch or tensorrt engine with ONNX Runtime FP32 on verify_fields before use "
-        "(tolerances from the bundle); a failure stops the start.",
-    )
-    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields for that check.")
-    engine_cache: Path = Field(
-        Path("/var/cache/marrow-edge/engines"), description="Where built TensorRT engines are kept."
-    )
+
+
+class TensorRTEngine(_VerifiedEngine):
+    """Engines built from the bundle's graphs (needs TensorRT and cuda-python), verified against ONNX
+    Runtime FP32 on verify_fields when built, cached per GPU and TensorRT version."""
+
+    type: Literal["tensorrt"] = "tensorrt"
+    precision: Literal["fp16", "fp32"] = "fp16"
+    engine_cache: Path = Field(Path("/var/cache/marrow-edge/engines"), description="Where built engines are kept.")
     on_engine_mismatch: Literal["rebuild", "refuse"] = Field(
         "rebuild",
         description="A cached engine built for another GPU, TensorRT, bundle or profile: "
         "rebuild it, or refuse to start.",
     )
+
+
+# The engine is chosen by its ``type`` (a discriminated union: each type has only its own settings);
+# the builders are registered under the same names in ``edge.analysis.field_models.ENGINES``.
+EngineConfig = Annotated[OnnxRuntimeEngine | TorchEngine | TensorRTEngine, Field(discriminator="type")]
+ENGINE_TYPES = ("onnxruntime", "torch", "tensorrt")
 
 
 class AnalysisConfig(_Strict):
@@ -213,7 +233,7 @@ class AppConfig(_Strict):
         description="Names this box in every topic and message.",
     )
     bundle: Path = Field(DEFAULT_BUNDLE, description="Model bundle folder (holds bundle.json).")
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine: EngineConfig = Field(default_factory=OnnxRuntimeEngine)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     counting: CountingConfig = Field(default_factory=CountingConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -221,6 +241,18 @@ class AppConfig(_Strict):
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_type(cls, data: Any) -> Any:
+        """``engine.type`` defaults to onnxruntime; ``engine.backend`` (its name before 0.2) is read as it."""
+        if isinstance(data, dict) and isinstance(data.get("engine"), dict):
+            engine = dict(data["engine"])
+            if "backend" in engine and "type" not in engine:
+                engine["type"] = engine.pop("backend")
+            engine.setdefault("type", "onnxruntime")
+            data = {**data, "engine": engine}
+        return data
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
@@ -256,15 +288,15 @@ def _is_text(path: list[str]) -> bool:
     such a value is taken as it is written, never parsed ('s3cret #1' stays whole, 123456 stays text)."""
     import typing
 
-    model: Any = AppConfig
+    models: list[Any] = [AppConfig]  # several where the field is a union (engine types)
     annotation: Any = None
     for part in path:
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
+        found = next((m.model_fields[part] for m in models if part in getattr(m, "model_fields", {})), None)
+        if found is None:
             return False
-        annotation = fields[part].annotation
+        annotation = found.annotation
         options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        models = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
     options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     if typing.get_origin(annotation) is Literal:
         return all(isinstance(v, str) for v in typing.get_args(annotation))
@@ -306,7 +338,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _describe(error: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        loc = list(item["loc"])
+        if len(loc) > 1 and loc[0] == "engine" and loc[1] in ENGINE_TYPES:
+            del loc[1]  # the union's tag: the key is engine.<key> whatever the type
+        key = ".".join(str(p) for p in loc) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge.analysis.field import HostFieldModel
-from edge.analysis.field_models import onnxruntime_model
+from edge.analysis.field_models import reference_model
 from edge.config import DEFAULT_BUNDLE, AppConfig
 from edge.engines.bundle import Bundle, load_bundle
 from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
@@ -37,7 +37,7 @@ def bundle(bundle_dir: Path) -> Bundle:
 @pytest.fixture(scope="session")
 def ort_reference(bundle: Bundle) -> HostFieldModel:
     """ONNX Runtime FP32 on the CPU: what every other engine is compared with."""
-    return onnxruntime_model(bundle, AppConfig())
+    return reference_model(bundle, AppConfig().analysis)
 
 
 @pytest.fixture(scope="session")

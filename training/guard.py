@@ -84,10 +84,10 @@ def field_statistics(bundle: Bundle, fields: list[Path]) -> tuple[np.ndarray, np
     """The same per-cell statistics taken as the count path takes them: every cell the appliance
     finds on whole fields (detector boxes, its own crops), counted or not."""
     from edge.analysis.field import FieldAnalyzer
-    from edge.analysis.field_models import onnxruntime_model
+    from edge.analysis.field_models import reference_model
     from edge.config import AppConfig
 
-    analyzer = FieldAnalyzer(bundle, onnxruntime_model(bundle, AppConfig(bundle=bundle.root)))
+    analyzer = FieldAnalyzer(bundle, reference_model(bundle, AppConfig(bundle=bundle.root).analysis))
     index = {name: i for i, name in enumerate(bundle.class_names)}
     rows = []
     for path in fields:

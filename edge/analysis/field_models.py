@@ -1,5 +1,8 @@
 """Choose, build and verify the field model the config asks for.
 
+Each engine type registers its builder in ``ENGINES`` under the name its settings carry
+(``engine.type`` in the config, a discriminated union in ``edge.config``):
+
 onnxruntime: the host path (default, CPU or ORT's CUDA/TensorRT providers).
 torch: the fused field path on PyTorch (CUDA FP16 with CUDA graphs, or the CPU in FP32).
 tensorrt: engines built from the bundle's ONNX files, cached per GPU and TensorRT version.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +22,7 @@ from edge.analysis.classify import Classifier
 from edge.analysis.detect import Detector
 from edge.analysis.field import FieldModel, HostFieldModel
 from edge.analysis.verify import VerificationReport, verify_model
-from edge.config import AppConfig
+from edge.config import AnalysisConfig, AppConfig, OnnxRuntimeEngine, TensorRTEngine, TorchEngine
 from edge.engines.bundle import Bundle, ModelSpec
 from edge.engines.onnxruntime import OnnxRuntimeBackend, provider_options
 from edge.errors import BundleError, EngineError
@@ -104,9 +108,10 @@ def check_signature(signature: dict[str, tuple[str, list]], spec: ModelSpec, wha
                 )
 
 
-def onnxruntime_model(bundle: Bundle, config: AppConfig, providers: list | None = None) -> HostFieldModel:
+def onnxruntime_model(
+    bundle: Bundle, analysis: AnalysisConfig, engine: OnnxRuntimeEngine, fields: list[np.ndarray] | None = None
+) -> HostFieldModel:
     manifest = bundle.manifest
-    engine = config.engine
     options = provider_options(engine.precision, engine.engine_cache)
     probs = next((t for t in manifest.classifier.outputs if t.name == "probs"), None)
     if probs is not None and probs.shape[-1] != len(manifest.classes):
@@ -117,24 +122,30 @@ def onnxruntime_model(bundle: Bundle, config: AppConfig, providers: list | None 
     backends = []
     for spec, what in ((manifest.detector, "detector"), (manifest.classifier, "classifier")):
         backend = OnnxRuntimeBackend(
-            bundle.path(spec.file), providers or engine.providers, engine.threads, engine.require_providers, options
+            bundle.path(spec.file), engine.providers, engine.threads, engine.require_providers, options
         )
         check_signature(backend.signature, spec, what, spec.file)
         backends.append(backend)
-    detector = Detector(backends[0], manifest.detector, config.analysis.score_threshold)
-    classifier = Classifier(backends[1], len(manifest.classes), config.analysis.max_batch)
-    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, config))
+    detector = Detector(backends[0], manifest.detector, analysis.score_threshold)
+    classifier = Classifier(backends[1], len(manifest.classes), analysis.max_batch)
+    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, analysis))
 
 
-def _margin(bundle: Bundle, config: AppConfig) -> float:
-    margin = config.analysis.crop_margin
+def reference_model(bundle: Bundle, analysis: AnalysisConfig) -> HostFieldModel:
+    """ONNX Runtime FP32 on the CPU: what every other engine is compared with."""
+    return onnxruntime_model(bundle, analysis, OnnxRuntimeEngine(providers=["cpu"]))
+
+
+def _margin(bundle: Bundle, analysis: AnalysisConfig) -> float:
+    margin = analysis.crop_margin
     return bundle.manifest.classifier.crop_margin if margin is None else margin
 
 
-def torch_model(bundle: Bundle, config: AppConfig) -> FieldModel:
+def torch_model(
+    bundle: Bundle, analysis: AnalysisConfig, engine: TorchEngine, fields: list[np.ndarray] | None = None
+) -> FieldModel:
     from edge.analysis.torch_fused import TorchFusedFieldModel, load_torch_models
 
-    engine = config.engine
     detector, classifier = load_torch_models(bundle, engine.torch_weights)
     return TorchFusedFieldModel(
         detector,
@@ -144,31 +155,45 @@ def torch_model(bundle: Bundle, config: AppConfig) -> FieldModel:
         device=engine.device,
         precision=engine.precision,
         cuda_graphs=engine.cuda_graphs,
-        max_batch=max(config.analysis.max_batch, 1),
-        score_threshold=config.analysis.score_threshold,
-        crop_margin=_margin(bundle, config),
+        max_batch=max(analysis.max_batch, 1),
+        score_threshold=analysis.score_threshold,
+        crop_margin=_margin(bundle, analysis),
     )
 
 
-def tensorrt_model(bundle: Bundle, config: AppConfig, fields: list[np.ndarray]) -> HostFieldModel:
+def tensorrt_model(
+    bundle: Bundle, analysis: AnalysisConfig, engine: TensorRTEngine, fields: list[np.ndarray] | None = None
+) -> HostFieldModel:
     from edge.analysis.tensorrt_plans import ensure_engines
     from edge.engines.tensorrt import TensorRTBackend
 
-    engine = config.engine
+    if not fields:
+        raise EngineError("TensorRT engines are verified on real fields when built: none were given")
     plans = ensure_engines(bundle, engine.engine_cache, engine.precision, engine.on_engine_mismatch, fields)
     manifest = bundle.manifest
-    detector = Detector(TensorRTBackend(plans["detector"]), manifest.detector, config.analysis.score_threshold)
-    classifier = Classifier(
-        TensorRTBackend(plans["classifier"]), len(manifest.classes), min(config.analysis.max_batch, 64)
-    )
-    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, config))
+    detector = Detector(TensorRTBackend(plans["detector"]), manifest.detector, analysis.score_threshold)
+    classifier = Classifier(TensorRTBackend(plans["classifier"]), len(manifest.classes), min(analysis.max_batch, 64))
+    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, analysis))
+
+
+# engine type -> builder(bundle, analysis settings, engine settings, verification fields)
+EngineBuilder = Callable[..., FieldModel]
+ENGINES: dict[str, EngineBuilder] = {
+    "onnxruntime": onnxruntime_model,
+    "torch": torch_model,
+    "tensorrt": tensorrt_model,
+}
+
+
+def engine_device(engine: OnnxRuntimeEngine | TorchEngine | TensorRTEngine) -> str:
+    return getattr(engine, "device", "cuda" if engine.type == "tensorrt" else "cpu")
 
 
 def needs_verification(config: AppConfig) -> bool:
     """Whether the engine the config asks for is checked on real fields before use (all but ONNX
-    Runtime FP32 itself; TensorRT always, as its plans are verified when built)."""
+    Runtime itself; TensorRT always, as its plans are verified when built)."""
     engine = config.engine
-    return engine.backend == "tensorrt" or (engine.backend != "onnxruntime" and engine.verify)
+    return engine.type == "tensorrt" or (not isinstance(engine, OnnxRuntimeEngine) and engine.verify)
 
 
 def build_field_model(
@@ -176,14 +201,14 @@ def build_field_model(
 ) -> tuple[FieldModel, VerificationReport | None]:
     """``fields``: the real fields to verify on, where ``needs_verification`` says so."""
     engine = config.engine
-    require_backend(engine.backend, engine.device)
-    if engine.backend == "onnxruntime":
-        return onnxruntime_model(bundle, config), None
+    require_backend(engine.type, engine_device(engine))
     if needs_verification(config) and not fields:
-        raise EngineError(f"the {engine.backend} backend is verified on real fields before use: none were given")
-    model = torch_model(bundle, config) if engine.backend == "torch" else tensorrt_model(bundle, config, fields or [])
+        raise EngineError(f"the {engine.type} engine is verified on real fields before use: none were given")
+    model = ENGINES[engine.type](bundle, config.analysis, engine, fields)
+    if isinstance(engine, OnnxRuntimeEngine):  # the reference itself
+        return model, None
     if not engine.verify:
         log.warning("engine.verify is off: %s runs without a comparison with ONNX Runtime FP32", model.name)
         return model, None
-    reference = onnxruntime_model(bundle, config, providers=["cpu"])
+    reference = reference_model(bundle, config.analysis)
     return model, verify_model(model, reference, fields or [], bundle.manifest.verification)

@@ -1,6 +1,6 @@
 """Build TensorRT engines from a bundle, verify them against ONNX Runtime FP32, cache them.
 
-The runtime builds them on first use (``engine.backend: tensorrt``); ahead of time:
+The runtime builds them on first use (``engine.type: tensorrt``); ahead of time:
 
     python -m build_engines.tensorrt --bundle models/marrow-bm --cache /var/cache/marrow-edge/engines
 

@@ -15,21 +15,20 @@ from edge.analysis.field_models import (  # noqa: E402
 from edge.analysis.torch_fused import TorchFusedFieldModel, bucket, load_torch_models  # noqa: E402
 from edge.analysis.verify import compare_models  # noqa: E402
 from edge.capture.replay import verification_fields  # noqa: E402
-from edge.config import AppConfig  # noqa: E402
+from edge.config import DEFAULT_SAMPLES, AppConfig  # noqa: E402
 from edge.errors import EngineError  # noqa: E402
 
-CPU = {"backend": "torch", "device": "cpu", "precision": "fp32"}
+CPU = {"type": "torch", "device": "cpu", "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
 def fused(bundle):
-    return torch_model(bundle, AppConfig(engine=CPU))
+    config = AppConfig(engine=CPU)
+    return torch_model(bundle, config.analysis, config.engine)
 
 
 def test_fused_cpu_matches_onnxruntime_on_the_sample_fields(bundle, fused, ort_reference):
-    report = compare_models(
-        fused, ort_reference, verification_fields(AppConfig().engine.verify_fields), bundle.manifest.verification
-    )
+    report = compare_models(fused, ort_reference, verification_fields(DEFAULT_SAMPLES), bundle.manifest.verification)
     assert report.reference_boxes >= 8 and report.matched_boxes == report.reference_boxes
     assert report.class_agreement == 1.0
     assert report.max_probability_diff < 0.02, report  # resize/crop arithmetic differs, the cells do not
@@ -69,14 +68,15 @@ def test_empty_field_gives_no_cells(bundle, fused):
 
 def test_fp16_on_the_cpu_is_refused(bundle):
     with pytest.raises(EngineError, match="fp16 needs a CUDA device"):
-        torch_model(bundle, AppConfig(engine={**CPU, "precision": "fp16"}))
+        config = AppConfig(engine={**CPU, "precision": "fp16"})
+        torch_model(bundle, config.analysis, config.engine)
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(bundle):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(EngineError, match=r"backend torch cannot run on cuda here\. Available: onnxruntime"):
-        build_field_model(bundle, AppConfig(engine={"backend": "torch", "device": "cuda"}))
+        build_field_model(bundle, AppConfig(engine={"type": "torch", "device": "cuda"}))
 
 
 def test_tensorrt_unavailable_names_what_is(bundle):
@@ -88,14 +88,12 @@ def test_tensorrt_unavailable_names_what_is(bundle):
     except ImportError:
         pass
     with pytest.raises(EngineError, match=r"backend tensorrt is not available here: not installed: tensorrt.*torch"):
-        build_field_model(bundle, AppConfig(engine={"backend": "tensorrt"}))
+        build_field_model(bundle, AppConfig(engine={"type": "tensorrt"}))
 
 
 def test_appliance_on_the_torch_backend_verifies_before_use(bundle, caplog):
     caplog.set_level("INFO")
-    model, report = build_field_model(
-        bundle, AppConfig(engine=CPU), verification_fields(AppConfig().engine.verify_fields)
-    )
+    model, report = build_field_model(bundle, AppConfig(engine=CPU), verification_fields(DEFAULT_SAMPLES))
     assert report is not None and report.passed and report.cells_compared >= 8
     assert model.name == "torch-cpu-fp32"
     assert "verified torch-cpu-fp32 against onnxruntime" in caplog.text

@@ -17,24 +17,25 @@ from edge.analysis.field_models import (  # noqa: E402
 )
 from edge.analysis.verify import compare_models  # noqa: E402
 from edge.capture.replay import verification_fields  # noqa: E402
-from edge.config import AppConfig  # noqa: E402
+from edge.config import DEFAULT_SAMPLES, AppConfig  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
 ]
 
-CUDA = {"backend": "torch", "device": "cuda", "precision": "fp16", "cuda_graphs": True}
+CUDA = {"type": "torch", "device": "cuda", "precision": "fp16", "cuda_graphs": True}
 
 
 @pytest.fixture(scope="module")
 def fp16_graphs(bundle):
-    return torch_model(bundle, AppConfig(engine=CUDA))
+    config = AppConfig(engine=CUDA)
+    return torch_model(bundle, config.analysis, config.engine)
 
 
 def test_fp16_graphs_match_onnxruntime_fp32_on_real_fields(bundle, fp16_graphs, ort_reference):
     report = compare_models(
-        fp16_graphs, ort_reference, verification_fields(AppConfig().engine.verify_fields), bundle.manifest.verification
+        fp16_graphs, ort_reference, verification_fields(DEFAULT_SAMPLES), bundle.manifest.verification
     )
     print("verification", report.as_dict())
     assert report.passed, report.failures
@@ -51,7 +52,8 @@ def test_fp16_on_sixty_real_cells_agrees_with_onnxruntime(fp16_graphs, ort_refer
 
 
 def test_cuda_graphs_replay_what_eager_computes(bundle, fp16_graphs):
-    eager = torch_model(bundle, AppConfig(engine={**CUDA, "cuda_graphs": False}))
+    config = AppConfig(engine={**CUDA, "cuda_graphs": False})
+    eager = torch_model(bundle, config.analysis, config.engine)
     for n in (1, 3, 30, 70):  # max_batch 32: buckets 1, 4, 32 and 32 + 32 + 8; padding must not leak
         image, boxes = compose_field(n, 720, 960, seed=n)
         a, b = fp16_graphs(image, boxes), eager(image, boxes)
@@ -63,16 +65,14 @@ def test_cuda_graphs_replay_what_eager_computes(bundle, fp16_graphs):
 
 
 def test_detections_match_between_graph_replays(fp16_graphs):
-    image = verification_fields(AppConfig().engine.verify_fields)[0]
+    image = verification_fields(DEFAULT_SAMPLES)[0]
     first, second = fp16_graphs(image), fp16_graphs(image)
     np.testing.assert_array_equal(first.boxes, second.boxes)
     assert len(first.boxes) >= 1
 
 
 def test_appliance_on_cuda_verifies_and_reports_the_gpu(bundle):
-    model, report = build_field_model(
-        bundle, AppConfig(engine=CUDA), verification_fields(AppConfig().engine.verify_fields)
-    )
+    model, report = build_field_model(bundle, AppConfig(engine=CUDA), verification_fields(DEFAULT_SAMPLES))
     assert report is not None and report.passed
     assert torch.cuda.get_device_name(0) in model.providers[0]
 
@@ -92,12 +92,12 @@ def test_onnxruntime_cuda_provider(bundle):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is not installed (too large to carry to this project's GPU machines)")
     config = AppConfig(engine={"providers": ["cuda"], "require_providers": True})
-    model = onnxruntime_model(bundle, config)
+    model = onnxruntime_model(bundle, config.analysis, config.engine)
     assert model.providers[0] == "CUDAExecutionProvider"
 
 
 def test_tensorrt_engine_builds_and_verifies(bundle, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installable here (NVIDIA's index is unreachable)")
-    config = AppConfig(engine={"backend": "tensorrt", "engine_cache": tmp_path})
+    config = AppConfig(engine={"type": "tensorrt", "engine_cache": tmp_path})
     model, report = build_field_model(bundle, config, verification_fields(config.engine.verify_fields))
     assert report is not None and report.passed and model.name == "tensorrt"

@@ -124,3 +124,20 @@ def test_smaller_config_gaps_of_issue_13():
     assert load_config(overrides={"mqtt": {"topic_prefix": "lab-3/marrow"}}).mqtt.topic_prefix == "lab-3/marrow"
     with pytest.raises(ConfigError, match="target_count"):
         load_config(overrides={"counting": {"target_count": True}})
+
+
+def test_the_engine_is_chosen_by_type_with_only_its_own_settings(tmp_path):
+    from edge.analysis.field_models import ENGINES
+    from edge.config import ENGINE_TYPES, OnnxRuntimeEngine, TensorRTEngine, TorchEngine
+
+    assert set(ENGINES) == set(ENGINE_TYPES)  # every type has a builder, every builder a type
+    assert isinstance(AppConfig().engine, OnnxRuntimeEngine)
+    assert isinstance(AppConfig(engine={"type": "torch", "device": "cpu"}).engine, TorchEngine)
+    assert isinstance(AppConfig(engine={"backend": "tensorrt"}).engine, TensorRTEngine)  # the old key
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  type: onnxruntime\n  cuda_graphs: true\n")  # a torch setting
+    with pytest.raises(ConfigError, match=r"engine\.cuda_graphs: unknown key"):
+        load_config(path)
+    env = {"MARROW_EDGE__ENGINE__TYPE": "torch", "MARROW_EDGE__ENGINE__TORCH_WEIGHTS": "123"}
+    engine = load_config(environ=env).engine
+    assert isinstance(engine, TorchEngine) and str(engine.torch_weights) == "123"  # a path stays text
