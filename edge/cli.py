@@ -8,14 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.errors import EdgeError
 
 if TYPE_CHECKING:
     from edge.config import AppConfig
-    from edge.counting.control import SlideControl
 
 log = logging.getLogger("edge")
 
@@ -32,13 +31,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Without --broker or mqtt.url, the broker on localhost:1883 is used if one answers; "
         "otherwise an embedded mosquitto is started on a free loopback port for this run.",
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()  # none: the config's source
     where.add_argument("--source", type=Path, help="folder of images, one image, or a video file: every field counts")
     where.add_argument(
         "--camera",
         metavar="SPEC",
         help="a live camera in this process, through the field gate: 0, /dev/video0, rtsp://..., "
-        "genicam:SERIAL[@CTI], sim[:SCRIPT.yaml] (the simulated microscope), or a folder/video to replay",
+        "genicam:SERIAL[@CTI], sim[:SCRIPT.yaml] (the simulated microscope), or a folder/video to replay "
+        "(without --source/--camera/--ring: the config's source)",
     )
     where.add_argument("--ring", metavar="NAME", help="read the frame ring of a running `marrow-edge capture`")
     p.add_argument("--fps", type=float, help="camera frame rate (replays are paced to it)")
@@ -88,7 +88,8 @@ def _capture_parser(sub: argparse._SubParsersAction) -> None:
         description="Grab frames from CAMERA into the frame ring NAME, never waiting for a reader; "
         "reconnects with backoff when the camera goes away. Under systemd: Type=notify with a watchdog.",
     )
-    p.add_argument("--camera", required=True, metavar="SPEC", help="as for `run --camera`")
+    p.add_argument("--camera", metavar="SPEC", help="as for `run --camera` (default: the config's source)")
+    p.add_argument("--config", type=Path, help="YAML config file (its source: when --camera is not given)")
     p.add_argument("--ring", default="capture", help="frame ring name (default: capture)")
     p.add_argument("--slots", type=int, default=8, help="ring slots (default: 8)")
     p.add_argument("--fps", type=float, help="camera frame rate")
@@ -173,14 +174,15 @@ def _load_config(args: argparse.Namespace, extra: dict[str, Any]) -> AppConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.service.run import CountingService, RunRequest
+    from edge.service.run import CountingService, RunRequest, live_source
 
     _check_run_args(args)
     config = _load_config(args, {"bundle": args.bundle} if args.bundle else {})
+    camera, ring = (None, None) if args.source else live_source(args.camera, args.ring, args.fps, config)
     request = RunRequest(
         source=args.source,
-        camera=args.camera,
-        ring=args.ring,
+        camera=camera,
+        ring=ring,
         fps=args.fps,
         idle_timeout=args.idle_timeout,
         wait_for_start=args.wait_for_start,
@@ -192,7 +194,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     service = CountingService(config, request, sys.stdout)
-    _stop_on_signals(service.control, sys.stdout)
+    service.stop_on_signals()
     outcome = service.run()
     fail = sys.stderr.write
     if outcome.run is None:
@@ -231,7 +233,9 @@ def _check_run_args(args: argparse.Namespace) -> None:
     if args.max_fields is not None and args.max_fields < 1:
         raise ConfigError("--max-fields must be at least 1")
     if args.wait_for_start and args.source:
-        raise ConfigError("--wait-for-start needs --camera or --ring (a --source folder is one slide)")
+        raise ConfigError(
+            "--wait-for-start needs a live source: --camera, --ring or the config's (a --source folder is one slide)"
+        )
     specimen = args.specimen_id
     if specimen is not None and (len(specimen) > SPECIMEN_ID_MAX or not re.fullmatch(SPECIMEN_ID_PATTERN, specimen)):
         raise ConfigError(
@@ -239,38 +243,27 @@ def _check_run_args(args: argparse.Namespace) -> None:
         )
 
 
-def _stop_on_signals(control: SlideControl, out: TextIO) -> None:
-    """SIGTERM (systemctl stop) and Ctrl-C end the run as a stop_slide would: the field in hand is
-    finished, the report published, status ``stopped``. A second signal interrupts at once."""
-    import signal
-
-    def handle(signum: int, _frame: object) -> None:
-        if control.shutdown.is_set():
-            raise KeyboardInterrupt
-        out.write(f"\n{signal.Signals(signum).name}: finishing this field, then the report (again to abort)\n")
-        out.flush()
-        control.request_shutdown()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
 def _cmd_capture(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from edge.capture.cameras import CameraSettings, open_camera
+    from edge.capture.cameras import CameraSettings, open_source, source_from_spec
     from edge.capture.daemon import capture_loop
+    from edge.config import load_config
+    from edge.errors import ConfigError
     from edge.systemd import sd_notify
 
     def camera_state(state: str, detail: str) -> None:
         # Retrying an absent camera is alive, not hung: keep the watchdog fed and say why.
         sd_notify(f"WATCHDOG=1\nSTATUS=camera {state}: {detail}")
 
-    settings = CameraSettings(args.width, args.height, args.fps, args.exposure)
+    if args.camera:
+        camera = source_from_spec(args.camera, CameraSettings(args.width, args.height, args.fps, args.exposure))
+    elif (camera := load_config(args.config).source) is None:
+        raise ConfigError("no camera: give --camera SPEC or set source: in the config")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemctl stop: close the ring cleanly
-    stats = capture_loop(open_camera(args.camera, settings, camera_state), args.ring, args.slots, stop)
+    stats = capture_loop(open_source(camera, camera_state), args.ring, args.slots, stop)
     sys.stdout.write(f"capture: {stats.frames} frames, {stats.corrupt} corrupt\n")
     return 0
 

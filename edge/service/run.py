@@ -12,14 +12,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from edge import __version__
-from edge.config import AppConfig, parse_mqtt_url
+from edge.config import AppConfig, SourceConfig, parse_mqtt_url
 from edge.counting.control import SlideControl
 from edge.counting.journal import SlideJournal, resolve_open_slide
 from edge.counting.tally import Slide, Tally
-from edge.errors import PublishError
+from edge.errors import ConfigError, PublishError
 from edge.mqtt.broker import EmbeddedBroker, answers
 from edge.mqtt.commands import CommandHandler
 from edge.mqtt.messages import MessageFactory
@@ -47,7 +47,7 @@ class RunRequest:
     """What a run was asked for: exactly one of ``source`` (a replay: one slide), ``camera`` or ``ring``."""
 
     source: Path | None = None
-    camera: str | None = None
+    camera: SourceConfig | None = None  # a live source in this process (not a ring)
     ring: str | None = None
     fps: float | None = None
     idle_timeout: float | None = None
@@ -68,8 +68,8 @@ class RunRequest:
         """What a slide is counted from, as recorded in the journal (a resume must match it)."""
         if self.source is not None:
             return f"files:{Path(self.source).resolve()}"
-        if self.camera:
-            return f"camera:{self.camera}"
+        if self.camera is not None:
+            return f"camera:{self.camera.spec}"
         return f"ring:{self.ring}"
 
 
@@ -81,6 +81,24 @@ class RunOutcome:
     run: SlideRun | None
     twin: str | None
     undelivered: int
+
+
+def live_source(
+    camera_spec: str | None, ring: str | None, fps: float | None, config: AppConfig
+) -> tuple[SourceConfig | None, str | None]:
+    """(camera, ring) from the command line's --camera/--ring, else from the config's ``source``
+    (the installed appliance)."""
+    from edge.capture.cameras import CameraSettings, source_from_spec
+    from edge.config import RingSource
+
+    camera = source_from_spec(camera_spec, CameraSettings(fps=fps)) if camera_spec else None
+    if camera is None and not ring:
+        if config.source is None:
+            raise ConfigError("nothing to count: give --source, --camera or --ring, or set source: in the config")
+        camera = config.source
+    if isinstance(camera, RingSource):
+        return None, camera.name
+    return camera, ring
 
 
 class CountingService:
@@ -99,7 +117,7 @@ class CountingService:
         replay = (
             self._open_replay() if request.source is not None else None
         )  # a bad folder fails before the models load
-        self._camera = self._open_camera() if request.camera else None
+        self._camera = self._open_camera(request.camera) if request.camera is not None else None
         self.appliance: Appliance = build_appliance(config)
         self.source: CameraSource = replay if replay is not None else self._gated_ring()
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
@@ -114,6 +132,22 @@ class CountingService:
             )
         waiting = self.journal is not None and request.wait_for_start and self.resume is None
         self.pending = self.journal.open_slide() if waiting and self.journal is not None else None
+
+    def stop_on_signals(self) -> None:
+        """SIGTERM (systemctl stop) and Ctrl-C end the run as a stop_slide would: the field in hand is
+        finished, the report published, status ``stopped``. A second signal interrupts at once."""
+        import signal
+
+        control = self.control
+
+        def handle(signum: int, _frame: object) -> None:
+            if control.shutdown.is_set():
+                raise KeyboardInterrupt
+            self.console.say(f"\n{signal.Signals(signum).name}: finishing this field, then the report (again to abort)")
+            control.request_shutdown()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
 
     # -- sources ---------------------------------------------------------------------------------
 
@@ -130,17 +164,17 @@ class CountingService:
             source = Paced(source, self.request.fps)
         return source
 
-    def _open_camera(self) -> Any:
-        from edge.capture.cameras import CameraSettings, open_camera
+    def _open_camera(self, camera: SourceConfig) -> CameraSource:
+        from edge.capture.cameras import open_source
 
-        return open_camera(self.request.camera, CameraSettings(fps=self.request.fps), self._camera_state)
+        return open_source(camera, self._camera_state)
 
     def _gated_ring(self) -> GatedRingSource:
         from edge.capture.daemon import GatedRingSource
         from edge.capture.gate import FieldGate
 
         request = self.request
-        idle = request.idle_timeout or (5.0 if request.camera else 30.0)
+        idle = request.idle_timeout or (5.0 if request.camera is not None else 30.0)
         return GatedRingSource(
             self._ring,
             FieldGate(self.config.gate),

@@ -109,4 +109,6 @@ def test_run_arguments_are_checked_first(samples):
         assert proc.returncode == 2, proc.stderr
         assert text in error_lines(proc)[0]
     proc = marrow_edge("run", "--source", str(samples), "--wait-for-start")
-    assert proc.returncode == 2 and "--wait-for-start needs --camera or --ring" in proc.stderr
+    assert proc.returncode == 2 and "--wait-for-start needs a live source" in proc.stderr
+    proc = marrow_edge("run")  # no source on the command line and none in the (default) config
+    assert proc.returncode == 2 and "nothing to count: give --source, --camera or --ring" in proc.stderr

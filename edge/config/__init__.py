@@ -11,84 +11,55 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from edge.config.base import DEFAULT_BUNDLE, DEFAULT_SAMPLES, PACKAGE_ROOT, Strict
+from edge.config.engines import (
+    ENGINE_TYPES,
+    EngineConfig,
+    OnnxRuntimeEngine,
+    TensorRTEngine,
+    TorchEngine,
+)
+from edge.config.sources import (
+    GenICamSource,
+    ReplaySource,
+    RingSource,
+    RtspSource,
+    SimSource,
+    SourceConfig,
+    V4L2Source,
+)
 from edge.errors import ConfigError
 
+__all__ = [
+    "DEFAULT_BUNDLE",
+    "DEFAULT_SAMPLES",
+    "ENGINE_TYPES",
+    "PACKAGE_ROOT",
+    "AppConfig",
+    "EngineConfig",
+    "GenICamSource",
+    "OnnxRuntimeEngine",
+    "ReplaySource",
+    "RingSource",
+    "RtspSource",
+    "SimSource",
+    "SourceConfig",
+    "TensorRTEngine",
+    "TorchEngine",
+    "V4L2Source",
+    "load_config",
+    "parse_mqtt_url",
+]
+
 ENV_PREFIX = "MARROW_EDGE__"
-PACKAGE_ROOT = Path(__file__).resolve().parent
-# The bundle that ships in the repo; an installed wheel points at it through the config.
-DEFAULT_BUNDLE = PACKAGE_ROOT.parent / "models" / "marrow-bm"
-DEFAULT_SAMPLES = PACKAGE_ROOT.parent / "samples" / "marrow"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class OnnxRuntimeEngine(_Strict):
-    """The default: ONNX Runtime on the bundle's graphs (CPU, or its CUDA/TensorRT providers)."""
-
-    type: Literal["onnxruntime"] = "onnxruntime"
-    providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
-        default_factory=lambda: ["cpu"],
-        description="ONNX Runtime execution providers in order of preference.",
-    )
-    require_providers: bool = Field(
-        False, description="Refuse to start when a requested provider is not the one that really runs."
-    )
-    threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime; 0 lets it choose.")
-    precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the TensorRT provider.")
-    engine_cache: Path = Field(
-        Path("/var/cache/marrow-edge/engines"), description="Where the TensorRT provider keeps its engines."
-    )
-
-
-class _VerifiedEngine(_Strict):
-    verify: bool = Field(
-        True,
-        description="Compare the whole field model with ONNX Runtime FP32 on verify_fields before use "
-        "(tolerances from the bundle); a failure stops the start.",
-    )
-    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields the engine is checked on before use.")
-
-
-class TorchEngine(_VerifiedEngine):
-    """The fused field path on PyTorch (needs torch; CUDA FP16 with CUDA graphs for speed)."""
-
-    type: Literal["torch"] = "torch"
-    device: Literal["cuda", "cpu"] = "cuda"
-    precision: Literal["fp16", "fp32"] = Field("fp16", description="fp16 needs a GPU.")
-    cuda_graphs: bool = Field(True, description="Replay the networks as CUDA graphs.")
-    torch_weights: Path | None = Field(
-        None, description="Folder of PyTorch state dicts; None takes the bundle's torch/ folder."
-    )
-
-
-class TensorRTEngine(_VerifiedEngine):
-    """Engines built from the bundle's graphs (needs TensorRT and cuda-python), verified against ONNX
-    Runtime FP32 on verify_fields when built, cached per GPU and TensorRT version."""
-
-    type: Literal["tensorrt"] = "tensorrt"
-    precision: Literal["fp16", "fp32"] = "fp16"
-    engine_cache: Path = Field(Path("/var/cache/marrow-edge/engines"), description="Where built engines are kept.")
-    on_engine_mismatch: Literal["rebuild", "refuse"] = Field(
-        "rebuild",
-        description="A cached engine built for another GPU, TensorRT, bundle or profile: "
-        "rebuild it, or refuse to start.",
-    )
-
-
-# The engine is chosen by its ``type`` (a discriminated union: each type has only its own settings);
-# the builders are registered under the same names in ``edge.analysis.field_models.ENGINES``.
-EngineConfig = Annotated[OnnxRuntimeEngine | TorchEngine | TensorRTEngine, Field(discriminator="type")]
-ENGINE_TYPES = ("onnxruntime", "torch", "tensorrt")
-
-
-class AnalysisConfig(_Strict):
+class AnalysisConfig(Strict):
     score_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Detector score threshold; None takes the bundle's."
     )
@@ -111,7 +82,7 @@ class AnalysisConfig(_Strict):
     )
 
 
-class CountingConfig(_Strict):
+class CountingConfig(Strict):
     target_count: int = Field(
         300, ge=1, strict=True, description="Countable cells per slide (ICSH: 300-500 for a marrow differential)."
     )
@@ -131,7 +102,7 @@ class CountingConfig(_Strict):
     )
 
 
-class MqttConfig(_Strict):
+class MqttConfig(Strict):
     url: str | None = Field(
         None,
         description="mqtt://host:port of the broker. None: use localhost:1883 if it answers, "
@@ -175,7 +146,7 @@ class MqttConfig(_Strict):
         return value
 
 
-class GateConfig(_Strict):
+class GateConfig(Strict):
     """When a live camera's frame counts as a field (edge.capture.gate); the gate reads these directly."""
 
     still_px: float = Field(2.0, ge=0, description="Shift per frame (px) under which the stage counts as still.")
@@ -197,7 +168,7 @@ class GateConfig(_Strict):
     relocate_max_px: float = Field(150.0, ge=0, description="Larger corrections are false matches, not drift.")
 
 
-class PreviewConfig(_Strict):
+class PreviewConfig(Strict):
     """The preview path (DESIGN 1): newest frame wins, boxes drawn by the display, never bridged."""
 
     enabled: bool = Field(True, description="Publish preview frames on <prefix>/<device>/preview (local only).")
@@ -212,7 +183,7 @@ class PreviewConfig(_Strict):
     box_refresh_s: float = Field(1.0, gt=0, description="Re-analyse a still view after this many seconds.")
 
 
-class DisplayConfig(_Strict):
+class DisplayConfig(Strict):
     """``marrow-edge display``: the page at the microscope."""
 
     host: str = Field(
@@ -222,17 +193,20 @@ class DisplayConfig(_Strict):
     command_timeout_s: float = Field(5.0, gt=0, description="Longest wait for the box's reply to a button.")
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class AppConfig(_Strict):
+class AppConfig(Strict):
     device_id: str = Field(
         "marrow-edge-dev",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Names this box in every topic and message.",
     )
     bundle: Path = Field(DEFAULT_BUNDLE, description="Model bundle folder (holds bundle.json).")
+    source: SourceConfig | None = Field(
+        None, description="The camera (or ring) when the command line names none: the installed appliance's."
+    )
     engine: EngineConfig = Field(default_factory=OnnxRuntimeEngine)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     counting: CountingConfig = Field(default_factory=CountingConfig)

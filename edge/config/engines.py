@@ -1,0 +1,70 @@
+"""Engine settings, one model per ``engine.type``; each type's builder is registered under the same
+name in ``edge.analysis.field_models.ENGINES``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from edge.config.base import DEFAULT_SAMPLES, Strict
+
+
+class OnnxRuntimeEngine(Strict):
+    """The default: ONNX Runtime on the bundle's graphs (CPU, or its CUDA/TensorRT providers)."""
+
+    type: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
+        default_factory=lambda: ["cpu"],
+        description="ONNX Runtime execution providers in order of preference.",
+    )
+    require_providers: bool = Field(
+        False, description="Refuse to start when a requested provider is not the one that really runs."
+    )
+    threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime; 0 lets it choose.")
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the TensorRT provider.")
+    engine_cache: Path = Field(
+        Path("/var/cache/marrow-edge/engines"), description="Where the TensorRT provider keeps its engines."
+    )
+
+
+class _VerifiedEngine(Strict):
+    verify: bool = Field(
+        True,
+        description="Compare the whole field model with ONNX Runtime FP32 on verify_fields before use "
+        "(tolerances from the bundle); a failure stops the start.",
+    )
+    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields the engine is checked on before use.")
+
+
+class TorchEngine(_VerifiedEngine):
+    """The fused field path on PyTorch (needs torch; CUDA FP16 with CUDA graphs for speed)."""
+
+    type: Literal["torch"] = "torch"
+    device: Literal["cuda", "cpu"] = "cuda"
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="fp16 needs a GPU.")
+    cuda_graphs: bool = Field(True, description="Replay the networks as CUDA graphs.")
+    torch_weights: Path | None = Field(
+        None, description="Folder of PyTorch state dicts; None takes the bundle's torch/ folder."
+    )
+
+
+class TensorRTEngine(_VerifiedEngine):
+    """Engines built from the bundle's graphs (needs TensorRT and cuda-python), verified against ONNX
+    Runtime FP32 on verify_fields when built, cached per GPU and TensorRT version."""
+
+    type: Literal["tensorrt"] = "tensorrt"
+    precision: Literal["fp16", "fp32"] = "fp16"
+    engine_cache: Path = Field(Path("/var/cache/marrow-edge/engines"), description="Where built engines are kept.")
+    on_engine_mismatch: Literal["rebuild", "refuse"] = Field(
+        "rebuild",
+        description="A cached engine built for another GPU, TensorRT, bundle or profile: "
+        "rebuild it, or refuse to start.",
+    )
+
+
+# The engine is chosen by its ``type`` (a discriminated union: each type has only its own settings);
+# the builders are registered under the same names in ``edge.analysis.field_models.ENGINES``.
+EngineConfig = Annotated[OnnxRuntimeEngine | TorchEngine | TensorRTEngine, Field(discriminator="type")]
+ENGINE_TYPES = ("onnxruntime", "torch", "tensorrt")
