@@ -50,7 +50,7 @@ tag=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ',
 echo "== GPU tests"
 # shellcheck disable=SC2086  # GPU_TESTS is a list of paths
 timeout "${GPU_TEST_TIMEOUT:-240}" python3 -m pytest -q -rs -s -p no:cacheprovider \
-    ${GPU_TESTS:-tests/gpu tests/engines tests/unit/test_verify.py} 2>&1 | tee "$out/gpu-tests.log"
+    ${GPU_TESTS:-tests/gpu tests/unit/analysis} 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmark"

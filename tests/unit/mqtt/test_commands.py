@@ -9,7 +9,7 @@ from edge.counting.control import SlideControl
 from edge.counting.tally import Slide
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandHandler
 from edge.mqtt.messages import MessageFactory
-from tests.unit.test_messages import PROVENANCE
+from tests.unit.mqtt.test_messages import PROVENANCE
 
 
 def handler(counting=False):

@@ -20,7 +20,7 @@ from edge.display.server import DisplayServer
 from edge.mqtt.commands import CommandHandler
 from edge.mqtt.messages import MessageFactory, encode
 from edge.mqtt.topics import Topics
-from tests.unit.test_messages import CLASSES, PROVENANCE, _result
+from tests.unit.mqtt.test_messages import CLASSES, PROVENANCE, _result
 
 TOPICS = Topics("marrow/v1", "box-1")
 

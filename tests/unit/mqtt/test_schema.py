@@ -11,7 +11,7 @@ from edge.counting.rules import load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.mqtt.messages import CameraState, MessageFactory, encode
 from edge.mqtt.schema import SCHEMAS_DIR, stale
-from tests.unit.test_messages import CLASSES, PROVENANCE, _result
+from tests.unit.mqtt.test_messages import CLASSES, PROVENANCE, _result
 
 
 def test_committed_schemas_match_the_models():

@@ -17,7 +17,7 @@ from edge.engines.bundle import ClassSpec
 from edge.mqtt.memory import MemoryPublisher
 from edge.mqtt.messages import MessageFactory, PreviewMessage
 from edge.service.preview import PreviewPublisher
-from tests.unit.test_messages import PROVENANCE
+from tests.unit.mqtt.test_messages import PROVENANCE
 
 CLASSES = [ClassSpec(name="lymphocyte", role="wbc", aliases=["LY"]), ClassSpec(name="monocyte", role="wbc")]
 
