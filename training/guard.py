@@ -87,7 +87,8 @@ def field_statistics(bundle: Bundle, fields: list[Path]) -> tuple[np.ndarray, np
     from edge.analysis.field_models import reference_model
     from edge.config import AppConfig
 
-    analyzer = FieldAnalyzer(bundle, reference_model(bundle, AppConfig(bundle=bundle.root).analysis))
+    model = reference_model(bundle, AppConfig(bundle=bundle.root).analysis)
+    analyzer = FieldAnalyzer(bundle, model, colour_features=True)  # the bundle has no guard yet
     index = {name: i for i, name in enumerate(bundle.class_names)}
     rows = []
     for path in fields:

@@ -171,12 +171,14 @@ def recipe_lines(recipes: dict) -> list[str]:
     """One line per trained model (and per earlier phase it continued from), for a bundle README."""
     lines = []
     for part, r in recipes.items():
+        name, earlier = part, 0
         while r:
             lines.append(
-                f"- {part}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
+                f"- {name}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
                 f"recipe {json.dumps(r['recipe'])}"
             )
-            r, part = r.get("continued_from"), f"{part} (first phase)"
+            earlier += 1
+            r, name = r.get("continued_from"), f"{part} (phase before, -{earlier})"
     return lines
 
 

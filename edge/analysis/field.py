@@ -104,14 +104,22 @@ class FieldResult:
 class FieldAnalyzer:
     """Everything the count path does to one field, on whatever model it was given."""
 
-    def __init__(self, bundle: Bundle, model: FieldModel, countable_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        model: FieldModel,
+        countable_threshold: float | None = None,
+        colour_features: bool | None = None,
+    ) -> None:
+        """``colour_features``: take each cell's stain features (None: when the bundle has a domain
+        guard to feed; True: always, as the guard's calibration needs them before it exists)."""
         spec = bundle.manifest.classifier
         self.model = model
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])
         self.colour_normalisation = bundle.manifest.colour_normalisation
-        self._guarded = bundle.manifest.domain_guard is not None
+        self._guarded = bundle.manifest.domain_guard is not None if colour_features is None else colour_features
 
     def __call__(self, image: np.ndarray, index: int = 0, source: str = "") -> FieldResult:
         timings = {}

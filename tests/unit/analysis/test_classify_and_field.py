@@ -52,3 +52,21 @@ def test_field_analyzer_countable_decision(bundle):
     assert result.cells[0].class_probability == pytest.approx(0.7)
     assert result.cells[1].box == (100.0, 100.0, 140.0, 140.0)
     assert set(result.timings_ms) == {"detect", "crop", "classify"}
+
+
+def test_stain_features_are_taken_for_the_guard_or_when_asked(bundle, samples):
+    # The guard's calibration needs each cell's stain features before the bundle has a guard.
+    from edge.analysis.field_models import reference_model
+    from edge.capture.decode import decode_image
+    from edge.config import AppConfig
+
+    ort_reference = reference_model(bundle, AppConfig().analysis)
+    path = sorted(samples.glob("*.jpg"))[0]
+    image = decode_image(path.read_bytes(), path.name)
+    assert bundle.manifest.domain_guard is not None
+    default = FieldAnalyzer(bundle, ort_reference)(image)
+    assert default.cells and all(c.colour is not None and len(c.colour) == 6 for c in default.cells)
+    off = FieldAnalyzer(bundle, ort_reference, colour_features=False)(image)
+    assert all(c.colour is None for c in off.cells)
+    on = FieldAnalyzer(bundle, ort_reference, colour_features=True)(image)
+    assert [c.colour for c in on.cells] == [c.colour for c in default.cells]
