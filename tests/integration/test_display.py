@@ -207,7 +207,7 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
         page.goto(url)
         expect(page.locator("#state")).to_have_text("● ONLINE", timeout=60_000)
         # the live view runs between slides: the technician places the slide before pressing Start
-        expect(page.locator("#view")).to_have_attribute("data-seq", re.compile(r"\d+"), timeout=10_000)
+        expect(page.locator("#view")).to_have_attribute("data-seq", re.compile(r"\d+"), timeout=30_000)
         page.fill("#specimen", "BM-2026-0143")
         page.fill("#target", "2.5")
         page.click("#start")
