@@ -77,7 +77,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--display",
         action="store_true",
         help="also serve the display page in this process (display.host/display.port, default "
-        "http://127.0.0.1:8080/), on whatever broker the run uses",
+        "http://127.0.0.1:8080/), on whatever broker the run uses; after a --source slide the page stays up "
+        "until Ctrl-C",
+    )
+    p.add_argument(
+        "--display-hold",
+        type=float,
+        metavar="S",
+        help="with --display and --source: close the page S s after the slide ends",
     )
 
 
@@ -191,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         close_interrupted=args.close_interrupted,
         max_fields=args.max_fields,
         display=args.display,
+        display_hold=args.display_hold,
         quiet=args.quiet,
     )
     service = CountingService(config, request, sys.stdout)

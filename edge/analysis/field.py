@@ -85,6 +85,7 @@ class Cell:
     p_countable: float
     countable: bool
     colour: tuple[float, ...] | None = None  # stain features for the domain-shift guard
+    why_not: str | None = None  # why a cell is not counted, in words (None: counted)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,15 @@ class FieldAnalyzer:
         self.colour_normalisation = bundle.manifest.colour_normalisation
         self._guarded = bundle.manifest.domain_guard is not None if colour_features is None else colour_features
 
+    def _why_not(self, p_countable: float, winner: int) -> str | None:
+        """Why a cell is left out of the count, in the technician's words; None: it counts."""
+        if p_countable < self.countable_threshold:
+            # stage 1 learned artefacts, smudges, platelets, border-cut and defocused cells
+            return "stage 1: artefact, cut by the border or out of focus"
+        if self._never_counted[winner]:
+            return f"{self.class_names[winner].replace('_', ' ')} is never counted"
+        return None
+
     def __call__(self, image: np.ndarray, index: int = 0, source: str = "") -> FieldResult:
         timings = {}
         if self.colour_normalisation == "background":
@@ -138,8 +148,9 @@ class FieldAnalyzer:
                 class_probability=float(out.probs[i, winners[i]]),
                 probabilities=out.probs[i],
                 p_countable=float(out.p_countable[i]),
-                countable=bool(out.p_countable[i] >= self.countable_threshold and not self._never_counted[winners[i]]),
+                countable=self._why_not(float(out.p_countable[i]), int(winners[i])) is None,
                 colour=tuple(round(float(v), 5) for v in colours[i]) if colours is not None else None,
+                why_not=self._why_not(float(out.p_countable[i]), int(winners[i])),
             )
             for i in range(len(winners))
         ]

@@ -91,6 +91,13 @@ class CountingConfig(Strict):
         default_factory=lambda: ["wbc", "key", "other"],
         description="Class roles that make up the denominator of the percentages.",
     )
+    review_below: float = Field(
+        0.55,
+        ge=0.0,
+        le=1.0,
+        description="A counted cell whose top class probability is below this is flagged for review (the display "
+        "says how many); 0 flags none.",
+    )
     rules: Path | None = Field(None, description="YAML rule pack; None uses the embedded default.")
     journal: Path | None = Field(
         None,

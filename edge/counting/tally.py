@@ -50,8 +50,11 @@ class Tally:
         confidence: float = 0.95,
         denominator_roles: tuple[str, ...] = ("wbc", "key", "other"),
         domain_guard: DomainGuardSpec | None = None,
+        review_below: float = 0.0,
     ) -> None:
         self.classes = classes
+        self.review_below = review_below
+        self.flagged = 0  # counted cells whose top class probability is under review_below: look at them
         self.rules = rules
         self.target_count = target_count
         self.confidence = confidence
@@ -70,6 +73,7 @@ class Tally:
         for cell in result.cells:
             if cell.countable:
                 self.counts[cell.class_name] += 1
+                self.flagged += cell.class_probability < self.review_below
                 self.guard.add(cell.colour, cell.class_probability, self._class_index.get(cell.class_name))
             else:
                 self.not_countable += 1

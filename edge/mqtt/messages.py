@@ -89,6 +89,7 @@ class PreviewCell(_Model):
     label: str = Field(description="Short label for the box (the class's first alias).")
     probability: float
     countable: bool
+    why_not: str | None = Field(None, description="Why a cell is not counted, in words (None: it is counted).")
 
 
 class PreviewMessage(Envelope):
@@ -209,6 +210,8 @@ class TallyMessage(Envelope):
     shares: list[ShareOut]
     rules: list[RuleOut]
     domain: DomainOut | None = Field(None, description="The domain-shift guard's verdict on this slide.")
+    flagged: int = Field(0, ge=0, description="Counted cells whose top class probability is under review_below.")
+    review_below: float = Field(0.0, ge=0.0, le=1.0, description="The top probability under which a cell is flagged.")
     disclaimer: str
     provenance: Provenance
 
@@ -300,6 +303,8 @@ class MessageFactory:
             "countable": tally.denominator,
             "not_countable": tally.not_countable,
             "counts": dict(tally.counts),
+            "flagged": tally.flagged,
+            "review_below": tally.review_below,
             "target_count": tally.target_count,
             "progress": tally.progress,
             "confidence": tally.confidence,

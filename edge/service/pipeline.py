@@ -53,6 +53,7 @@ class Appliance:
             counting.confidence,
             tuple(counting.denominator_roles),
             self.bundle.manifest.domain_guard,
+            counting.review_below,
         )
 
 

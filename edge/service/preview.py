@@ -185,4 +185,5 @@ class PreviewPublisher:
             label=self._labels.get(cell.class_name, cell.class_name),
             probability=round(cell.class_probability, 3),
             countable=cell.countable,
+            why_not=cell.why_not,
         )

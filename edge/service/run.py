@@ -57,6 +57,7 @@ class RunRequest:
     close_interrupted: bool = False
     max_fields: int | None = None
     display: bool = False
+    display_hold: float | None = None  # after a replayed slide, keep the page up this long (None: until Ctrl-C)
     quiet: bool = False
 
     @property
@@ -237,12 +238,24 @@ class CountingService:
 
                 display = Display(self.config, host, port).start()  # before the box connects: the page sees it all
                 self.console.say(f"display: {display.url}")
-            return self._connected(host, port)
+            outcome = self._connected(host, port)
+            if display is not None and not request.wait_for_start:
+                self._hold_display(display.url)
+            return outcome
         finally:
             if display is not None:
                 display.stop()
             if broker is not None:
                 broker.stop()
+
+    def _hold_display(self, url: str) -> None:
+        """The demo's page keeps the finished slide on screen until the user is done with it."""
+        hold = self.request.display_hold
+        if hold is not None and hold <= 0:
+            return
+        how_long = "until Ctrl-C" if hold is None else f"for {hold:g} s (Ctrl-C closes it sooner)"
+        self.console.say(f"display: the finished slide stays on {url} {how_long}")
+        self.control.shutdown.wait(hold)
 
     def _connected(self, host: str, port: int) -> RunOutcome:
         config, request, control = self.config, self.request, self.control

@@ -114,6 +114,29 @@ def _screenshot(page: Any, tmp_path: Path, name: str) -> Path:
     return path
 
 
+# Samples the page every 40 ms: the counted flash and the gate line must agree; boxes never on a moving view.
+ONE_STATE_WATCH = """() => {
+  const w = window.__watch = {samples: 0, counted_flashes: 0, contradictions: [], boxes_while_moving: 0, moving: 0};
+  setInterval(() => {
+    w.samples += 1;
+    const banner = document.getElementById('banner');
+    const line = document.getElementById('gate-line');
+    const flashing = !banner.hidden && banner.classList.contains('counted');
+    if (flashing) {
+      w.counted_flashes += 1;
+      if (line.dataset.decision !== 'accepted' || line.textContent.startsWith('Not counted')) {
+        w.contradictions.push(banner.textContent + ' | ' + line.textContent);
+      }
+    }
+    const view = document.getElementById('view');
+    if (view.dataset.gate === 'moving') {
+      w.moving += 1;
+      if (view.dataset.boxes !== 'hidden') w.boxes_while_moving += 1;
+    }
+  }, 40);
+}"""
+
+
 def _tally_counts(tally: dict[str, Any]) -> dict[str, int]:
     return {share["class"]: share["count"] for share in tally["shares"]}
 
@@ -152,8 +175,22 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
         time.sleep(0.1)
     assert app.returncode == 0, app.stderr.read()  # type: ignore[union-attr]
     (report,) = recorder.wait_for("/report")
-    expect(page.locator("#state")).to_have_text("OFFLINE (stopped)")
+    # Issue 19: a clean stop reads as finished, never as a fault over the result.
+    expect(page.locator("#state")).to_have_text("FINISHED — appliance stopped")
+    expect(page.locator("#banner")).to_be_hidden()
     expect(page.locator("#slide-line")).to_have_attribute("data-done", "true")
+    # Uncertain cells are said where the count is, as many as the report flags.
+    if report["flagged"]:
+        expect(page.locator("#flagged")).to_have_attribute("data-flagged", str(report["flagged"]))
+        assert f"of {report['countable']} counted cells uncertain" in page.inner_text("#flagged")
+    else:
+        expect(page.locator("#flagged")).to_be_hidden()
+    assert report["review_below"] == 0.55
+    # The disclaimer is on screen at 1280x800 without scrolling.
+    box = page.locator("#disclaimer").bounding_box()
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 800, box
+    assert report["disclaimer"] in page.inner_text("#disclaimer")
+    _screenshot(page, tmp_path, "display-finished.png")
     final = page.evaluate(PAGE_STATE)
     assert final["counts"] == _tally_counts(report) and final["fields"] == report["fields"] == total
     assert final["countable"] == report["countable"]
@@ -166,6 +203,10 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
     for preview in previews:
         cells = fields[preview["field_index"]]["cells"]
         assert [c["class"] for c in preview["cells"]] == [c["class"] for c in cells]
+        # A cell left out says why (issue 19): stage 1 or a class that is never counted.
+        for shown in preview["cells"]:
+            assert (shown["why_not"] is None) is shown["countable"], shown
+            assert shown["why_not"] is None or shown["why_not"].startswith(("stage 1", "not countable")), shown
         for shown, cell in zip(preview["cells"], cells, strict=True):
             assert shown["box"] == pytest.approx([v * preview["scale"] for v in cell["box"]], abs=0.1)
     assert page.locator("#view").get_attribute("data-seq") is not None
@@ -205,6 +246,7 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
     )  # fmt: skip
     try:
         page.goto(url)
+        page.evaluate(ONE_STATE_WATCH)
         expect(page.locator("#state")).to_have_text("● ONLINE", timeout=60_000)
         # the live view runs between slides: the technician places the slide before pressing Start
         expect(page.locator("#view")).to_have_attribute("data-seq", re.compile(r"\d+"), timeout=30_000)
@@ -236,6 +278,11 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
         assert set(stop) == {"request_id"}
         (report,) = recorder.wait_for("/report", timeout=30)
         expect(page.locator("#slide-line")).to_have_attribute("data-done", "true")
+        assert report["countable"] > 0  # the simulated microscope's slide is one the marrow bundle counts
+        watched = page.evaluate("() => window.__watch")
+        # One state at a time: never "COUNTED" over a gate line that says "Not counted"; no boxes on a moving view.
+        assert watched["samples"] > 50 and watched["counted_flashes"] >= 1, watched
+        assert watched["contradictions"] == [] and watched["boxes_while_moving"] == 0, watched
         assert page.evaluate(PAGE_STATE)["counts"] == _tally_counts(report)
 
         app.send_signal(signal.SIGKILL)  # the appliance dies: the broker sends its last will
@@ -262,7 +309,7 @@ def test_run_serves_the_display_in_process(broker, samples):
     env = {**os.environ, "MARROW_EDGE__DISPLAY__PORT": "0"}
     app = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", "--source", str(samples), "--fps", "2", "--display",
-         "--device-id", "demo-1", "--broker", broker.url],
+         "--device-id", "demo-1", "--broker", broker.url, "--display-hold", "120"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
@@ -277,9 +324,17 @@ def test_run_serves_the_display_in_process(broker, samples):
         assert state["tally"]["fields"] >= 1 and state["link"]["connected"] is True
         with urllib.request.urlopen(url, timeout=5) as response:
             assert b"/static/app.js" in response.read()
+        # Issue 19: the slide ends, the page (and its result) stays until the user closes it.
+        held = next(line for line in app.stdout if line.startswith("display: the finished slide stays"))  # type: ignore[union-attr]
+        assert url in held and "for 120 s (Ctrl-C closes it sooner)" in held
+        with urllib.request.urlopen(url + "api/state", timeout=5) as response:
+            state = json.loads(response.read())
+        assert state["status"]["state"] == "stopped" and state["report"]["fields"] == len(list(samples.glob("*.jpg")))
+        assert app.poll() is None  # still serving the finished slide
+        app.send_signal(signal.SIGINT)
     finally:
         app.stdout.read()  # type: ignore[union-attr]
-        assert app.wait(timeout=120) == 0, app.stderr.read()  # type: ignore[union-attr]
+        assert app.wait(timeout=30) == 0, app.stderr.read()  # type: ignore[union-attr]
 
 
 def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broker, display, page, tmp_path):

@@ -42,6 +42,12 @@ function online() {
   return streamUp && state.link && state.link.connected && state.status && state.status.state === "online";
 }
 
+// A clean stop (status "stopped") is a finished run, not a fault: only the broker's last will
+// ("offline") or no appliance at all reads as offline.
+function finished() {
+  return streamUp && state.link && state.link.connected && state.status && state.status.state === "stopped";
+}
+
 function renderStatus() {
   const badge = $("state");
   let text, cls;
@@ -49,7 +55,7 @@ function renderStatus() {
   else if (!state.link || !state.link.connected) { text = "NO BROKER"; cls = "offline"; }
   else if (!state.status) { text = "OFFLINE (never seen)"; cls = "offline"; }
   else if (state.status.state === "online") { text = "● ONLINE"; cls = "online"; }
-  else if (state.status.state === "stopped") { text = "OFFLINE (stopped)"; cls = "offline"; }
+  else if (state.status.state === "stopped") { text = "FINISHED — appliance stopped"; cls = "stopped"; }
   else { text = "OFFLINE"; cls = "offline"; }
   badge.textContent = text;
   badge.className = "badge " + cls;
@@ -84,9 +90,14 @@ function renderStatus() {
     clearTimeout(flashTimer);
     flashUntil = 0;
     $("viewport").classList.remove("flash");
-    banner.hidden = false;
-    banner.className = "banner offline";
-    banner.textContent = streamUp ? "Appliance offline — nothing is being counted" : "Display service unreachable";
+    if (finished()) {  // the result stays readable: no alarm over it
+      banner.hidden = true;
+      banner.className = "banner";
+    } else {
+      banner.hidden = false;
+      banner.className = "banner offline";
+      banner.textContent = streamUp ? "Appliance offline — nothing is being counted" : "Display service unreachable";
+    }
   } else if (banner.classList.contains("offline")) {
     banner.hidden = true;
     banner.className = "banner";
@@ -123,6 +134,7 @@ function renderCount() {
     $("progress").dataset.reached = "false";
     $("rules").replaceChildren();
     $("domain").hidden = true;
+    $("flagged").hidden = true;
     body.replaceChildren();
     return;
   }
@@ -153,6 +165,12 @@ function renderCount() {
   $("domain").hidden = !shifted;
   $("domain").textContent = shifted ? `⚠ ${t.domain.message}. Rules held at indeterminate; review every cell.` : "";
   $("domain").dataset.state = t.domain ? t.domain.state : "none";
+  // Cells the classifier was unsure of: the count is provisional until someone looks at them.
+  const flagged = t.flagged || 0;
+  $("flagged").hidden = !flagged;
+  $("flagged").dataset.flagged = String(flagged);
+  $("flagged").textContent = flagged ? `⚑ ${flagged} of ${t.countable} counted cell${t.countable === 1 ? "" : "s"} uncertain ` +
+    `(top probability under ${Math.round(t.review_below * 100)}%): provisional, review them` : "";
   $("rules").replaceChildren(...applicable.map((r) => {
     const li = document.createElement("li");
     li.className = r.state;
@@ -184,6 +202,7 @@ function endFlash() {
   $("viewport").classList.remove("flash");
   const banner = $("banner");
   if (!banner.classList.contains("offline")) banner.hidden = true;
+  renderGate();
 }
 
 function showBanner(text, cls, ms) {
@@ -197,10 +216,17 @@ function showBanner(text, cls, ms) {
     $("viewport").classList.add("flash");
     clearTimeout(flashTimer);  // a newer flash restarts the clock
     flashTimer = setTimeout(endFlash, ms);
+    renderGate();
   }
 }
 
 function renderGate() {
+  if (performance.now() < flashUntil) {  // one state at a time: the counted flash holds the line
+    $("gate-line").textContent = GATE_WORDS.accepted;
+    $("gate-reason").textContent = "";
+    $("gate-line").dataset.decision = "accepted";
+    return;
+  }
   const g = state.gate;
   if (!g) {
     $("gate-line").textContent = "";
@@ -237,7 +263,11 @@ function drawPreview(p) {
     const font = Math.max(14, Math.round(p.width / 36));
     ctx.font = `bold ${font}px sans-serif`;
     ctx.textBaseline = "top";
-    for (const c of p.cells || []) {
+    // While the stage moves, boxes found on an earlier view would trail the cells: none are drawn.
+    const moving = p.gate === "moving";
+    const drawn = moving ? [] : (p.cells || []);
+    const labels = [];
+    for (const c of drawn) {
       const [x1, y1, x2, y2] = c.box;
       const colour = c.countable ? colourOf(c.class) : NOT_COUNTED;
       ctx.lineWidth = Math.max(2, p.width / 260);
@@ -245,17 +275,22 @@ function drawPreview(p) {
       ctx.strokeStyle = colour;
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
       ctx.setLineDash([]);
-      const label = c.countable ? c.label : `${c.label} (not counted)`;
+      const label = c.countable ? c.label : `${c.label} not counted: ${c.why_not || "not countable"}`;
+      labels.push(label);
       const w = ctx.measureText(label).width + 8;
       const ty = y1 - font - 6 >= 0 ? y1 - font - 6 : y2 + 2;
+      const tx = Math.max(0, Math.min(x1, p.width - w));  // a long label stays on the canvas, reason included
       ctx.fillStyle = colour;
-      ctx.fillRect(x1, ty, w, font + 6);
+      ctx.fillRect(tx, ty, w, font + 6);
       ctx.fillStyle = "#000";
-      ctx.fillText(label, x1 + 4, ty + 3);
+      ctx.fillText(label, tx + 4, ty + 3);
     }
     $("no-view").hidden = true;
     canvas.dataset.seq = p.seq;
     canvas.dataset.cells = p.cells ? p.cells.length : "";
+    canvas.dataset.boxes = moving ? "hidden" : String(drawn.length);
+    canvas.dataset.gate = p.gate || "";
+    canvas.dataset.labels = JSON.stringify(labels);
     framesSeen.push(performance.now());
     drawing = null;
   };
