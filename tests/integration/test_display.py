@@ -281,7 +281,7 @@ def test_buttons_publish_commands_and_offline_shows(broker, display, page, tmp_p
         assert report["countable"] > 0  # the simulated microscope's slide is one the marrow bundle counts
         watched = page.evaluate("() => window.__watch")
         # One state at a time: never "COUNTED" over a gate line that says "Not counted"; no boxes on a moving view.
-        assert watched["samples"] > 50 and watched["counted_flashes"] >= 1, watched
+        assert watched["samples"] >= 10 and watched["counted_flashes"] >= 1, watched  # a sample at least every 40 ms
         assert watched["contradictions"] == [] and watched["boxes_while_moving"] == 0, watched
         assert page.evaluate(PAGE_STATE)["counts"] == _tally_counts(report)
 
