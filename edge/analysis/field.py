@@ -140,6 +140,7 @@ class FieldAnalyzer:
         out = self.model(image)
         colours = cell_colour_features(image, out.boxes) if self._guarded and len(out.boxes) else None
         winners = out.probs.argmax(axis=1) if len(out.probs) else np.empty(0, np.int64)
+        why_not = [self._why_not(float(out.p_countable[i]), int(winners[i])) for i in range(len(winners))]
         cells = [
             Cell(
                 box=tuple(float(v) for v in out.boxes[i]),  # type: ignore[arg-type]
@@ -148,9 +149,9 @@ class FieldAnalyzer:
                 class_probability=float(out.probs[i, winners[i]]),
                 probabilities=out.probs[i],
                 p_countable=float(out.p_countable[i]),
-                countable=self._why_not(float(out.p_countable[i]), int(winners[i])) is None,
+                countable=why_not[i] is None,
                 colour=tuple(round(float(v), 5) for v in colours[i]) if colours is not None else None,
-                why_not=self._why_not(float(out.p_countable[i]), int(winners[i])),
+                why_not=why_not[i],
             )
             for i in range(len(winners))
         ]

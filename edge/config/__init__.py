@@ -316,12 +316,23 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _tags(union: Any) -> set[str]:
+    """The ``type`` values of a discriminated union's members."""
+    import typing
+
+    return {m.model_fields["type"].default for m in typing.get_args(typing.get_args(union)[0])}
+
+
+# Sections chosen by type: pydantic puts the chosen type in an error's location; the key a user wrote has none.
+_UNION_TAGS = {"engine": _tags(EngineConfig), "source": _tags(SourceConfig)}
+
+
 def _describe(error: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for item in error.errors():
         loc = list(item["loc"])
-        if len(loc) > 1 and loc[0] == "engine" and loc[1] in ENGINE_TYPES:
-            del loc[1]  # the union's tag: the key is engine.<key> whatever the type
+        if len(loc) > 1 and loc[1] in _UNION_TAGS.get(str(loc[0]), ()):
+            del loc[1]  # a union's tag: the key is engine.<key> / source.<key> whatever the type
         key = ".".join(str(p) for p in loc) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"  {key}: {message}")

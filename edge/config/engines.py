@@ -67,4 +67,4 @@ class TensorRTEngine(_VerifiedEngine):
 # The engine is chosen by its ``type`` (a discriminated union: each type has only its own settings);
 # the builders are registered under the same names in ``edge.analysis.field_models.ENGINES``.
 EngineConfig = Annotated[OnnxRuntimeEngine | TorchEngine | TensorRTEngine, Field(discriminator="type")]
-ENGINE_TYPES = ("onnxruntime", "torch", "tensorrt")
+ENGINE_TYPES = tuple(m.model_fields["type"].default for m in (OnnxRuntimeEngine, TorchEngine, TensorRTEngine))

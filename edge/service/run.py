@@ -115,9 +115,8 @@ class CountingService:
         self.capture: CaptureThread | None = None
         self._last_gate_decision: str | None = None
         self._ring = request.ring or f"run-{os.getpid()}"
-        replay = (
-            self._open_replay() if request.source is not None else None
-        )  # a bad folder fails before the models load
+        # a bad folder fails before the models load
+        replay = self._open_replay() if request.source is not None else None
         self._camera = self._open_camera(request.camera) if request.camera is not None else None
         self.appliance: Appliance = build_appliance(config)
         self.source: CameraSource = replay if replay is not None else self._gated_ring()
@@ -340,7 +339,7 @@ class CountingService:
 
         A slide left open by a crash (``pending``): a start_slide for its specimen resumes it; any
         other closes it as interrupted first, so another patient's cells never join it."""
-        control, journal, source = self.control, self.journal, self.source
+        control, source = self.control, self.source
         resume, last = self.resume, None
         while True:
             if resume is not None:
@@ -351,7 +350,7 @@ class CountingService:
                     source.watch(control.start_requested, 0.5)  # type: ignore[attr-defined]  # the live view
                     if control.shutdown.is_set() or self._camera_gone():
                         return last
-                slide = self._slide_for(control.take_start(), journal)
+                slide = self._slide_for(control.take_start())
             self.console.say(f"slide {slide.slide_id} (specimen {slide.specimen_id}) started")
             source.gate.new_slide()  # type: ignore[attr-defined]
             last = run_slide(context, slide)
@@ -359,8 +358,8 @@ class CountingService:
             if control.shutdown.is_set() or self._camera_gone():
                 return last
 
-    def _slide_for(self, specimen: str | None, journal: SlideJournal | None) -> Slide:
-        pending, self.pending = self.pending, None
+    def _slide_for(self, specimen: str | None) -> Slide:
+        pending, self.pending, journal = self.pending, None, self.journal
         if pending is not None and journal is not None:
             if specimen == pending.specimen_id:
                 self.console.say(f"resuming slide {pending.slide_id} (specimen {pending.specimen_id}) after a restart")

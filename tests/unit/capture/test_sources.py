@@ -51,6 +51,9 @@ def test_the_config_source_is_used_when_the_command_line_names_none(tmp_path):
     assert live_source("0", None, None, config)[0].type == "v4l2"  # the command line wins
     with pytest.raises(ConfigError, match="nothing to count"):
         live_source(None, None, None, AppConfig())
+    path.write_text("source:\n  type: v4l2\n  url: rtsp://x\n")  # an rtsp key under v4l2
+    with pytest.raises(ConfigError, match=r"source\.url: unknown key"):
+        load_config(path)
 
 
 def test_a_replay_source_opens_the_sample_fields(samples):
