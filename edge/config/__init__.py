@@ -198,6 +198,36 @@ class DisplayConfig(Strict):
     )
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (tests).")
     command_timeout_s: float = Field(5.0, gt=0, description="Longest wait for the box's reply to a button.")
+    login: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Page login: auto asks for one when the display is served off loopback; never refuses to "
+        "serve off loopback.",
+    )
+    tls_cert: Path | None = Field(None, description="The lab's certificate (PEM) for the display off loopback.")
+    tls_key: Path | None = Field(None, description="Its private key (PEM).")
+    session_hours: float = Field(8.0, gt=0, description="A login lasts this long (one shift).")
+
+
+class ReviewConfig(Strict):
+    """The slide store: every cell's crops kept with its slide for the technician's review and sign-off."""
+
+    store: Path | None = Field(
+        None,
+        description="SQLite slide store (cells, crops, reviews, sign-offs, audit). None: a temporary store for "
+        "this run only (demos); the appliance sets /var/lib/marrow-edge/slides-review.sqlite.",
+    )
+    keep_days: float = Field(
+        365.0, gt=0, description="Slides (with their crops, reviews and audit) older than this are deleted."
+    )
+    max_cells_per_slide: int = Field(
+        3000, ge=1, description="Crops kept per slide; beyond it cells are counted but their images not kept."
+    )
+    jpeg_quality: int = Field(85, ge=30, le=95, description="Quality of the stored crops and field images.")
+    context_scale: float = Field(3.0, ge=1.0, le=8.0, description="Context crop side over the cell box's side.")
+    field_width: int = Field(960, ge=160, le=4096, description="Stored field images are scaled down to this width.")
+    flag_margin: float = Field(
+        0.15, ge=0.0, le=1.0, description="A counted cell whose top-two probability margin is under this is flagged."
+    )
 
 
 class LoggingConfig(Strict):
@@ -221,6 +251,7 @@ class AppConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="before")

@@ -64,6 +64,7 @@ class DisplayFeed:
         self._slide: str | None = None  # id of the newest slide seen
         self._pending: dict[str, _Pending] = {}
         self.rejected = 0
+        self.on_connected: list[Any] = []  # called (no arguments) after every (re)connect: re-send what waits
         client = make_client(config, f"marrow-display-{topics.device_id}")
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
@@ -109,6 +110,8 @@ class DisplayFeed:
             + [(f"{root}/cmd/+/reply", 1)]
         )
         self._link(connected=True)
+        for hook in self.on_connected:
+            threading.Thread(target=hook, name="display-resend", daemon=True).start()  # not on paho's thread
         log.info("display: subscribed to %s/# on mqtt://%s:%d", root, self.host, self.port)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -187,6 +190,20 @@ class DisplayFeed:
         finally:
             with self._cond:
                 self._pending.pop(request_id, None)
+
+    def publish(self, topic: str, message: BaseModel, retain: bool = False, timeout: float = 5.0) -> bool:
+        """Send one of the display's own messages (review events, signed reports) at QoS 1; True once the
+        broker acknowledged it. False (logged) without a link: the caller keeps it and sends it later."""
+        if not self._client.is_connected():
+            log.warning("display: no broker link; %s waits for the next connection", topic)
+            return False
+        info = self._client.publish(topic, message.model_dump_json(by_alias=True), qos=1, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("display: %s not sent: %s", topic, exc)
+            return False
+        return info.is_published()
 
     def start(self, wait_s: float = 5.0) -> DisplayFeed:
         """Connect (retrying in the background if the broker is not up yet)."""

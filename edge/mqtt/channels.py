@@ -15,6 +15,8 @@ from edge.mqtt.messages import (
     HealthMessage,
     PreviewMessage,
     ReportMessage,
+    ReviewMessage,
+    SignedReportMessage,
     StatusMessage,
     TallyMessage,
 )
@@ -89,6 +91,26 @@ CHANNELS = [
         "The slide's running differential with intervals and rule states, after every field.",
     ),
     Channel("report", "slide/{slide_id}/report", ReportMessage, True, 1, "The slide's final report."),
+    Channel(
+        "review",
+        "slide/{slide_id}/review",
+        ReviewMessage,
+        False,
+        1,
+        "A technician's change on the review page (who, which cells, old -> new) with the machine's and the "
+        "reviewed counts: preliminary until signed.",
+        outbox=False,  # sent by the display; the store keeps every change and the signed report carries them
+    ),
+    Channel(
+        "signed",
+        "slide/{slide_id}/signed",
+        SignedReportMessage,
+        True,
+        1,
+        "The reviewed report as signed (final), or its newest amendment: reviewed counts, intervals and rules, "
+        "the machine's counts, the operator and the whole audit trail. Re-sent until the broker acknowledges it.",
+        outbox=False,  # the slide store holds it until acknowledged
+    ),
     *(
         Channel(
             f"cmd_{verb}",

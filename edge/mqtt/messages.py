@@ -223,6 +223,50 @@ class ReportMessage(TallyMessage):
     skipped: list[SkippedOut]
 
 
+class ChangeOut(_Model):
+    cell_id: int
+    field_index: int
+    old: str = Field(description="Where the cell was: a class, or not_countable.")
+    new: str
+
+
+class AuditOut(_Model):
+    time: dt.datetime
+    operator: str
+    action: Literal["reclassify", "sign", "amend"]
+    cell_id: int | None
+    old: str | None
+    new: str | None
+    note: str | None
+
+
+class ReviewMessage(Envelope):
+    kind: Literal["review"] = "review"
+    slide_id: str
+    specimen_id: str | None
+    operator: str = Field(description="Who made the change (signed in with name and PIN).")
+    changes: list[ChangeOut]
+    amendment: bool = Field(description="A change to a signed slide: the next sign-off is an amendment.")
+    machine_counts: dict[str, int] = Field(description="The machine's count, as the slide was counted.")
+    reviewed_counts: dict[str, int] = Field(description="The count with every review so far (preliminary).")
+    countable: int = Field(description="Cells in the denominator after the review.")
+    provenance: Provenance
+
+
+class SignedReportMessage(ReportMessage):
+    """The reviewed report as signed: the counts, intervals and rules are the reviewed ones."""
+
+    kind: Literal["signed"] = "signed"  # type: ignore[assignment]
+    status: Literal["final", "amended"] = Field(description="final: first sign-off; amended: a later version.")
+    version: int = Field(ge=1, description="1 for the first sign-off, +1 per amendment (older versions are kept).")
+    operator: str
+    signed_at: dt.datetime
+    reason: str | None = Field(None, description="Why the slide was amended (amendments only).")
+    machine_counts: dict[str, int]
+    cells_reviewed: int = Field(description="Cells a person placed in another class or tray.")
+    audit: list[AuditOut] = Field(description="Every change and sign-off of the slide, oldest first.")
+
+
 class MessageFactory:
     """Stamps envelopes: one sequence per device and run."""
 
@@ -361,6 +405,18 @@ class MessageFactory:
             ended=slide.ended or dt.datetime.now(dt.timezone.utc),
             target_reached=tally.denominator >= tally.target_count,
             skipped=[SkippedOut(source=s.source, reason=s.reason) for s in tally.skipped],
+        )
+
+    def review(self, slide: Slide, **fields: object) -> ReviewMessage:
+        return ReviewMessage(
+            **self._envelope(), slide_id=slide.slide_id, specimen_id=slide.specimen_id, provenance=self.provenance,
+            **fields,
+        )  # fmt: skip
+
+    def signed(self, slide: Slide, tally: Tally, version: int, **fields: object) -> SignedReportMessage:
+        report = self.report(slide, tally).model_dump(exclude={"kind", "message_id", "seq", "time", "device_id"})
+        return SignedReportMessage(
+            **self._envelope(f"{slide.slide_id}/signed/{version}"), **report, version=version, **fields
         )
 
 

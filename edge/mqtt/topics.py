@@ -48,3 +48,7 @@ class Topics:
 
     def report(self, slide_id: str) -> str:
         return f"{self.root}/slide/{slide_id}/report"
+
+    def slide_topic(self, slide_id: str, kind: str) -> str:
+        """``slide/<slide_id>/<kind>``: review (a technician's change), signed (the signed report)."""
+        return f"{self.root}/slide/{slide_id}/{kind}"

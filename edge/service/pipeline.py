@@ -22,10 +22,12 @@ from edge.counting.journal import SlideJournal
 from edge.counting.rules import RulePack, load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
-from edge.errors import PublishError
+from edge.errors import EdgeError, PublishError
 from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.topics import Topics
+from edge.review.recount import slide_setup
+from edge.review.store import SlideStore
 from edge.service.preview import PreviewPublisher
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,20 @@ class Appliance:
             tuple(counting.denominator_roles),
             self.bundle.manifest.domain_guard,
             counting.review_below,
+        )
+
+    def slide_setup(self) -> dict:
+        """What the slide store keeps so a slide is recounted after review exactly as it was counted."""
+        manifest = self.bundle.manifest
+        return slide_setup(
+            manifest.classes,
+            self.rules,
+            self.config.counting,
+            manifest.domain_guard,
+            manifest.classifier.crop_size,
+            self.config.analysis.crop_margin or manifest.classifier.crop_margin,
+            self.analyzer.countable_threshold,
+            self.config.review.flag_margin,
         )
 
 
@@ -109,6 +125,7 @@ class SlideContext:
     max_fields: int | None = None
     on_field: FieldCallback | None = None
     on_skip: SkipCallback | None = None
+    store: SlideStore | None = None  # every cell's crops for the technician's review
 
 
 def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
@@ -119,7 +136,7 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
     """
     appliance, source, publisher, topics, factory = ctx.appliance, ctx.source, ctx.publisher, ctx.topics, ctx.factory
     control, journal, preview, max_fields = ctx.control, ctx.journal, ctx.preview, ctx.max_fields
-    on_field, on_skip = ctx.on_field, ctx.on_skip
+    on_field, on_skip, store = ctx.on_field, ctx.on_skip, ctx.store
     run = SlideRun(slide or Slide(), appliance.new_tally())
     slide, tally = run.slide, run.tally
     names = appliance.bundle.class_names
@@ -130,6 +147,17 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
         except PublishError as exc:
             run.publish_failures += 1
             log.error("publish to %s failed: %s", topic, exc)
+
+    def keep(what: str, method: str, *args: object) -> None:
+        """The store is the review's copy: trouble with it is logged, the count goes on (the journal holds it)."""
+        nonlocal store
+        if store is None:
+            return
+        try:
+            getattr(store, method)(*args)
+        except (EdgeError, ValueError) as exc:
+            log.error("slide store: %s not kept (%s); counting goes on without review images", what, exc)
+            store = None
 
     seen: set[str] = set()
     gate = getattr(source, "gate", None)  # a live camera: its counted-area map is journalled with each field
@@ -149,6 +177,7 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
         seen = journal.seen(slide)
         if hasattr(source, "skip"):
             source.skip = seen  # a paced replay does not wait out the fields counted before the restart
+    keep("the slide", "begin", slide, appliance.slide_setup(), factory.device_id)
     if control is not None:
         control.begin(slide)
     for taken, frame in enumerate(source.frames()):
@@ -184,6 +213,7 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
         if journal is not None:  # on disk before anyone hears of it
             journal.record(slide, result, gate.export_state() if gate is not None else None)
         tally.add(result)
+        keep(f"field {frame.name}", "add_field", slide, result, frame.image)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
         send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)
         # frame taken -> its field and tally handed to MQTT: what health reports as end-to-end latency
@@ -195,7 +225,9 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
     slide.ended = dt.datetime.now(dt.timezone.utc)
     if control is not None:
         tally.target_count = control.target_count
-    send(topics.report(slide.slide_id), factory.report(slide, tally), retain=True)
+    report = factory.report(slide, tally)
+    send(topics.report(slide.slide_id), report, retain=True)
+    keep("the report", "finish", slide, report.model_dump(mode="json", by_alias=True))
     if journal is not None:
         journal.close_slide(slide)
     if control is not None:

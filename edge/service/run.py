@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -25,6 +26,7 @@ from edge.mqtt.commands import CommandHandler
 from edge.mqtt.messages import MessageFactory
 from edge.mqtt.publisher import MqttPublisher
 from edge.mqtt.topics import Topics
+from edge.review.store import SlideStore
 from edge.service.console import LiveConsole
 from edge.service.health import HealthReporter, RunStats
 from edge.service.pipeline import Appliance, SlideContext, SlideRun, build_appliance, run_slide
@@ -132,6 +134,19 @@ class CountingService:
             )
         waiting = self.journal is not None and request.wait_for_start and self.resume is None
         self.pending = self.journal.open_slide() if waiting and self.journal is not None else None
+        self.store = self._open_store()
+
+    def _open_store(self) -> SlideStore:
+        """The slide store for review: the configured one, else a file for this run only (the demo)."""
+        review = self.config.review
+        path = review.store
+        if path is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="marrow-review-")
+            path = Path(self._scratch.name) / "slides.sqlite"
+        return SlideStore(
+            path, review.keep_days, review.max_cells_per_slide, review.jpeg_quality, review.context_scale,
+            review.field_width,
+        )  # fmt: skip
 
     def stop_on_signals(self) -> None:
         """SIGTERM (systemctl stop) and Ctrl-C end the run as a stop_slide would: the field in hand is
@@ -235,7 +250,8 @@ class CountingService:
             if request.display:
                 from edge.display.server import Display
 
-                display = Display(self.config, host, port).start()  # before the box connects: the page sees it all
+                # before the box connects: the page sees it all
+                display = Display(self.config, host, port, self.store).start()
                 self.console.say(f"display: {display.url}")
             outcome = self._connected(host, port)
             if display is not None and not request.wait_for_start:
@@ -246,6 +262,7 @@ class CountingService:
                 display.stop()
             if broker is not None:
                 broker.stop()
+            self.store.close()
 
     def _hold_display(self, url: str) -> None:
         """The demo's page keeps the finished slide on screen until the user is done with it."""
@@ -288,7 +305,7 @@ class CountingService:
         ).start()  # fmt: skip
         context = SlideContext(
             self.appliance, self.source, publisher, self.topics, self.factory, control, self.journal,
-            self.preview, request.max_fields, self._on_field, self._on_skip,
+            self.preview, request.max_fields, self._on_field, self._on_skip, self.store,
         )  # fmt: skip
         try:
             run = self._serve_slides(context) if request.wait_for_start else run_slide(context, slide)

@@ -16,6 +16,8 @@ def test_every_topic_the_box_uses_has_its_channel():
         (topics.field("S1"), "field"),
         (topics.tally("S1"), "tally"),
         (topics.report("S1"), "report"),
+        (topics.slide_topic("S1", "review"), "review"),
+        (topics.slide_topic("S1", "signed"), "signed"),
         (topics.command_reply("ping"), "cmd_reply"),
     ):
         channel = channel_of(topics.root, topic)
@@ -27,7 +29,7 @@ def test_what_the_outbox_keeps_and_what_is_of_the_moment():
     keeps = {c.name for c in CHANNELS if c.outbox and c.action == "send"}
     assert {"field", "tally", "report", "status"} <= keeps
     assert not keeps & {"gate", "health", "preview"}
-    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health"} and SLIDE_KINDS == ("field", "tally", "report")
+    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health"} and SLIDE_KINDS == ("field", "tally", "report", "review", "signed")
 
 
 def test_the_bridge_template_forwards_what_the_table_says():
