@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.errors import EdgeError
+from edge.review.cli import add_parser as review_parser
 
 if TYPE_CHECKING:
     from edge.config import AppConfig
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _capture_parser(sub)
     _monitor_parser(sub)
     _display_parser(sub)
+    review_parser(sub)
     _plugin_commands(sub)
     return parser
 

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import ssl
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,6 +103,14 @@ class DisplayServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"{'https' if self.tls else 'http'}://{host}:{port}/"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops the TLS handshake (an untrusted certificate) is its problem, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+            log.info("display: connection from %s dropped: %s", client_address[0], exc)
+        else:
+            log.exception("display: request from %s failed", client_address[0])
 
     def stop(self) -> None:
         self.stopping.set()

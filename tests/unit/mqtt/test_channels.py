@@ -29,7 +29,8 @@ def test_what_the_outbox_keeps_and_what_is_of_the_moment():
     keeps = {c.name for c in CHANNELS if c.outbox and c.action == "send"}
     assert {"field", "tally", "report", "status"} <= keeps
     assert not keeps & {"gate", "health", "preview"}
-    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health"} and SLIDE_KINDS == ("field", "tally", "report", "review", "signed")
+    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health"}
+    assert SLIDE_KINDS == ("field", "tally", "report", "review", "signed")
 
 
 def test_the_bridge_template_forwards_what_the_table_says():
