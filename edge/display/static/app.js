@@ -145,6 +145,8 @@ function renderCount() {
   $("slide-line").dataset.slideId = t.slide_id;
   $("slide-line").dataset.fields = t.fields;
   $("slide-line").dataset.done = String(done);
+  // a finished slide is one click from its review
+  $("review-link").href = done ? `/review?slide=${encodeURIComponent(t.slide_id)}` : "/review";
   const progress = Math.min(1, t.progress);
   $("bar").style.width = `${(progress * 100).toFixed(1)}%`;
   $("bar").className = t.countable >= t.target_count ? "done" : "";
