@@ -25,7 +25,7 @@ from training.readers import FieldAnnotation, read_cell_folders, read_fields, sp
 log = logging.getLogger(__name__)
 
 
-def _folder_to_class(bundle: Bundle, folders: list[str]) -> tuple[dict[str, int], list[str]]:
+def folder_to_class(bundle: Bundle, folders: list[str]) -> tuple[dict[str, int], list[str]]:
     """Folder name -> class index by name or alias (case-insensitive); the folders that match none."""
     lookup: dict[str, int] = {}
     for index, spec in enumerate(bundle.manifest.classes):
@@ -115,7 +115,7 @@ def evaluate_cells(
         images = [decode_image(s.image.read_bytes(), s.image.name) for s in samples]
         p_countable, probs = classifier(bundle_crops(bundle, images))
         return _grouped(bundle, cells_dir, probs, samples, p_countable)
-    mapping, unknown = _folder_to_class(bundle, folders)
+    mapping, unknown = folder_to_class(bundle, folders)
     if not mapping:
         raise EdgeError(f"{cells_dir}: no folder is named after a class (or alias) of bundle {bundle.manifest.name}")
     if unknown:

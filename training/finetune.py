@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edge.engines.bundle import load_bundle, write_manifest
+from edge.engines.bundle import Bundle, load_bundle, write_manifest
 from edge.engines.graphs import build_classifier
 from training.augment import STAIN_ROBUST
+from training.evaluate import folder_to_class
 from training.loop import CellDataset, Recipe, train_classifier
 from training.marrow import CACHE_SIDE, init_from, load_crops
 from training.metrics import confusion_matrix, precision_recall_f1
@@ -67,9 +68,12 @@ def read_reviewed(folders: list[Path], class_names: list[str]) -> tuple[list[np.
     return images, labels, manifests
 
 
-def _labels(codes: np.ndarray, classes: list[Any]) -> np.ndarray:
-    by_alias = {alias: i for i, c in enumerate(classes) for alias in (c.name, *c.aliases)}
-    return np.array([by_alias[str(c)] for c in codes])
+def _labels(codes: np.ndarray, bundle: Bundle) -> np.ndarray:
+    """Dataset codes (BLA, LYT, ...) -> the bundle's class indices, by name or alias as `evaluate cells` reads them."""
+    mapping, unknown = folder_to_class(bundle, sorted({str(c) for c in codes}))
+    if unknown:
+        raise SystemExit(f"codes the bundle has no class for: {', '.join(unknown)}")
+    return np.array([mapping[str(c)] for c in codes])
 
 
 def score(bundle_dir: Path, crops: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -82,7 +86,7 @@ def score(bundle_dir: Path, crops: dict[str, np.ndarray]) -> dict[str, Any]:
     images = np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in crops["images"]])
     batches = [images[i : i + 64] for i in range(0, len(images), 64)]
     probs = np.concatenate([session.run(["probs"], {"images": b})[0] for b in batches])
-    truth, predicted = _labels(crops["codes"], bundle.manifest.classes), probs.argmax(1)
+    truth, predicted = _labels(crops["codes"], bundle), probs.argmax(1)
 
     def macro(mask: np.ndarray, only: tuple[str, ...] | None = None) -> float:
         present = sorted(set(truth[mask].tolist()))
@@ -118,7 +122,7 @@ def finetune(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     replay = rng.choice(len(train["codes"]), min(args.replay, len(train["codes"])), replace=False)
     train_images = images * args.repeat + [train["images"][i] for i in replay]
-    train_labels = labels * args.repeat + _labels(train["codes"][replay], manifest.classes).tolist()
+    train_labels = labels * args.repeat + _labels(train["codes"][replay], base).tolist()
     recipe = Recipe(
         epochs=args.epochs, lr=args.lr, batch_size=32, t_max=None, weight_decay=1e-5, label_smoothing=0.1,
         resolution=manifest.classifier.crop_size, seed=args.seed,
@@ -136,7 +140,7 @@ def finetune(args: argparse.Namespace) -> int:
             train_classifier(
                 network,
                 CellDataset(train_images, train_labels, recipe.resolution, STAIN_ROBUST, seed=args.seed),
-                CellDataset(val["images"], _labels(val["codes"], manifest.classes), recipe.resolution, None),
+                CellDataset(val["images"], _labels(val["codes"], base), recipe.resolution, None),
                 names,
                 recipe,
                 run,

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
@@ -40,7 +39,7 @@ class Handler(Protocol):
     headers: Any
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None: ...
-    def _json(self, status: int, data: dict[str, Any]) -> None: ...
+    def _json(self, status: int, data: dict[str, Any], extra: dict[str, str] | None = None) -> None: ...
     def _session(self) -> Session | None: ...
     def body(self) -> dict[str, Any] | None: ...
 
@@ -197,6 +196,4 @@ class ReviewRoutes:
             return
         token, session = self.sessions.open(name)
         log.info("display: %s signed in", name)
-        body_out = {"operator": name, "csrf": session.csrf}
-        cookie = {"Set-Cookie": self.sessions.cookie(token)}
-        h._send(HTTPStatus.OK, json.dumps(body_out).encode(), "application/json", cookie)
+        h._json(HTTPStatus.OK, {"operator": name, "csrf": session.csrf}, {"Set-Cookie": self.sessions.cookie(token)})

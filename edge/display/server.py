@@ -137,8 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, data: dict[str, Any]) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
+    def _json(self, status: int, data: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json", extra)
 
     def _session(self) -> Any:
         return self.server.sessions.get(self.headers.get("Cookie"))

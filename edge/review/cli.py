@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         if args.review_command == "operator":
             return _operator(Operators(store), args)
         if args.review_command == "list":
-            desk = ReviewDesk(store, None)  # type: ignore[arg-type]
+            desk = ReviewDesk(store)
             for s in desk.history(10_000):
                 signed = f" v{s['signed_version']}" if s["signed_version"] else ""
                 sys.stdout.write(

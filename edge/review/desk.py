@@ -34,7 +34,8 @@ class SignedError(ReviewError):
 
 
 class ReviewDesk:
-    def __init__(self, store: SlideStore, topics: Topics, send: Send | None = None) -> None:
+    def __init__(self, store: SlideStore, topics: Topics | None = None, send: Send | None = None) -> None:
+        """``topics`` and ``send``: where review events and signed reports go (None: nowhere, e.g. the CLI)."""
         self.store = store
         self.operators = Operators(store)
         self.topics = topics
@@ -46,7 +47,8 @@ class ReviewDesk:
         provenance = Provenance.model_validate(report["provenance"])
         key = provenance.model_dump_json()
         if key not in self._factories:
-            self._factories[key] = MessageFactory(record.device_id or self.topics.device_id, provenance)
+            device_id = record.device_id or (self.topics.device_id if self.topics else "unknown")
+            self._factories[key] = MessageFactory(device_id, provenance)
         return self._factories[key]
 
     # -- reading -----------------------------------------------------------------------------
@@ -72,7 +74,6 @@ class ReviewDesk:
         """Everything the review page shows for one slide."""
         record = self.store.slide(slide_id)
         cells = self.store.cells(slide_id)
-        flags = self.store.cell_flags(slide_id)
         machine = recount(record, cells, reviewed=False)
         reviewed = recount(record, cells, reviewed=True)
         names = [c["name"] for c in record.setup["classes"]]
@@ -104,7 +105,7 @@ class ReviewDesk:
                     "margin": c.margin,
                     "top": sorted(zip(names, c.probabilities, strict=True), key=lambda t: -t[1])[:3],
                     "why_not": c.why_not,
-                    "flags": flags.get(c.cell_id, []),
+                    "flags": c.flags,
                     "image": c.has_crop,
                 }
                 for c in cells
@@ -169,7 +170,7 @@ class ReviewDesk:
         return changes
 
     def _announce(self, slide_id: str, operator: str, changes: list[ChangeOut], amendment: bool) -> None:
-        if self.send is None:
+        if self.send is None or self.topics is None:
             return
         record = self.store.slide(slide_id)
         cells = self.store.cells(slide_id)
@@ -238,7 +239,7 @@ class ReviewDesk:
 
     def resend(self) -> int:
         """Publish every signed report the broker has not acknowledged yet (after a sign-off or a reconnect)."""
-        if self.send is None:
+        if self.send is None or self.topics is None:
             return 0
         sent = 0
         for slide_id, version in self.store.unpublished():

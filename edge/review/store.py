@@ -34,6 +34,8 @@ from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
+# Stage 1's P(countable) this close to its threshold: the countable decision was a near thing.
+STAGE1_BAND = 0.15
 # The reviewed label that takes a cell out of the count in any bundle (with or without such a class).
 NOT_COUNTABLE = "not_countable"
 
@@ -91,6 +93,7 @@ class StoredCell:
     colour: list[float] | None
     label: str | None  # the reviewed class (or NOT_COUNTABLE); None: not changed by a person
     has_crop: bool
+    flags: list[str]  # why the cell needs a person's look (flags_of), as the count path judged it
 
     @property
     def machine_tray(self) -> str:
@@ -142,6 +145,7 @@ class SlideStore:
         self.context_scale = context_scale
         self.field_width = field_width
         self._mutex = threading.Lock()
+        self._setups: dict[str, dict[str, Any]] = {}  # a slide's setup never changes: read once, not per field
         with storage(self.path):
             if self.path.is_dir():
                 raise IsADirectoryError(21, "Is a directory")
@@ -278,11 +282,13 @@ class SlideStore:
 
     # -- reading -----------------------------------------------------------------------------
     def setup(self, slide_id: str) -> dict[str, Any]:
-        with self._lock() as db:
-            row = db.execute("SELECT setup FROM slide WHERE slide_id = ?", (slide_id,)).fetchone()
-        if row is None:
-            raise ReviewError(f"no slide {slide_id!r} in the slide store {self.path}")
-        return json.loads(row[0])
+        if slide_id not in self._setups:
+            with self._lock() as db:
+                row = db.execute("SELECT setup FROM slide WHERE slide_id = ?", (slide_id,)).fetchone()
+            if row is None:
+                raise ReviewError(f"no slide {slide_id!r} in the slide store {self.path}")
+            self._setups[slide_id] = json.loads(row[0])
+        return self._setups[slide_id]
 
     def slides(self, limit: int = 200) -> list[SlideRecord]:
         with self._lock() as db:
@@ -335,14 +341,10 @@ class SlideStore:
                     colour=d["colour"],
                     label=label,
                     has_crop=bool(has_crop),
+                    flags=d.get("flags", []),
                 )
             )
         return out
-
-    def cell_flags(self, slide_id: str) -> dict[int, list[str]]:
-        with self._lock() as db:
-            rows = db.execute("SELECT cell_id, data FROM cell WHERE slide_id = ?", (slide_id,)).fetchall()
-        return {cell_id: json.loads(data).get("flags", []) for cell_id, data in rows}
 
     def image(self, slide_id: str, cell_id: int, kind: str) -> bytes | None:
         """A cell's ``crop`` or ``context`` JPEG."""
@@ -407,6 +409,6 @@ def flags_of(countable: bool, top: float, margin: float, p_countable: float, set
         flags.append("low_probability")
     if countable and margin < setup["flag_margin"]:
         flags.append("close_call")
-    if abs(p_countable - setup["countable_threshold"]) < setup.get("stage1_band", 0.15):
+    if abs(p_countable - setup["countable_threshold"]) < STAGE1_BAND:
         flags.append("stage1_borderline")
     return flags
