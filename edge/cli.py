@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import __version__
 from edge.errors import EdgeError
+from edge.reports.cli import add_parser as report_parser
 from edge.review.cli import add_parser as review_parser
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _monitor_parser(sub)
     _display_parser(sub)
     review_parser(sub)
+    report_parser(sub)
     _plugin_commands(sub)
     return parser
 

@@ -230,6 +230,40 @@ class ReviewConfig(Strict):
     )
 
 
+class LisConfig(Strict):
+    """Where signed reports go as HL7 v2.5.1 ORU^R01: an MLLP listener of the LIS, or a drop folder."""
+
+    host: str | None = Field(None, description="The LIS's MLLP host (with port); or set drop_folder.")
+    port: int = Field(2575, ge=1, le=65535)
+    drop_folder: Path | None = Field(None, description="Write each message as <control id>.hl7 here instead.")
+    timeout_s: float = Field(10.0, gt=0, description="Connect and ACK timeout of one attempt.")
+    retry_s: float = Field(30.0, gt=0, description="Wait between attempts while the LIS is down or answers AE.")
+    sending_application: str = "MARROW-EDGE"
+    sending_facility: str | None = Field(None, description="MSH-4; default: the device id.")
+    receiving_application: str = "LIS"
+    receiving_facility: str = "LAB"
+    processing_id: Literal["P", "T", "D"] = Field("P", description="MSH-11: production, training, debugging.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LisConfig:
+        if (self.host is None) == (self.drop_folder is None):
+            raise ValueError("reports.lis: give either host (MLLP) or drop_folder, not both or neither")
+        return self
+
+
+class ReportsConfig(Strict):
+    """Lab reports (``marrow-edge report``, the review page's downloads) and the LIS link."""
+
+    paper: Literal["a4", "letter"] = Field("a4", description="PDF page size.")
+    institution: str | None = Field(None, description="Named in the PDF's title line.")
+    gallery_per_class: int = Field(6, ge=0, le=20, description="Cell images per class in the PDF.")
+    loinc: dict[str, str] = Field(
+        default_factory=dict,
+        description="class -> LOINC code, for the classes the built-in table (docs/reports.md) does not map.",
+    )
+    lis: LisConfig | None = Field(None, description="None: signed reports are not sent to a LIS.")
+
+
 class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -252,6 +286,7 @@ class AppConfig(Strict):
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="before")

@@ -5,6 +5,8 @@
 - ``GET /api/slides``: slide history; ``GET /api/slides/<id>``: one slide's cells, machine and
   reviewed counts, audit and sign-offs; ``GET /api/slides/<id>/cells/<n>/crop.jpg|context.jpg``,
   ``GET /api/slides/<id>/fields/<n>.jpg``: the stored images.
+- ``GET /api/slides/<id>/report.pdf|report.fhir.json|report.hl7|report.csv|cells.csv`` (``?paper=letter``,
+  ``?inline=1`` to open the PDF for printing): the lab report, signed or preliminary (``edge.reports``).
 - ``POST /api/slides/<id>/reclassify`` {cells, to, amend_reason?}; ``POST /api/slides/<id>/sign`` {pin}:
   with a session only (the audit names who).
 """
@@ -20,8 +22,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
+from edge.config import AppConfig
 from edge.errors import StorageError
+from edge.reports.cli import render
+from edge.reports.content import load_report
 from edge.review.desk import ReviewDesk, SignedError
 from edge.review.store import ReviewError
 
@@ -31,6 +37,21 @@ COOKIE = "marrow_session"
 SLIDE = re.compile(r"^/api/slides/([A-Za-z0-9_.:-]{1,80})(/.*)?$")
 CELL_IMAGE = re.compile(r"^/cells/(\d{1,7})/(crop|context)\.jpg$")
 FIELD_IMAGE = re.compile(r"^/fields/(\d{1,7})\.jpg$")
+REPORT = re.compile(r"^/(report\.pdf|report\.fhir\.json|report\.hl7|report\.csv|cells\.csv)$")
+REPORT_FORMAT = {
+    "report.pdf": "pdf",
+    "report.fhir.json": "fhir",
+    "report.hl7": "hl7",
+    "report.csv": "csv",
+    "cells.csv": "cells-csv",
+}
+MEDIA = {
+    "pdf": "application/pdf",
+    "fhir": "application/fhir+json",
+    "hl7": "text/plain; charset=utf-8",
+    "csv": "text/csv",
+    "cells-csv": "text/csv",
+}
 
 
 class Handler(Protocol):
@@ -97,23 +118,24 @@ def _token(cookie_header: str | None) -> str | None:
 
 
 class ReviewRoutes:
-    def __init__(self, desk: ReviewDesk, sessions: Sessions) -> None:
+    def __init__(self, desk: ReviewDesk, sessions: Sessions, config: AppConfig | None = None) -> None:
         self.desk = desk
         self.sessions = sessions
+        self.config = config or AppConfig()
 
     @staticmethod
     def handles(path: str) -> bool:
         return path.startswith("/api/slides") or path in ("/api/login", "/api/logout", "/api/session")
 
-    def get(self, h: Handler, path: str) -> None:
+    def get(self, h: Handler, path: str, query: str = "") -> None:
         try:
-            self._get(h, path)
+            self._get(h, path, parse_qs(query))
         except ReviewError as exc:
             h._json(HTTPStatus.NOT_FOUND, {"error": str(exc)})
         except StorageError as exc:
             h._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
 
-    def _get(self, h: Handler, path: str) -> None:
+    def _get(self, h: Handler, path: str, query: dict[str, list[str]]) -> None:
         if path == "/api/session":
             session = h._session()
             h._json(
@@ -132,6 +154,9 @@ class ReviewRoutes:
         if not rest:
             h._json(HTTPStatus.OK, self.desk.view(slide_id))
             return
+        if m := REPORT.match(rest):
+            self._report(h, slide_id, m.group(1), query)
+            return
         image: bytes | None = None
         if m := CELL_IMAGE.match(rest):
             image = self.desk.store.image(slide_id, int(m.group(1)), m.group(2))
@@ -143,6 +168,16 @@ class ReviewRoutes:
             return
         # Stored images never change: let the browser keep them.
         h._send(HTTPStatus.OK, image, "image/jpeg", {"Cache-Control": "private, max-age=86400"})
+
+    def _report(self, h: Handler, slide_id: str, name: str, query: dict[str, list[str]]) -> None:
+        fmt = REPORT_FORMAT[name]
+        paper = query.get("paper", ["a4"])[0]
+        report = load_report(self.desk.store, slide_id)
+        data = render(report, self.desk.store, self.config, fmt, paper if paper in ("a4", "letter") else None)
+        stem = f"{report.specimen_id or slide_id}-{report.status}{report.version or ''}".replace("/", "_")
+        inline = fmt == "pdf" and query.get("inline") == ["1"]
+        disposition = f'{"inline" if inline else "attachment"}; filename="{stem}-{name}"'
+        h._send(HTTPStatus.OK, data, MEDIA[fmt], {"Content-Disposition": disposition, "Cache-Control": "no-store"})
 
     def post(self, h: Handler, path: str) -> None:
         body = h.body()

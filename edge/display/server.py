@@ -37,6 +37,8 @@ from edge.display.review_api import ReviewRoutes, Sessions
 from edge.errors import ConfigError, EdgeError, PublishError
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS
 from edge.mqtt.topics import Topics
+from edge.reports.cli import lis_link
+from edge.reports.lis import LisLink
 from edge.review.desk import ReviewDesk
 from edge.review.store import SlideStore
 
@@ -160,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path in PAGES:
             self._send(HTTPStatus.OK, _asset(PAGES[path]), STATIC[PAGES[path]])
         elif self.server.review is not None and self.server.review.handles(path):
-            self.server.review.get(self, path)
+            self.server.review.get(self, path, self.path.partition("?")[2])
         elif path.startswith("/static/") and path[len("/static/") :] in STATIC:
             name = path[len("/static/") :]
             self._send(HTTPStatus.OK, _asset(name), STATIC[name])
@@ -253,6 +255,7 @@ class Display:
     """The feed and the page server together: ``marrow-edge display``, or ``run --display``."""
 
     def __init__(self, config: AppConfig, broker_host: str, broker_port: int, store: SlideStore | None = None) -> None:
+        self.lis: LisLink | None = None
         topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.feed = DisplayFeed(broker_host, broker_port, topics, config.mqtt)
         where = config.display
@@ -265,7 +268,10 @@ class Display:
         if store is not None:
             desk = ReviewDesk(store, topics, self.feed.publish)
             self.feed.on_connected.append(desk.resend)  # a signed report waiting for the broker goes out
-            review = ReviewRoutes(desk, Sessions(where.session_hours, secure=tls is not None))
+            review = ReviewRoutes(desk, Sessions(where.session_hours, secure=tls is not None), config)
+            self.lis = lis_link(store, config)  # signed reports to the lab's LIS (None: not configured)
+            if self.lis is not None:
+                desk.on_signed.append(self.lis.wake)
         try:
             self.server = DisplayServer(
                 self.feed, where.host, where.port, where.command_timeout_s, review, login_required, tls
@@ -279,6 +285,8 @@ class Display:
         return self.server.url
 
     def start(self) -> Display:
+        if self.lis is not None:
+            self.lis.start()
         self.feed.start()
         self._thread.start()
         return self
@@ -286,6 +294,8 @@ class Display:
     def stop(self) -> None:
         self.server.stop()
         self.feed.stop()
+        if self.lis is not None:
+            self.lis.stop()
         if self._own_store and self.store is not None:
             self.store.close()
 

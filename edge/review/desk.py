@@ -41,6 +41,7 @@ class ReviewDesk:
         self.topics = topics
         self.send = send
         self._factories: dict[str, MessageFactory] = {}
+        self.on_signed: list[Callable[[str, int], None]] = []  # (slide id, version) after a sign-off is stored
 
     def _factory(self, record: Any) -> MessageFactory:
         report = record.machine_report or {}
@@ -235,6 +236,8 @@ class ReviewDesk:
             db.execute("UPDATE slide SET state = 'signed' WHERE slide_id = ?", (slide_id,))
         log.info("slide %s signed by %s (version %d)", slide_id, operator, version)
         self.resend()
+        for hook in self.on_signed:
+            hook(slide_id, version)
         return message
 
     def resend(self) -> int:

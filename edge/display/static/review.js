@@ -80,10 +80,21 @@ function render() {
     $("provenance").textContent = `bundle ${b.name} ${b.version} (${b.hash}) · ${slide.provenance.backend} · marrow-edge ${slide.provenance.software_version}`;
   }
   if (slide.disclaimer) $("disclaimer").textContent = slide.disclaimer;
+  renderDownloads(slide);
   renderCounts();
   renderRules();
   renderAudit();
   renderTrays();
+}
+
+function renderDownloads(slide) {
+  // The report of a slide with a sign-off is its latest signed version; before that, preliminary.
+  const base = `/api/slides/${encodeURIComponent(slide.slide_id)}/`;
+  const links = { "report-print": "report.pdf?inline=1", "report-pdf": "report.pdf", "report-pdf-letter": "report.pdf?paper=letter",
+    "report-fhir": "report.fhir.json", "report-hl7": "report.hl7", "report-csv": "report.csv", "report-cells": "cells.csv" };
+  for (const [id, path] of Object.entries(links)) $(id).href = base + path;
+  $("downloads").hidden = !["finished", "signed", "amending"].includes(slide.state);
+  $("report-status").textContent = slide.signed_version ? `signed v${slide.signed_version}` : "preliminary, not signed";
 }
 
 function renderCounts() {

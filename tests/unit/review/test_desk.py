@@ -6,74 +6,21 @@ from __future__ import annotations
 
 import sqlite3
 
-import numpy as np
 import pytest
 
-from edge.analysis.field import Cell, FieldResult
-from edge.config import AppConfig
-from edge.counting.rules import load_rule_pack
-from edge.counting.tally import Slide, Tally
-from edge.engines.bundle import ClassSpec
 from edge.errors import StorageError
-from edge.mqtt.messages import BundleRef, MessageFactory, Provenance, SignedReportMessage
+from edge.mqtt.messages import SignedReportMessage
 from edge.mqtt.topics import Topics
 from edge.review.desk import ReviewDesk, SignedError
-from edge.review.recount import slide_setup
 from edge.review.store import NOT_COUNTABLE, ReviewError, SlideStore
-
-CLASSES = [
-    ClassSpec(name="blast", role="key"),
-    ClassSpec(name="lymphocyte", role="wbc"),
-    ClassSpec(name="monocyte", role="wbc"),
-    ClassSpec(name="not_countable", role="not_countable"),
-]
-PROVENANCE = Provenance(
-    software_version="test",
-    bundle=BundleRef(name="t", version="1", hash="0" * 12, untrained=False),
-    backend="fake",
-    providers=["cpu"],
-)
-
-
-def _cell(i: int, name: str, p: float = 0.9, countable: bool = True) -> Cell:
-    probs = np.full(len(CLASSES), (1 - p) / (len(CLASSES) - 1), np.float32)
-    probs[[c.name for c in CLASSES].index(name)] = p
-    x = 20 + 60 * (i % 8)
-    return Cell((x, 20.0, x + 50.0, 70.0), 0.9, name, p, probs, 0.95 if countable else 0.1, countable)
-
-
-def _count(store: SlideStore, calls: list[str]) -> Slide:
-    """A slide of two fields: 6 blasts, 3 lymphocytes, 1 monocyte counted; one stage-1 reject."""
-    config = AppConfig()
-    rules = load_rule_pack()
-    setup = slide_setup(CLASSES, rules, config.counting, None, 64, 0.5, 0.5, 0.15)
-    slide = Slide(specimen_id="BM-1")
-    store.begin(slide, setup, "box-1")
-    tally = Tally(CLASSES, rules, 300)
-    image = np.random.default_rng(0).integers(0, 255, (120, 520, 3), np.uint8)
-    first = [_cell(i, "blast", 0.9 if i else 0.4) for i in range(6)]
-    second = [_cell(0, "lymphocyte"), _cell(1, "lymphocyte"), _cell(2, "lymphocyte"), _cell(3, "monocyte", 0.5)]
-    second.append(_cell(4, "blast", 0.8, countable=False))
-    for index, cells in enumerate((first, second)):
-        result = FieldResult(index, f"f{index}.png", 520, 120, cells)
-        tally.add(result)
-        store.add_field(slide, result, image)
-        calls.append(f"field {index}")
-    factory = MessageFactory("box-1", PROVENANCE)
-    store.finish(slide, factory.report(slide, tally).model_dump(mode="json", by_alias=True))
-    return slide
+from tests.unit.review.slides import count_slide, make_desk
 
 
 @pytest.fixture
 def desk(tmp_path):
-    store = SlideStore(tmp_path / "slides.sqlite")
-    sent: list[tuple[str, object]] = []
-    desk = ReviewDesk(store, Topics("marrow/v1", "box-1"), lambda topic, m, retain: sent.append((topic, m)) or True)
-    desk.sent = sent  # type: ignore[attr-defined]
-    desk.operators.add("Ana Lima", "4321")
-    slide = _count(store, [])
-    yield desk, slide.slide_id
-    store.close()
+    desk = make_desk(tmp_path / "slides.sqlite")
+    yield desk, desk.slide_id
+    desk.store.close()
 
 
 def test_every_cell_is_kept_with_its_images_and_the_machine_count(desk):
@@ -187,7 +134,7 @@ def test_a_signed_report_waits_for_the_broker_and_is_sent_once_it_is_back(tmp_pa
 
     desk = ReviewDesk(store, Topics("marrow/v1", "box-1"), send)
     desk.operators.add("Ana Lima", "4321")
-    slide = _count(store, [])
+    slide = count_slide(store, [])
     desk.sign(slide.slide_id, "Ana Lima", "4321")
     assert store.unpublished() == [(slide.slide_id, 1)] and sent == []
     store.close()
@@ -200,7 +147,7 @@ def test_a_signed_report_waits_for_the_broker_and_is_sent_once_it_is_back(tmp_pa
 
 def test_the_store_is_bounded_and_kept_for_the_retention_time(tmp_path):
     store = SlideStore(tmp_path / "s.sqlite", max_cells_per_slide=4)
-    slide = _count(store, [])
+    slide = count_slide(store, [])
     cells = store.cells(slide.slide_id)
     assert len(cells) == 11 and sum(c.has_crop for c in cells) == 4  # every cell counted, 4 images kept
     assert store.slide(slide.slide_id).cells_dropped == 7
