@@ -98,6 +98,11 @@ def test_review_reclassify_sign_and_the_final_report_on_mqtt(broker, counted, pa
         page.wait_for_function("() => document.getElementById('review-state').textContent === 'SIGNED v1'")
         page.click("#audit-box summary")
         _screenshot(page, tmp_path, "review-signed.png")
+        # the report links now give the signed report (the page's Print opens the PDF inline)
+        assert page.inner_text("#report-status") == "signed v1"
+        pdf = page.request.get(url + page.get_attribute("#report-print", "href").lstrip("/"))
+        assert pdf.ok and pdf.headers["content-type"] == "application/pdf" and pdf.body().startswith(b"%PDF")
+        assert pdf.headers["content-disposition"].startswith("inline")
 
         signed = recorder.wait_for(f"/slide/{slide_id}/signed", timeout=15)
         assert len(signed) == 1, recorder.messages
