@@ -174,7 +174,10 @@ class ReviewRoutes:
         paper = query.get("paper", ["a4"])[0]
         report = load_report(self.desk.store, slide_id)
         data = render(report, self.desk.store, self.config, fmt, paper if paper in ("a4", "letter") else None)
-        stem = f"{report.specimen_id or slide_id}-{report.status}{report.version or ''}".replace("/", "_")
+        # the specimen id is typed by a person: only safe characters reach the header and the file name
+        stem = re.sub(
+            r"[^A-Za-z0-9._-]", "_", f"{report.specimen_id or slide_id}-{report.status}{report.version or ''}"
+        )
         inline = fmt == "pdf" and query.get("inline") == ["1"]
         disposition = f'{"inline" if inline else "attachment"}; filename="{stem}-{name}"'
         h._send(HTTPStatus.OK, data, MEDIA[fmt], {"Content-Disposition": disposition, "Cache-Control": "no-store"})

@@ -21,7 +21,7 @@ from edge.config import AppConfig
 from edge.display.server import Display
 from edge.errors import ConfigError
 from edge.review.store import SlideStore
-from tests.unit.review.test_desk import _count
+from tests.unit.review.slides import count_slide
 
 
 def _serve(config: AppConfig, store: SlideStore) -> Iterator[Display]:
@@ -35,7 +35,7 @@ def _serve(config: AppConfig, store: SlideStore) -> Iterator[Display]:
 @pytest.fixture
 def kiosk(tmp_path) -> Iterator[tuple[Display, str]]:
     store = SlideStore(tmp_path / "slides.sqlite")
-    slide = _count(store, [])
+    slide = count_slide(store, [])
     from edge.review.operators import Operators
 
     Operators(store).add("Ana Lima", "4321")
@@ -149,3 +149,28 @@ def test_off_loopback_every_page_needs_a_login_over_tls(tmp_path, certificate):
         with pytest.raises(ssl.SSLError):  # the page is never served in clear text
             _call(display, "GET", "/", context=ssl.create_default_context())  # not trusting the lab's certificate
     store.close()
+
+
+def test_the_page_downloads_the_report_in_every_format(kiosk):
+    display, slide_id = kiosk
+    port = display.server.server_address[1]
+
+    def get(path: str) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+    status, headers, body = get(f"/api/slides/{slide_id}/report.pdf?paper=letter")
+    assert status == 200 and headers["content-type"] == "application/pdf" and body.startswith(b"%PDF")
+    assert headers["content-disposition"] == 'attachment; filename="BM-1-preliminary-report.pdf"'
+    assert b"/MediaBox [ 0 0 612 792 ]" in body  # Letter, in PDF points
+    assert get(f"/api/slides/{slide_id}/report.pdf?inline=1")[1]["content-disposition"].startswith("inline")
+    status, headers, body = get(f"/api/slides/{slide_id}/report.hl7")
+    assert status == 200 and body.startswith(b"MSH|^~\\&|MARROW-EDGE|")
+    status, headers, body = get(f"/api/slides/{slide_id}/report.fhir.json")
+    assert headers["content-type"] == "application/fhir+json" and json.loads(body)["resourceType"] == "Bundle"
+    assert get(f"/api/slides/{slide_id}/report.csv")[2].startswith(b"slide_id,specimen_id,status")
+    assert get(f"/api/slides/{slide_id}/cells.csv")[2].count(b"\n") == 12  # header + 11 cells
+    assert get("/api/slides/no-such-slide/report.pdf")[0] == 404
+    assert get(f"/api/slides/{slide_id}/report.docx")[0] == 404
