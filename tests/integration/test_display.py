@@ -312,3 +312,19 @@ def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broke
     rules = page.inner_text("#rules")
     assert "acute_leukaemia indeterminate" in rules
     _screenshot(page, tmp_path, "display-domain-shift.png")
+
+
+def test_a_barcode_scan_fills_the_specimen_id_and_typing_does_not(display, page):
+    from playwright.sync_api import expect
+
+    url, _ = display
+    page.goto(url)
+    page.keyboard.type("QX", delay=150)  # someone touching the keyboard: slow keys, no Enter
+    page.keyboard.press("Enter")
+    expect(page.locator("#specimen")).to_have_value("")
+    page.keyboard.type("BM-2026-0999", delay=5)  # a keyboard-wedge scanner: fast keys, then Enter
+    page.keyboard.press("Enter")
+    expect(page.locator("#specimen")).to_have_value("BM-2026-0999")
+    expect(page.locator("#reply")).to_have_text("Scanned specimen BM-2026-0999 — press Start slide")
+    page.wait_for_timeout(300)  # a scan never starts a slide by itself: nothing was asked of the appliance
+    expect(page.locator("#reply")).to_have_text("Scanned specimen BM-2026-0999 — press Start slide")

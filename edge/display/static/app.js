@@ -373,6 +373,32 @@ $("start").addEventListener("click", () => {
   command("start_slide", body);
 });
 $("stop").addEventListener("click", () => command("stop_slide", {}));
+
+// A barcode scanner is a keyboard that types fast and ends with Enter (a "keyboard wedge"). A scan
+// while no field has focus fills the specimen id; a person typing slowly does not. Start stays a
+// deliberate press: a scan never starts a slide by itself.
+const wedge = { text: "", last: 0 };
+document.addEventListener("keydown", (e) => {
+  const target = e.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || e.ctrlKey || e.metaKey || e.altKey) return;
+  const now = performance.now();
+  if (now - wedge.last > 60) wedge.text = "";  // a pause longer than a scanner's: start over
+  wedge.last = now;
+  if (e.key === "Enter") {
+    const scanned = wedge.text.trim();
+    wedge.text = "";
+    if (scanned.length >= 3) {
+      $("specimen").value = scanned.slice(0, 64);
+      $("reply").className = "reply";
+      $("reply").textContent = `Scanned specimen ${scanned} — press Start slide`;
+      $("start").focus();
+      e.preventDefault();
+    }
+  } else if (e.key.length === 1) {
+    wedge.text += e.key;
+  }
+});
+$("specimen").addEventListener("keydown", (e) => { if (e.key === "Enter") $("start").click(); });
 setInterval(renderStatus, 1000);  // frame rate and staleness, even when nothing arrives
 connect();
 render();
