@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import __version__
+from edge.engines.library import add_parser as bundle_parser
 from edge.errors import EdgeError
 from edge.reports.cli import add_parser as report_parser
 from edge.review.cli import add_parser as review_parser
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _display_parser(sub)
     review_parser(sub)
     report_parser(sub)
+    bundle_parser(sub)
     _plugin_commands(sub)
     return parser
 

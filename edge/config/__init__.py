@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from edge.config.base import DEFAULT_BUNDLE, DEFAULT_SAMPLES, PACKAGE_ROOT, Strict
+from edge.config.base import BUNDLES_DIR, DEFAULT_BUNDLE, DEFAULT_SAMPLES, PACKAGE_ROOT, Strict
 from edge.config.engines import (
     ENGINE_TYPES,
     EngineConfig,
@@ -274,7 +274,12 @@ class AppConfig(Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Names this box in every topic and message.",
     )
-    bundle: Path = Field(DEFAULT_BUNDLE, description="Model bundle folder (holds bundle.json).")
+    bundle: Path = Field(
+        DEFAULT_BUNDLE,
+        description="Model bundle: a folder holding bundle.json, or the name of one installed in bundles_dir "
+        "(`marrow-edge bundle install`).",
+    )
+    bundles_dir: Path = Field(BUNDLES_DIR, description="Where `marrow-edge bundle install` puts bundles.")
     source: SourceConfig | None = Field(
         None, description="The camera (or ring) when the command line names none: the installed appliance's."
     )
@@ -288,6 +293,14 @@ class AppConfig(Strict):
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _bundle_by_name(self) -> AppConfig:
+        """``bundle: marrow-bm`` (a bare name that is not a folder here) is the installed bundle of that name."""
+        b = self.bundle
+        if len(b.parts) == 1 and not b.is_absolute() and not b.exists():
+            object.__setattr__(self, "bundle", self.bundles_dir / b)  # no re-validation loop
+        return self
 
     @model_validator(mode="before")
     @classmethod

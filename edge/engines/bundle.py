@@ -236,7 +236,10 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
     try:
         raw = manifest_path.read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"no model bundle at {root}: {MANIFEST_NAME} is missing") from None
+        raise BundleError(
+            f"no model bundle at {root}: {MANIFEST_NAME} is missing (installed bundles: `marrow-edge bundle list`; "
+            "add one with `marrow-edge bundle install DIR`)"
+        ) from None
     except OSError as exc:
         raise BundleError(f"cannot read {manifest_path}: {exc.strerror}") from None
     try:

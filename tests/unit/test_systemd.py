@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import AppConfig
 from edge.mqtt.broker import answers, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,15 +56,38 @@ def test_capture_unit_keeps_the_ring_reachable():
 
 def test_install_script_stages_a_tree_and_keeps_local_config(tmp_path):
     env = {**os.environ, "DESTDIR": str(tmp_path), "SKIP_PIP": "1"}
-    subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], check=True, env=env, capture_output=True)
+    env.pop("DEVICE_ID", None)
+    script = str(ROOT / "systemd" / "install.sh")
+    subprocess.run(["bash", script], check=True, env=env, capture_output=True)
     assert (tmp_path / "etc/systemd/system/marrow-edge-capture.service").is_file()
-    assert (tmp_path / "opt/marrow-edge/models/marrow-bm/bundle.json").is_file()
+    assert (tmp_path / "etc/systemd/system/marrow-edge-display.service").is_file()
+    # bundles and samples in the data directory, not beside the code
+    assert (tmp_path / "var/lib/marrow-edge/bundles/marrow-bm/bundle.json").is_file()
+    assert (tmp_path / "var/lib/marrow-edge/samples/marrow").is_dir()
+    assert not (tmp_path / "opt/marrow-edge/models").exists()
     assert (tmp_path / "etc/mosquitto/conf.d/marrow-edge.conf").is_file()
     config = tmp_path / "etc/marrow-edge/config.yaml"
+    first = config.read_text()
+    device = next(line.split()[1] for line in first.splitlines() if line.startswith("device_id:"))
+    assert device != "marrow-edge-dev" and AppConfig.model_validate({"device_id": device})  # its own, and valid
+    assert "\nbundle: marrow-bm" in first and "\n  url: mqtt://127.0.0.1:1883" in first
     config.write_text("device_id: lab-box-7\n")
-    subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], check=True, env=env, capture_output=True)
-    assert config.read_text() == "device_id: lab-box-7\n"  # an update keeps the lab's settings
+    subprocess.run(["bash", script], check=True, env=env, capture_output=True)
+    assert config.read_text() == "device_id: lab-box-7\n"  # an upgrade keeps the lab's settings
     assert oct((tmp_path / "etc/marrow-edge/mqtt-password").stat().st_mode & 0o777) == "0o600"
+    # uninstall keeps the config and the data; purge removes them
+    subprocess.run(["bash", script, "--uninstall"], check=True, env=env, capture_output=True)
+    assert not (tmp_path / "etc/systemd/system/marrow-edge-pipeline.service").exists()
+    assert not (tmp_path / "opt/marrow-edge").exists()
+    assert config.is_file() and (tmp_path / "var/lib/marrow-edge/bundles/marrow-bm").is_dir()
+    subprocess.run(["bash", script, "--purge"], check=True, env=env, capture_output=True)
+    assert not config.exists() and not (tmp_path / "var/lib/marrow-edge").exists()
+
+
+def test_the_pipeline_takes_its_broker_from_the_config():
+    text = (ROOT / "systemd" / "marrow-edge-pipeline.service").read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert "--broker" not in exec_start and "--config /etc/marrow-edge/config.yaml" in exec_start
 
 
 def test_mosquitto_config_listens_on_loopback_only(mosquitto, tmp_path):
