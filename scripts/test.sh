@@ -5,5 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "dev,train" chromium
+# The official AsyncAPI parser checks schemas/asyncapi.yaml (npm; skipped with a reason without node).
+if command -v npm >/dev/null 2>&1 && [ ! -d schemas/validate/node_modules/@asyncapi/parser ]; then
+  npm ci --prefix schemas/validate --silent --no-audit --no-fund >&2
+fi
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q -rs "$@"

@@ -46,7 +46,6 @@ def asyncapi() -> dict[str, Any]:
             "summary": (c.model.__doc__ or c.description).strip().splitlines()[0],
             "contentType": "application/json",
             "payload": {"$ref": f"#/components/schemas/{c.model.__name__}"},
-            "bindings": {"mqtt": {"qos": c.qos, "retain": c.retained}},
         }
         channels[c.name] = {
             "address": "marrow/v1/{device_id}/" + c.address,
@@ -54,11 +53,20 @@ def asyncapi() -> dict[str, Any]:
             "parameters": parameters,
             "messages": {c.name: {"$ref": f"#/components/messages/{c.name}"}},
         }
-        operations[f"{c.action}_{c.name}"] = {
+        operation: dict[str, Any] = {
             "action": c.action,
             "channel": {"$ref": f"#/channels/{c.name}"},
             "messages": [{"$ref": f"#/channels/{c.name}/messages/{c.name}"}],
+            # QoS and retain are per publish in MQTT: operation bindings in AsyncAPI 3
+            "bindings": {"mqtt": {"qos": c.qos, "retain": c.retained, "bindingVersion": "0.2.0"}},
         }
+        if c.name.startswith("cmd_") and c.name != "cmd_reply":
+            # request/reply: the box answers each command on cmd/<verb>/reply with the request_id
+            operation["reply"] = {
+                "channel": {"$ref": "#/channels/cmd_reply"},
+                "messages": [{"$ref": "#/channels/cmd_reply/messages/cmd_reply"}],
+            }
+        operations[f"{c.action}_{c.name}"] = operation
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -70,10 +78,43 @@ def asyncapi() -> dict[str, Any]:
             "Generated from edge/mqtt/messages.py by `python -m edge.mqtt.schema`.",
         },
         "defaultContentType": "application/json",
-        "servers": {"box": {"host": "localhost:1883", "protocol": "mqtt", "description": "The box's loopback broker."}},
+        "servers": {
+            "box": {
+                "host": "localhost:1883",
+                "protocol": "mqtt",
+                "description": "The box's loopback broker (anonymous, loopback only).",
+            },
+            "lab": {
+                "host": "{lab_broker}:8883",
+                "protocol": "secure-mqtt",
+                "description": "The lab broker, reached over the box broker's TLS bridge (or directly by a dashboard). "
+                "Each box logs in with username = its device_id (password, or a client certificate whose CN is "
+                "the device_id); the ACL template lets it write only marrow/v1/<device_id>/# and read only its "
+                "own commands. The preview channel is never bridged.",
+                "variables": {"lab_broker": {"default": "lab-broker.example.org"}},
+                "security": [
+                    {"$ref": "#/components/securitySchemes/devicePassword"},
+                    {"$ref": "#/components/securitySchemes/deviceCertificate"},
+                ],
+            },
+        },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": defs["$defs"]},
+        "components": {
+            "messages": messages,
+            "schemas": defs["$defs"],
+            "securitySchemes": {
+                "devicePassword": {
+                    "type": "userPassword",
+                    "description": "username = the box's device_id; the password from /etc/marrow-edge/mqtt-password.",
+                },
+                "deviceCertificate": {
+                    "type": "X509",
+                    "description": "TLS client certificate whose CN is the box's device_id (mosquitto "
+                    "use_identity_as_username).",
+                },
+            },
+        },
     }
 
 
