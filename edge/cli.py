@@ -292,7 +292,8 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         raise EdgeError(str(exc)) from None
     from edge.config import load_config
 
-    monitor(host, port, args.prefix, sys.stdout, args.duration, config=load_config(args.config).mqtt)
+    mqtt_config = load_config(args.config).mqtt.model_copy(update={"url": args.broker})  # mqtts:// -> TLS
+    monitor(host, port, args.prefix, sys.stdout, args.duration, config=mqtt_config)
     return 0
 
 

@@ -78,8 +78,7 @@ CHANNELS = [
         False,
         1,
         "Every mqtt.health_interval_s: rates, stage latency, drops, queue depths, outbox alarm, memory.",
-        outbox=False,
-        bridged=False,  # the box's own concern; a lab that wants it adds it to the bridge
+        outbox=False,  # bridged: a lab dashboard watches the boxes' health (never kept on disk: of the moment)
     ),
     Channel("field", "slide/{slide_id}/field", FieldMessage, False, 1, "One counted field: every cell."),
     Channel(
@@ -130,7 +129,7 @@ CHANNELS = [
         False,
         1,
         "The answer to every command, valid or not: ok, or a precise error; the slide state after it.",
-        bridged=False,  # the bridge template brings commands in; their replies stay on the box's broker
+        # bridged: a command from the lab gets its reply at the lab
     ),
 ]
 

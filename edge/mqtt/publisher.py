@@ -53,10 +53,11 @@ def make_client(config: MqttConfig, name: str) -> mqtt.Client:
     )
     if config.username:
         client.username_pw_set(config.username, read_password(config))
-    if config.tls_ca:
+    # mqtts:// alone turns TLS on (the system's CAs); tls_ca names the lab's own CA
+    if config.tls_ca or (config.url or "").startswith("mqtts://"):
         try:
             client.tls_set(
-                ca_certs=str(config.tls_ca),
+                ca_certs=str(config.tls_ca) if config.tls_ca else None,
                 certfile=str(config.tls_cert) if config.tls_cert else None,
                 keyfile=str(config.tls_key) if config.tls_key else None,
             )

@@ -12,6 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.mqtt.broker import answers, free_port
 from tests.cli_helpers import ROOT, error_lines, marrow_edge
+from tests.integration.tls_files import make_ca, make_server_cert
 
 pytestmark = pytest.mark.integration
 
@@ -92,36 +93,10 @@ def test_acl_confines_a_box_to_its_own_prefix(authenticated):
     assert seen == ["marrow/v1/box-1/status"]  # the broker dropped what was outside box-1's prefix
 
 
-def _make_ca(folder: Path, name: str) -> tuple[Path, Path]:
-    key, cert = folder / f"{name}.key", folder / f"{name}.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", f"/CN={name}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key, cert
-
-
 def test_tls_needs_the_right_ca(mosquitto, tmp_path, samples):
-    import shutil
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make the test CA and broker certificate")
-    ca_key, ca_cert = _make_ca(tmp_path, "lab-ca")
-    _, other_ca = _make_ca(tmp_path, "other-ca")
-    server_key, csr, server_cert = tmp_path / "server.key", tmp_path / "server.csr", tmp_path / "server.crt"
-    subprocess.run(
-        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(server_key), "-out", str(csr),
-         "-subj", "/CN=127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    ext = tmp_path / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    subprocess.run(
-        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
-         "-out", str(server_cert), "-days", "2", "-extfile", str(ext)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    ca_key, ca_cert = make_ca(tmp_path, "lab-ca")
+    _, other_ca = make_ca(tmp_path, "other-ca")
+    server_key, server_cert = make_server_cert(tmp_path, ca_key, ca_cert)
     broker = SecureBroker(
         mosquitto, tmp_path, f"allow_anonymous true\ncafile {ca_cert}\ncertfile {server_cert}\nkeyfile {server_key}\n"
     )
