@@ -31,5 +31,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/pip install -q -e "$spec" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+# constraints.txt: the runtime's locked versions, the ones an offline release ships (scripts/release.py)
+.venv/bin/pip install -q --constraint constraints.txt -e "$spec" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 .venv/bin/python -c "import edge" # fail here, not later, if the install did not work

@@ -12,8 +12,8 @@
 # Environment: DESTDIR=/root/of/a/staging/tree (nothing on the system is touched: packaging,
 # tests); SKIP_APT=1 installs no Debian packages; SKIP_PIP=1 leaves the virtual environment
 # alone; SKIP_SYSTEMCTL=1 enables nothing; WHEELHOUSE=DIR installs offline from a folder of wheels
-# (pip --no-index); DEVICE_ID=... names the box (default: from its hostname and machine id);
-# SYSTEM_SITE_PACKAGES=1 makes the venv see the system's packages (JetPack's TensorRT and CUDA).
+# (pip --no-index; an offline release's wheels/<machine>-cp<XY> is found by itself); DEVICE_ID=...
+# names the box (default: from its hostname and machine id); SYSTEM_SITE_PACKAGES=1 makes the venv see the system's packages (JetPack's TensorRT and CUDA).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -56,7 +56,12 @@ if [ -z "$dest" ] && [ "${SKIP_APT:-0}" != 1 ]; then
     command -v mosquitto >/dev/null || need="$need mosquitto"
     python3 -c "import ensurepip, venv" 2>/dev/null || need="$need python3-venv"
     if [ -n "$need" ]; then
-        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need
+        # shellcheck disable=SC2086
+        if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need; }; then
+            echo "install.sh: could not install$need with apt-get (offline?): install it from the" \
+                "distribution's media or a local mirror, then run install.sh again" >&2
+            exit 2
+        fi
     fi
 fi
 
@@ -73,10 +78,20 @@ install -d "$dest$prefix" "$dest/etc/marrow-edge" "$dest/etc/systemd/system" "$d
 venv="$dest$prefix/.venv"
 if [ "${SKIP_PIP:-0}" != 1 ]; then
     [ -x "$venv/bin/python" ] || python3 -m venv ${SYSTEM_SITE_PACKAGES:+--system-site-packages} "$venv"
+    # An offline release carries wheels/<machine>-cp<XY>/: use the folder for this box.
+    if [ -z "${WHEELHOUSE:-}" ] && [ -d "$repo/wheels" ]; then
+        tag="$(uname -m)-cp$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')"
+        WHEELHOUSE="$repo/wheels/$tag"
+        if [ ! -d "$WHEELHOUSE" ]; then
+            echo "install.sh: this release has no wheels for $tag (it has: $(ls "$repo/wheels" | tr '\n' ' '))" >&2
+            exit 2
+        fi
+    fi
     if [ -n "${WHEELHOUSE:-}" ]; then
-        "$venv/bin/pip" install -q --no-index --find-links "$WHEELHOUSE" --upgrade marrow-edge
+        "$venv/bin/pip" install -q --no-index --find-links "$WHEELHOUSE" --constraint "$repo/constraints.txt" \
+            --upgrade marrow-edge
     else
-        "$venv/bin/pip" install -q --upgrade "$repo"
+        "$venv/bin/pip" install -q --upgrade --constraint "$repo/constraints.txt" "$repo"
     fi
 fi
 
