@@ -8,6 +8,8 @@ opener is registered in ``SOURCES``. The command line's ``--camera SPEC`` is a s
     0, /dev/video0          v4l2: a V4L2/UVC camera (index or device path)
     rtsp://..., http://...  rtsp: a network stream
     genicam:SERIAL[@CTI]    genicam: a GenICam camera through harvesters (pip install 'marrow-edge[genicam]')
+    csi:N                   gstreamer: the Jetson CSI camera sensor N (nvarguscamerasrc)
+    gst:PIPELINE            gstreamer: any GStreamer source, e.g. gst:v4l2src device=/dev/video0
     sim[:SCRIPT.yaml]       sim: the simulated microscope over the bundled sample fields
     ring:NAME               ring: the frame ring of a running ``marrow-edge capture`` (read by ``run``)
     a folder, image or video: replay (paced to ``fps`` if given)
@@ -31,6 +33,7 @@ from pydantic import ValidationError
 from edge.capture.source import CameraSource, Frame
 from edge.config import (
     GenICamSource,
+    GStreamerSource,
     ReplaySource,
     RingSource,
     RtspSource,
@@ -244,6 +247,10 @@ def source_from_spec(spec: str, settings: CameraSettings | None = None) -> Sourc
             return SimSource(script=Path(spec[4:]) if spec.startswith("sim:") else None, **fps)
         if spec.startswith("ring:"):
             return RingSource(name=spec[5:])
+        if spec.startswith("csi:") and spec[4:].isdigit():
+            return GStreamerSource(csi_sensor=int(spec[4:]), **camera)
+        if spec.startswith("gst:"):
+            return GStreamerSource(pipeline=spec[4:], **camera)
         if spec.startswith("genicam:"):
             serial, _, cti = spec[8:].partition("@")
             return GenICamSource(serial=serial, **({"cti": Path(cti)} if cti else {}), **camera)
@@ -274,6 +281,12 @@ def _genicam(source: GenICamSource, on_state: StateCallback | None) -> CameraSou
     return Reconnecting(opener, f"genicam {source.serial}", on_state)
 
 
+def _gstreamer(source: GStreamerSource, on_state: StateCallback | None) -> CameraSource:
+    from edge.capture.gstreamer import open_gstreamer
+
+    return Reconnecting(lambda: open_gstreamer(source), f"gstreamer {source.spec}", on_state)
+
+
 def _sim(source: SimSource, on_state: StateCallback | None) -> CameraSource:
     from edge.capture.simulator import SimulatedMicroscope, build_slide, random_scan
     from edge.config import DEFAULT_SAMPLES
@@ -299,6 +312,7 @@ SOURCES: dict[str, Callable[[Any, StateCallback | None], CameraSource]] = {
     "v4l2": _v4l2,
     "rtsp": _rtsp,
     "genicam": _genicam,
+    "gstreamer": _gstreamer,
     "sim": _sim,
     "replay": _replay,
     "ring": _ring,

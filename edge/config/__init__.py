@@ -26,6 +26,7 @@ from edge.config.engines import (
 )
 from edge.config.sources import (
     GenICamSource,
+    GStreamerSource,
     ReplaySource,
     RingSource,
     RtspSource,
@@ -42,6 +43,7 @@ __all__ = [
     "PACKAGE_ROOT",
     "AppConfig",
     "EngineConfig",
+    "GStreamerSource",
     "GenICamSource",
     "OnnxRuntimeEngine",
     "ReplaySource",

@@ -52,6 +52,29 @@ class GenICamSource(_Camera):
         return f"genicam:{self.serial}@{self.cti}"
 
 
+class GStreamerSource(_Camera):
+    """A GStreamer pipeline: a Jetson CSI camera (nvarguscamerasrc) or any source element.
+
+    The pipeline ends in BGR frames of ``width`` x ``height`` (default 1920x1080), read through
+    OpenCV when it was built with GStreamer (JetPack's python3-opencv), else from ``gst-launch-1.0``.
+    """
+
+    type: Literal["gstreamer"] = "gstreamer"
+    pipeline: str | None = Field(
+        None,
+        description="The source part of a pipeline, e.g. 'v4l2src device=/dev/video0' or 'rtspsrc location=...'"
+        " ! rtph264depay ! nvv4l2decoder'; None: the Jetson CSI camera csi_sensor (nvarguscamerasrc).",
+    )
+    csi_sensor: int = Field(0, ge=0, description="nvarguscamerasrc sensor-id when pipeline is None.")
+    reader: Literal["auto", "opencv", "gst-launch"] = Field(
+        "auto", description="auto: OpenCV if it has GStreamer, else gst-launch-1.0 (gstreamer1.0-tools)."
+    )
+
+    @property
+    def spec(self) -> str:
+        return f"gst:{self.pipeline}" if self.pipeline else f"csi:{self.csi_sensor}"
+
+
 class SimSource(Strict):
     """The simulated microscope over the bundled sample fields."""
 
@@ -90,5 +113,6 @@ class RingSource(Strict):
 # Where frames come from, chosen by ``type``; the openers are registered under the same names in
 # ``edge.capture.cameras.SOURCES``. The command line's --camera SPEC is a shorthand for one of these.
 SourceConfig = Annotated[
-    V4L2Source | RtspSource | GenICamSource | SimSource | ReplaySource | RingSource, Field(discriminator="type")
+    V4L2Source | RtspSource | GenICamSource | GStreamerSource | SimSource | ReplaySource | RingSource,
+    Field(discriminator="type"),
 ]

@@ -18,6 +18,8 @@ from edge.service.run import live_source
         ("/dev/video2", "v4l2", "/dev/video2"),
         ("rtsp://scope.lab:8554/live", "rtsp", "rtsp://scope.lab:8554/live"),
         ("genicam:ABC123@/opt/vendor/p.cti", "genicam", "genicam:ABC123@/opt/vendor/p.cti"),
+        ("csi:1", "gstreamer", "csi:1"),
+        ("gst:v4l2src device=/dev/video1", "gstreamer", "gst:v4l2src device=/dev/video1"),
         ("sim", "sim", "sim"),
         ("ring:capture", "ring", "ring:capture"),
         ("samples/marrow", "replay", "samples/marrow"),
@@ -26,7 +28,7 @@ from edge.service.run import live_source
 def test_the_camera_shorthand_names_a_typed_source(spec, kind, key):
     source = source_from_spec(spec, CameraSettings(fps=5))
     assert source.type == kind and source.spec == key
-    if kind in ("v4l2", "rtsp", "genicam", "sim", "replay"):
+    if kind in ("v4l2", "rtsp", "genicam", "gstreamer", "sim", "replay"):
         assert source.fps == 5
 
 
