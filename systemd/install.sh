@@ -119,6 +119,7 @@ if [ ! -e "$config" ]; then
     sed -e "s/^device_id: marrow-edge-dev$/device_id: $DEVICE_ID/" \
         -e "s|^# bundle: models/marrow-bm .*|bundle: marrow-bm                       # a name in bundles_dir (marrow-edge bundle list)|" \
         -e "s|^  url: null .*|  url: mqtt://127.0.0.1:1883             # the box's own mosquitto; the lab is reached by its bridge|" \
+        -e "s|^  port: null  .*# null: off; the installed box: 9108|  port: 9108                           # Prometheus: http://127.0.0.1:9108/metrics|" \
         "$repo/config.example.yaml" >"$config"
     chmod 0644 "$config"
     echo "config: $config (device_id: $DEVICE_ID)"

@@ -146,6 +146,11 @@ class MqttConfig(Strict):
     )
     outbox_max_mb: int = Field(512, ge=1, description="Outbox size above which the health alarm is raised.")
     health_interval_s: float = Field(10.0, gt=0, description="Seconds between health messages.")
+    retain_slides: int = Field(
+        20, ge=1, description="Slides whose retained tally and report the broker keeps; older ones are cleared."
+    )
+    home_assistant: bool = Field(False, description="Announce the main sensors by Home Assistant MQTT discovery.")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[^/+#\s]+$", description="Home Assistant's prefix.")
 
     @field_validator("url")
     @classmethod
@@ -190,6 +195,13 @@ class PreviewConfig(Strict):
         "display shows boxes before a field is counted (boxes are reused while the stage stays still).",
     )
     box_refresh_s: float = Field(1.0, gt=0, description="Re-analyse a still view after this many seconds.")
+
+
+class MetricsConfig(Strict):
+    """Prometheus metrics of the count process (``/metrics``), for Grafana."""
+
+    port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics on this port; None: off.")
+    host: str = Field("127.0.0.1", description="Address to serve on; 0.0.0.0 lets the lab's Prometheus scrape.")
 
 
 class DisplayConfig(Strict):
@@ -292,6 +304,7 @@ class AppConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -44,6 +44,8 @@ class SlideJournal:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(slide)")}
             if "source" not in columns:  # journals written before the source was recorded
                 self._db.execute("ALTER TABLE slide ADD COLUMN source TEXT")
+            if "retained_cleared" not in columns:  # the broker's retained copies of old slides, cleared
+                self._db.execute("ALTER TABLE slide ADD COLUMN retained_cleared INTEGER NOT NULL DEFAULT 0")
         if keep_days is not None:
             self.purge(keep_days)
 
@@ -177,6 +179,20 @@ class SlideJournal:
             self._db.execute(
                 "UPDATE slide SET closed = ? WHERE slide_id = ?", (2 if interrupted else 1, slide.slide_id)
             )
+
+    def retained_to_clear(self, keep: int) -> list[str]:
+        """Slides beyond the newest ``keep`` whose retained tally and report may still be on the broker."""
+        with self._lock():
+            rows = self._db.execute(
+                "SELECT slide_id FROM (SELECT slide_id, retained_cleared FROM slide ORDER BY started DESC "
+                "LIMIT -1 OFFSET ?) WHERE retained_cleared = 0",
+                (keep,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def mark_cleared(self, slide_ids: list[str]) -> None:
+        with self._lock():
+            self._db.executemany("UPDATE slide SET retained_cleared = 1 WHERE slide_id = ?", [(i,) for i in slide_ids])
 
     def close(self) -> None:
         with self._lock():

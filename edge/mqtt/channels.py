@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
 from edge.mqtt.messages import (
+    CurrentSlideMessage,
     FieldMessage,
     GateMessage,
     HealthMessage,
@@ -79,6 +80,16 @@ CHANNELS = [
         1,
         "Every mqtt.health_interval_s: rates, stage latency, drops, queue depths, outbox alarm, memory.",
         outbox=False,  # bridged: a lab dashboard watches the boxes' health (never kept on disk: of the moment)
+    ),
+    Channel(
+        "current",
+        "current",
+        CurrentSlideMessage,
+        True,
+        1,
+        "The slide being counted, or the last one finished: state, cells counted, percentages, rule states "
+        "and the slide's call, after every field (retained; Home Assistant's sensors read it).",
+        outbox=False,  # of the moment: the retained copy on the broker is the newest, and the tally is kept
     ),
     Channel("field", "slide/{slide_id}/field", FieldMessage, False, 1, "One counted field: every cell."),
     Channel(

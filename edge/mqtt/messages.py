@@ -112,6 +112,15 @@ class PreviewMessage(Envelope):
     gate_reason: str | None = None
 
 
+class GpuOut(_Model):
+    name: str
+    source: Literal["nvml", "jetson"] = Field(description="NVML (workstation GPUs) or the Jetson's sysfs.")
+    utilisation_percent: float | None
+    memory_used_mb: float | None = Field(description="On a Jetson: the memory the CPU and GPU share.")
+    memory_total_mb: float | None
+    temperature_c: float | None
+
+
 class HealthMessage(Envelope):
     """Periodic health of the box (``mqtt.health_interval_s``)."""
 
@@ -130,6 +139,7 @@ class HealthMessage(Envelope):
     memory_mb: float = Field(description="Resident memory of the count process.")
     disk_free_mb: float | None = Field(None, description="Free space where the journal and outbox live.")
     disk_alarm: bool = Field(False, description="Under 200 MB free there: the journal will soon fail.")
+    gpu: GpuOut | None = Field(None, description="The GPU's load, memory and temperature; null without one.")
 
 
 class CellOut(_Model):
@@ -265,6 +275,31 @@ class SignedReportMessage(ReportMessage):
     machine_counts: dict[str, int]
     cells_reviewed: int = Field(description="Cells a person placed in another class or tray.")
     audit: list[AuditOut] = Field(description="Every change and sign-off of the slide, oldest first.")
+
+
+class CurrentSlideMessage(Envelope):
+    """What a dashboard shows of the box now: the slide being counted, or the last one finished."""
+
+    kind: Literal["current"] = "current"
+    state: Literal["idle", "counting", "finished"] = Field(
+        description="idle: no slide since the box started; counting; finished: the report is out."
+    )
+    slide_id: str | None
+    specimen_id: str | None
+    started: dt.datetime | None
+    ended: dt.datetime | None
+    fields: int
+    cells_counted: int = Field(description="Cells in the denominator of the percentages.")
+    target_count: int | None
+    progress: float = Field(ge=0.0, le=1.0)
+    percent: dict[str, float] = Field(description="Per class, of the counted cells.")
+    rules: dict[str, RuleOutcome] = Field(description="Each rule's state, by rule id.")
+    rule_state: RuleOutcome = Field(
+        description="The slide's call: positive if any rule is, else indeterminate if any is, else negative "
+        "(not_applicable when no rule applies)."
+    )
+    domain: str = Field(description="The domain-shift guard: ok, shifted, too_few_cells or not_checked.")
+    topic: str | None = Field(description="The slide's report topic (its tally while counting).")
 
 
 class MessageFactory:

@@ -73,6 +73,10 @@ class Publisher(Protocol):
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False) -> None: ...
 
+    def clear_retained(self, topic: str) -> None:
+        """An empty retained message: the broker forgets what it kept on ``topic``."""
+        ...
+
     def publish_preview(self, message: BaseModel) -> None:
         """QoS 0, never in the outbox, never waits: a preview frame the broker misses is simply gone."""
         ...
@@ -122,6 +126,7 @@ class MqttPublisher:
         self._started = time.time()
         self.twin: str | None = None  # set when another instance is online under this device id
         self.on_twin: Callable[[str], None] | None = None
+        self.announce: list[tuple[str, bytes]] = []  # retained, sent after the birth on every connect
 
     # paho callbacks run on its network thread
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -135,6 +140,8 @@ class MqttPublisher:
             client.subscribe(self.topics.commands, qos=1)  # before the birth message: online means listening
             client.subscribe(self.topics.status, qos=1)  # another box with this device id shows up here
         self._send(self.topics.status, encode(self.factory.status("online", self._camera)), retain=True)
+        for topic, payload in self.announce:  # Home Assistant discovery: again after a broker restart
+            self._send(topic, payload, retain=True)
         if self.outbox is not None and not self._backlog_sent:
             self._backlog_sent = True
             self._resend_backlog(client)
@@ -312,6 +319,11 @@ class MqttPublisher:
             waiting = info.mid in self._inflight
         if waiting:
             log.warning("MQTT %s not acknowledged yet; kept for resending", topic)
+
+    def clear_retained(self, topic: str) -> None:
+        """An empty retained message: the broker forgets what it kept on ``topic``."""
+        if self._send(topic, b"", retain=True).rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            raise PublishError(f"MQTT queue full, {topic} not cleared")
 
     def publish_preview(self, message: BaseModel) -> None:
         if self._client.is_connected():  # offline: dropped, the next frame replaces it anyway

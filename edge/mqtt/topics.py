@@ -29,6 +29,11 @@ class Topics:
         return f"{self.root}/preview"
 
     @property
+    def current(self) -> str:
+        """The slide being counted or the last one finished (retained): what a dashboard shows."""
+        return f"{self.root}/current"
+
+    @property
     def health(self) -> str:
         return f"{self.root}/health"
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import PublishError
-from edge.mqtt.messages import HealthMessage, MessageFactory
+from edge.mqtt.messages import GpuOut, HealthMessage, MessageFactory
 from edge.mqtt.publisher import MqttPublisher
+from edge.service.gpu import GpuProbe
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class HealthReporter:
         interval: float,
         state_dir: Path | None = None,
         min_free_mb: float = 200.0,
+        gpu: GpuProbe | None = None,
     ) -> None:
+        self.gpu = gpu
         self.state_dir = state_dir  # where the journal and the outbox write: a full disk stops a slide
         self.min_free_mb = min_free_mb
         self.publisher = publisher
@@ -71,12 +74,15 @@ class HealthReporter:
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
         self._last = (time.monotonic(), 0)
 
-    def message(self) -> HealthMessage:
+    def message(self, new_window: bool = True) -> HealthMessage:
+        """The figures now; the frame rate is over the time since the last new window (the last message)."""
         s, now = self.stats, time.monotonic()
         then, frames_then = self._last
-        self._last = (now, s.frames)
+        if new_window:
+            self._last = (now, s.frames)
         outbox = self.publisher.outbox
         free = self._free_mb()
+        gpu = self.gpu.sample() if self.gpu is not None else None
         return HealthMessage(
             **self.factory._envelope(),
             uptime_s=round(now - s.started, 1),
@@ -91,6 +97,7 @@ class HealthReporter:
             memory_mb=round(resident_mb(), 1),
             disk_free_mb=free,
             disk_alarm=free is not None and free < self.min_free_mb,
+            gpu=GpuOut(**vars(gpu)) if gpu is not None else None,
         )
 
     def _free_mb(self) -> float | None:

@@ -28,6 +28,7 @@ from edge.mqtt.publisher import Publisher
 from edge.mqtt.topics import Topics
 from edge.review.recount import slide_setup
 from edge.review.store import SlideStore
+from edge.service.current import CurrentSlide
 from edge.service.preview import PreviewPublisher
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class SlideContext:
     on_field: FieldCallback | None = None
     on_skip: SkipCallback | None = None
     store: SlideStore | None = None  # every cell's crops for the technician's review
+    current: CurrentSlide | None = None  # the retained summary dashboards read
 
 
 def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
@@ -215,7 +217,10 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
         tally.add(result)
         keep(f"field {frame.name}", "add_field", slide, result, frame.image)
         send(topics.field(slide.slide_id), factory.field(slide, result, names))
-        send(topics.tally(slide.slide_id), factory.tally(slide, tally), retain=True)
+        tally_message = factory.tally(slide, tally)
+        send(topics.tally(slide.slide_id), tally_message, retain=True)
+        if ctx.current is not None:
+            ctx.current.tally(tally_message)
         # frame taken -> its field and tally handed to MQTT: what health reports as end-to-end latency
         result.timings_ms["frame_to_published"] = (time.monotonic() - frame.timestamp) * 1e3
         if preview is not None:
@@ -227,6 +232,8 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
         tally.target_count = control.target_count
     report = factory.report(slide, tally)
     send(topics.report(slide.slide_id), report, retain=True)
+    if ctx.current is not None:
+        ctx.current.report(report)
     keep("the report", "finish", slide, report.model_dump(mode="json", by_alias=True))
     if journal is not None:
         journal.close_slide(slide)

@@ -28,6 +28,8 @@ from edge.mqtt.publisher import MqttPublisher
 from edge.mqtt.topics import Topics
 from edge.review.store import SlideStore
 from edge.service.console import LiveConsole
+from edge.service.current import CurrentSlide
+from edge.service.gpu import find_gpu
 from edge.service.health import HealthReporter, RunStats
 from edge.service.pipeline import Appliance, SlideContext, SlideRun, build_appliance, run_slide
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from edge.capture.gate import GateEvent
     from edge.capture.source import CameraSource
     from edge.display.server import Display
+    from edge.service.metrics import MetricsServer
     from edge.service.preview import PreviewPublisher
 
 log = logging.getLogger(__name__)
@@ -278,6 +281,11 @@ class CountingService:
         publisher = self.publisher = MqttPublisher(host, port, self.topics, self.factory, config.mqtt)
         publisher.on_twin = lambda other: control.request_shutdown()  # two boxes, one device id: stop
         publisher.serve_commands(CommandHandler(control, self.factory))
+        if config.mqtt.home_assistant:
+            from edge.mqtt.discovery import discovery_messages
+
+            classes = self.appliance.bundle.class_names
+            publisher.announce = discovery_messages(self.topics, config.mqtt.discovery_prefix, classes, __version__)
         publisher.connect()
         if self._camera is not None:  # after the models load: the ring keeps only the newest frames
             from edge.capture.daemon import CaptureThread
@@ -301,15 +309,19 @@ class CountingService:
         state = config.counting.journal or config.mqtt.outbox
         health = HealthReporter(
             publisher, self.factory, self.stats, self.appliance.provenance.backend, config.mqtt.health_interval_s,
-            Path(state).parent if state else None,
+            Path(state).parent if state else None, gpu=find_gpu(),
         ).start()  # fmt: skip
+        current = CurrentSlide(publisher, self.topics, self.factory, config.mqtt.retain_slides, self.journal)
+        metrics = self._start_metrics(health, current)
         context = SlideContext(
             self.appliance, self.source, publisher, self.topics, self.factory, control, self.journal,
-            self.preview, request.max_fields, self._on_field, self._on_skip, self.store,
+            self.preview, request.max_fields, self._on_field, self._on_skip, self.store, current,
         )  # fmt: skip
         try:
             run = self._serve_slides(context) if request.wait_for_start else run_slide(context, slide)
         finally:
+            if metrics is not None:
+                metrics.stop()
             health.stop()
             if self.preview is not None:
                 self.preview.stop()
@@ -320,6 +332,21 @@ class CountingService:
         if not request.wait_for_start and run is not None:
             self.console.report(run, self.appliance.bundle.manifest.untrained)
         return RunOutcome(run, publisher.twin, publisher.undelivered)
+
+    def _start_metrics(self, health: HealthReporter, current: CurrentSlide) -> MetricsServer | None:
+        """Prometheus /metrics (``metrics.port``): the health figures and the current slide."""
+        settings = self.config.metrics
+        if settings.port is None:
+            return None
+        from edge.service.metrics import ApplianceCollector, MetricsServer
+
+        collector = ApplianceCollector(
+            lambda: health.message(new_window=False), lambda: current.latest, self.config.device_id,
+            self.appliance.provenance,
+        )  # fmt: skip
+        server = MetricsServer(collector, settings.host, settings.port).start()
+        self.console.say(f"metrics: http://{settings.host}:{server.port}/metrics")
+        return server
 
     def _start_preview(self) -> PreviewPublisher | None:
         """The preview path for the display: counted fields always; a live camera's frames too."""

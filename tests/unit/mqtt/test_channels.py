@@ -30,8 +30,8 @@ def test_every_topic_the_box_uses_has_its_channel():
 def test_what_the_outbox_keeps_and_what_is_of_the_moment():
     keeps = {c.name for c in CHANNELS if c.outbox and c.action == "send"}
     assert {"field", "tally", "report", "status"} <= keeps
-    assert not keeps & {"gate", "health", "preview"}
-    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health"}
+    assert not keeps & {"gate", "health", "preview", "current"}
+    assert set(DEVICE_KINDS) == {"status", "gate", "preview", "health", "current"}
     assert SLIDE_KINDS == ("field", "tally", "report", "review", "signed")
 
 
