@@ -38,6 +38,7 @@ from edge.engines.bundle import (
     load_bundle,
     write_manifest,
 )
+from edge.engines.graph_check import check_for_tensorrt
 from edge.engines.graphs import PROFILES, DetectorGraph, FusedClassifier, load_graphs, weight_files
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from edge.errors import BundleError
@@ -171,6 +172,9 @@ def export_bundle(request: ExportRequest) -> Path:
             ["countable", "probs"],
             {"images": {0: "batch"}, "countable": {0: "batch"}, "probs": {0: "batch"}},
         )
+        problems = check_for_tensorrt(staging / DETECTOR_FILE) + check_for_tensorrt(staging / CLASSIFIER_FILE)
+        if problems:  # every backend must take the bundle, TensorRT's parser included
+            raise BundleError("; ".join(problems))
         log.info("parity check against PyTorch")
         score_diff, box_diff = _check_detector(detector, staging / DETECTOR_FILE, fields)
         crops = rng.integers(0, 256, size=(3, crop, crop, 3), dtype=np.uint8)

@@ -202,6 +202,19 @@ def compare_outputs(
     return report
 
 
+def _check_graph(onnx_path: Path) -> None:
+    """Refuse, before a build of minutes, a graph TensorRT's parser would refuse (issue 20)."""
+    try:
+        from edge.engines.graph_check import check_for_tensorrt
+
+        problems = check_for_tensorrt(onnx_path)
+    except ImportError:  # onnx is in the gpu extra; without it the parser itself will say
+        log.warning("onnx not installed: %s not checked before the TensorRT build", onnx_path.name)
+        return
+    if problems:
+        raise EngineError("; ".join(problems) + ": re-export the bundle (python -m build_engines.recast)")
+
+
 def ensure_engines(
     bundle: Bundle,
     cache: Path,
@@ -227,6 +240,7 @@ def ensure_engines(
             log.info("TensorRT engine for %s found: %s", model, found.name)
             plans[model] = found
             continue
+        _check_graph(onnx_path)
         source = onnx_path
         if key.strongly_typed and precision == "fp16":
             from edge.engines.fp16 import fp16_variant

@@ -135,7 +135,8 @@ class NormalisedInput(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() / 255.0
+        # cast first: TensorRT takes uint8 only as a network input, never into a Transpose (issue 20)
+        x = images.float().permute(0, 3, 1, 2) / 255.0
         return (x - self.mean) / self.std
 
 
@@ -183,7 +184,7 @@ class DetectorGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         det = self.detector
-        x = image[0].permute(2, 0, 1).float() / 255.0
+        x = image.float()[0].permute(2, 0, 1) / 255.0  # cast first, as NormalisedInput
         images, _ = det.transform([x])
         features = list(det.backbone(images.tensors).values())
         head = det.head(features)

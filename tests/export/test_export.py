@@ -99,3 +99,12 @@ def test_failed_parity_writes_nothing(tmp_path, monkeypatch):
         export_bundle(ExportRequest(out_dir=out))
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder left behind
+
+
+def test_exported_graphs_cast_their_uint8_input_first(exported):
+    # issue 20: TensorRT's parser takes uint8 only as a network input or output
+    from edge.engines.graph_check import check_for_tensorrt
+
+    bundle_dir, _ = exported
+    assert check_for_tensorrt(bundle_dir / "detector.onnx") == []
+    assert check_for_tensorrt(bundle_dir / "classifier.onnx") == []
