@@ -124,6 +124,12 @@ class VerificationSpec(_Strict):
     max_probability_diff: float = Field(
         0.05, gt=0.0, le=1.0, description="Largest difference of any class probability or P(countable)."
     )
+    max_box_diff_px: float = Field(
+        2.0,
+        gt=0.0,
+        description="Largest difference of a box corner (px) of an anchor that may become a cell "
+        "(FP16's step near 640 px is 0.5 px).",
+    )
 
 
 class DomainGuardSpec(_Strict):
