@@ -5,9 +5,9 @@ The runtime builds them on first use (``engine.type: tensorrt``); ahead of time:
     python -m build_engines.tensorrt --bundle models/marrow-bm --cache /var/cache/marrow-edge/engines
 
 TensorRT 10 builds FP16 from the FP32 graph with the FP16 builder flag, softmax, sigmoid and
-exp (box decoding) kept in FP32 by layer constraints. TensorRT 11 builds strongly typed
-networks only: the precision comes from the graph, so an FP16 variant of the ONNX file is
-made first (``edge.engines.fp16``) with those ops kept in FP32.
+exp (box decoding) kept in FP32 by layer constraints (chosen by layer type: ``fp32_layers``).
+TensorRT 11 builds strongly typed networks only: the precision comes from the graph, so an FP16
+variant of the ONNX file is made first (``edge.engines.fp16``) with those ops kept in FP32.
 
 Written to TensorRT's documented Python API (10.x/11.x) and cuda-python; TensorRT could not be
 installed where this was developed (its wheels fetch the libraries from NVIDIA's index), so
@@ -116,6 +116,31 @@ class _Progress:
         return Monitor()
 
 
+def fp32_layers(network: Any, trt: Any) -> list[int]:
+    """The layers an FP16 build keeps in FP32: softmax, sigmoid and exp (box decoding).
+
+    Chosen by layer type, never by name: the parser names layers after ONNX nodes, and the 27
+    squeeze-excitation gates of the bundles' MobileNetV3s are ``.../HardSigmoid`` activations that
+    FP16 handles well (pinning them by a "Sigmoid" in the name cost conversions around each).
+    A layer's own kind is read after casting it to its class, as TensorRT's Python API requires.
+    """
+    chosen = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = layer.type
+        if kind == trt.LayerType.SOFTMAX:
+            chosen.append(i)
+        elif kind == trt.LayerType.ACTIVATION:
+            layer.__class__ = trt.IActivationLayer
+            if layer.type == trt.ActivationType.SIGMOID:  # IActivationLayer.type: the activation's kind
+                chosen.append(i)
+        elif kind == trt.LayerType.UNARY:
+            layer.__class__ = trt.IUnaryLayer
+            if layer.op == trt.UnaryOperation.EXP:
+                chosen.append(i)
+    return chosen
+
+
 def build_plan(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
     """Serialise an engine for ``key`` (TensorRT 10 or 11)."""
     import tensorrt as trt
@@ -135,15 +160,11 @@ def build_plan(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
     if key.precision == "fp16" and not key.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        for i in range(network.num_layers):
+        for i in fp32_layers(network, trt):
             layer = network.get_layer(i)
-            # Probabilities and box decoding stay FP32: an FP16 softmax rounds near-ties away.
-            if layer.type in (trt.LayerType.SOFTMAX, trt.LayerType.UNARY) or (
-                layer.type == trt.LayerType.ACTIVATION and "Sigmoid" in layer.name
-            ):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in key.profile.items():
         profile.set_shape(name, low, opt, high)

@@ -213,3 +213,67 @@ def test_an_engine_output_of_another_shape_is_an_engine_error(bundle, detector_i
     with pytest.raises(EngineError, match=r"detector engine's boxes is \(100, 4\), ONNX Runtime's"):
         compare_outputs("detector", _perturbed(shape=100)(reference), reference, detector_inputs,
                         bundle.manifest.verification)  # fmt: skip
+
+
+class _Kinds:
+    """TensorRT's enums, as far as the FP32 pinning reads them."""
+
+    def __init__(self, *names):
+        for name in names:
+            setattr(self, name, name)
+
+
+def _standin_trt():
+    import types
+
+    class ILayer:
+        def __init__(self, name, kind, sub):
+            self.name, self._kind, self._sub = name, kind, sub
+
+        @property
+        def type(self):
+            return self._kind
+
+    class IActivationLayer(ILayer):
+        @property
+        def type(self):  # as in TensorRT: the activation's kind shadows the layer's
+            return self._sub
+
+    class IUnaryLayer(ILayer):
+        @property
+        def op(self):
+            return self._sub
+
+    return types.SimpleNamespace(
+        LayerType=_Kinds("SOFTMAX", "ACTIVATION", "UNARY", "OTHER"),
+        ActivationType=_Kinds("SIGMOID", "HARD_SIGMOID"),
+        UnaryOperation=_Kinds("EXP", "SQRT"),
+        ILayer=ILayer, IActivationLayer=IActivationLayer, IUnaryLayer=IUnaryLayer,
+    )  # fmt: skip
+
+
+def test_fp32_pinning_goes_by_layer_type_not_name(bundle):
+    # issue 20, defect 8: "Sigmoid" in a layer's name caught the 27 squeeze-excitation HardSigmoids
+    onnx = pytest.importorskip("onnx", reason="reads the bundle's graphs")
+    from edge.analysis.tensorrt_plans import fp32_layers
+
+    trt = _standin_trt()
+    kinds = {
+        "Softmax": ("SOFTMAX", None),
+        "Sigmoid": ("ACTIVATION", "SIGMOID"),
+        "HardSigmoid": ("ACTIVATION", "HARD_SIGMOID"),
+        "Exp": ("UNARY", "EXP"),
+        "Sqrt": ("UNARY", "SQRT"),
+    }
+    pinned, hard = {}, 0
+    for graph in ("classifier.onnx", "detector.onnx"):
+        nodes = onnx.load(str(bundle.path(graph))).graph.node  # the parser names layers after the nodes
+        layers = [(n.name, *kinds.get(n.op_type, ("OTHER", None))) for n in nodes]
+        network = type("Network", (), {"num_layers": len(layers),
+                                       "get_layer": lambda self, i, ls=layers: trt.ILayer(*ls[i])})()  # fmt: skip
+        for i in fp32_layers(network, trt):
+            pinned[layers[i][0]] = nodes[i].op_type
+        hard += sum(n.op_type == "HardSigmoid" for n in nodes)
+    assert hard == 27 and "HardSigmoid" not in pinned.values()
+    assert sorted(set(pinned.values())) == ["Exp", "Sigmoid", "Softmax"]
+    assert sum(v == "Softmax" for v in pinned.values()) == 4  # stage 1 and the three members
