@@ -253,7 +253,8 @@ class Suite:
             from edge.capture.replay import verification_fields
 
             bundle = self.onnx_bundle()
-            config = AppConfig(bundle=bundle.root, engine={"type": "tensorrt", "engine_cache": self.work / "engines"})
+            engine = {"type": "tensorrt", "engine_cache": self.work / "engines", "on_engine_mismatch": "rebuild"}
+            config = AppConfig(bundle=bundle.root, engine=engine)
             fields = verification_fields(config.engine.verify_fields)
             return ENGINES[config.engine.type](bundle, config.analysis, config.engine, fields)
         detector_spec, classifier_spec = self.specs()

@@ -1,6 +1,7 @@
 """Build TensorRT engines from a bundle, verify them against ONNX Runtime FP32, cache them.
 
-The runtime builds them on first use (``engine.type: tensorrt``); ahead of time:
+The marrow-edge-engines unit builds them before the pipeline (which refuses to, unless
+``engine.on_engine_mismatch: rebuild``); by hand:
 
     python -m build_engines.tensorrt --bundle models/marrow-bm --cache /var/cache/marrow-edge/engines
 
@@ -141,6 +142,20 @@ def fp32_layers(network: Any, trt: Any) -> list[int]:
     return chosen
 
 
+def _timing_cache(config: Any, path: Path) -> Any:
+    """The saved timing cache, or an empty one when it is unreadable or from another TensorRT or GPU
+    (the cache is only a speed-up: a stale one must not fail the build)."""
+    data = path.read_bytes() if path.is_file() else b""
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            if cache is not None:
+                return cache
+        except Exception as exc:  # TensorRT raises its own error types for a foreign cache
+            log.warning("TensorRT timing cache %s not usable (%s): starting an empty one", path, exc)
+    return config.create_timing_cache(b"")
+
+
 def build_plan(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
     """Serialise an engine for ``key`` (TensorRT 10 or 11)."""
     import tensorrt as trt
@@ -169,8 +184,7 @@ def build_plan(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
     for name, (low, opt, high) in key.profile.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(_timing_cache(config, timing_cache), ignore_mismatch=False)
     monitor = _Progress()
     config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)

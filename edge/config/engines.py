@@ -58,9 +58,10 @@ class TensorRTEngine(_VerifiedEngine):
     precision: Literal["fp16", "fp32"] = "fp16"
     engine_cache: Path = Field(Path("/var/cache/marrow-edge/engines"), description="Where built engines are kept.")
     on_engine_mismatch: Literal["rebuild", "refuse"] = Field(
-        "rebuild",
-        description="A cached engine built for another GPU, TensorRT, bundle or profile: "
-        "rebuild it, or refuse to start.",
+        "refuse",
+        description="No engine built for this GPU, TensorRT, bundle and profile: refuse to start (the appliance: "
+        "the marrow-edge-engines unit builds them before the pipeline, with progress, outside its start "
+        "timeout), or rebuild here (a workstation trying TensorRT out; minutes on a Jetson).",
     )
 
 

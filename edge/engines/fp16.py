@@ -30,7 +30,7 @@ def fp16_variant(source: Path, target: Path) -> Path:
     except ImportError as exc:
         raise BundleError(
             f"an FP16 graph for TensorRT 11 needs onnx and onnxconverter-common ({exc.name} is missing): "
-            "pip install 'marrow-edge[gpu]'"
+            "pip install 'marrow-edge[gpu-cu12]' (or gpu-cu13)"
         ) from None
     model = onnx.load(str(source))
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(KEEP_FP32))

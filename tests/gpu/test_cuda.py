@@ -98,6 +98,6 @@ def test_onnxruntime_cuda_provider(bundle):
 
 def test_tensorrt_engine_builds_and_verifies(bundle, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installable here (NVIDIA's index is unreachable)")
-    config = AppConfig(engine={"type": "tensorrt", "engine_cache": tmp_path})
+    config = AppConfig(engine={"type": "tensorrt", "engine_cache": tmp_path, "on_engine_mismatch": "rebuild"})
     model, report = build_field_model(bundle, config, verification_fields(config.engine.verify_fields))
     assert report is not None and report.passed and model.name == "tensorrt"

@@ -111,3 +111,65 @@ def test_mosquitto_config_listens_on_loopback_only(mosquitto, tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def _directives(unit: str, key: str) -> list[str]:
+    text = (ROOT / "systemd" / unit).read_text()
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{key}=")]
+
+
+@pytest.mark.parametrize("unit", ["marrow-edge-engines.service", "marrow-edge-pipeline.service"])
+def test_gpu_units_let_cuda_open_the_gpu(unit):
+    # issue 20, defect 4: current drivers register "nvidia" (not "nvidia-frontend") for major 195
+    allowed = _directives(unit, "DeviceAllow")
+    for spec in allowed:  # systemd's syntax: a /dev path, or char-/block- and a /proc/devices group
+        device, access = spec.split()
+        assert device.startswith(("/dev/", "char-", "block-")) and set(access) <= set("rwm"), spec
+    groups = {spec.split()[0] for spec in allowed}
+    assert {"char-nvidia", "char-nvidia-uvm", "/dev/nvmap", "char-nvhost-*"} <= groups
+    assert "char-nvidiactl" not in groups  # nvidiactl is a minor of the nvidia group, not a group
+    assert _directives(unit, "DevicePolicy") == ["closed"] and _directives(unit, "NoNewPrivileges") == ["yes"]
+    # NoNewPrivileges stops the setuid nvidia-modprobe: the uvm node is made before the sandbox
+    assert "-+/usr/bin/nvidia-modprobe -u -c=0" in _directives(unit, "ExecStartPre")
+
+
+def test_engines_are_built_by_their_unit_from_the_config_and_never_by_the_pipeline():
+    # issue 20, defect 6
+    config = "--config /etc/marrow-edge/config.yaml"
+    (condition,) = _directives("marrow-edge-engines.service", "ExecCondition")
+    (start,) = _directives("marrow-edge-engines.service", "ExecStart")
+    assert condition.endswith(f"-m build_engines.tensorrt {config} --check") and start.endswith(config)
+    assert not _directives("marrow-edge-engines.service", "ConditionPathExists")  # no nvidiactl on an Orin
+    assert _directives("marrow-edge-engines.service", "NotifyAccess") == ["main"]  # progress in its status
+    from edge.config import TensorRTEngine
+
+    assert TensorRTEngine().on_engine_mismatch == "refuse"  # the pipeline does not build unless told
+
+
+def test_the_engines_check_skips_what_has_nothing_to_build(tmp_path, monkeypatch):
+    from build_engines.tensorrt import BUILD, SKIP, check
+
+    config = tmp_path / "c.yaml"
+    config.write_text("engine:\n  type: onnxruntime\n")
+    assert check(config) == (SKIP, "nothing to build: engine.type is onnxruntime")
+    config.write_text("engine:\n  type: tensorrt\n")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    status, why = check(config)
+    assert status == SKIP and "TensorRT does not import" in why
+    monkeypatch.setitem(sys.modules, "tensorrt", type(sys)("tensorrt"))
+    assert check(config)[0] == BUILD
+
+
+def test_cuda_python_is_pinned_to_one_cuda_major_per_extra():
+    # issue 20, defect 5: "cuda-python>=12" resolved to 13.x, which needs driver >= 580
+    import re
+
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {name: [r for r in reqs if r.startswith("cuda-python")] for name, reqs in extras.items()}
+    pins = {name: reqs for name, reqs in pins.items() if reqs}
+    assert set(pins) == {"gpu-cu12", "gpu-cu13"}
+    for name, (requirement,) in pins.items():
+        major = int(name[-2:])
+        assert re.fullmatch(rf"cuda-python>={major}(\.\d+)?,<{major + 1}", requirement), requirement
