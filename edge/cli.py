@@ -40,7 +40,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--camera",
         metavar="SPEC",
         help="a live camera in this process, through the field gate: 0, /dev/video0, rtsp://..., "
-        "genicam:SERIAL[@CTI], sim[:SCRIPT.yaml] (the simulated microscope), or a folder/video to replay "
+        "genicam:SERIAL[@CTI], csi:N (Jetson CSI), gst:PIPELINE, sim[:SCRIPT.yaml] (the simulated microscope), "
+        "or a folder/video to replay "
         "(without --source/--camera/--ring: the config's source)",
     )
     where.add_argument("--ring", metavar="NAME", help="read the frame ring of a running `marrow-edge capture`")

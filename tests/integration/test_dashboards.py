@@ -16,6 +16,7 @@ from tests.cli_helpers import ROOT, marrow_edge
 from tests.integration.subscriber import Recorder
 
 pytestmark = pytest.mark.integration
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
 
 
 def _free_port() -> int:
@@ -65,19 +66,22 @@ def test_prometheus_scrapes_a_slide_being_counted(broker, samples, tmp_path):
     )  # fmt: skip
     try:
         seen, deadline = "", time.monotonic() + 120
-        while "marrow_edge_slide_cells_counted" not in seen and time.monotonic() < deadline:
+        # idle first (slide_id ""), then the slide being counted
+        while 'state="counting"} 1.0' not in seen and time.monotonic() < deadline:
             if box.poll() is not None:
                 break
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                with DIRECT.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
                     seen = answer.read().decode()
             except OSError:
-                time.sleep(0.3)
+                pass  # not serving yet
+            time.sleep(0.2)
         assert 'marrow_edge_slide_state{slide_id="' in seen, box.stderr.read() if box.poll() is not None else seen
         assert 'state="counting"} 1.0' in seen and "marrow_edge_fields_counted_total" in seen
+        assert 'marrow_edge_slide_cells_counted{slide_id="' in seen
         assert "marrow_edge_build_info{" in seen and 'device_id="dash-2"' in seen
     finally:
         _, err = box.communicate(timeout=120)
     assert box.returncode == 0, err
     with pytest.raises(OSError):  # the endpoint ends with the run
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+        DIRECT.open(f"http://127.0.0.1:{port}/metrics", timeout=2)

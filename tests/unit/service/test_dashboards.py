@@ -27,6 +27,8 @@ from edge.service.health import HealthReporter, RunStats
 from edge.service.metrics import ApplianceCollector, MetricsServer
 from edge.service.pipeline import SlideContext, build_appliance, run_slide
 
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+
 
 @pytest.fixture(scope="module")
 def appliance():
@@ -181,7 +183,7 @@ def test_the_metrics_endpoint_serves_over_http(appliance, samples, tmp_path):
     collector, _, run = _metrics(appliance, samples, tmp_path)
     server = MetricsServer(collector, "127.0.0.1", 0).start()
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as answer:
+        with DIRECT.open(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
     finally:
         server.stop()
