@@ -261,8 +261,11 @@ def test_run_serves_the_display_in_process(broker, samples):
         # Issue 19: the slide ends, the page (and its result) stays until the user closes it.
         held = next(line for line in app.stdout if line.startswith("display: the finished slide stays"))  # type: ignore[union-attr]
         assert url in held and "for 120 s (Ctrl-C closes it sooner)" in held
-        with urllib.request.urlopen(url + "api/state", timeout=5) as response:
-            state = json.loads(response.read())
+        deadline = time.monotonic() + 20  # the stopped status reaches the page through the broker: not at once
+        while time.monotonic() < deadline and (state["status"]["state"] != "stopped" or "report" not in state):
+            with urllib.request.urlopen(url + "api/state", timeout=5) as response:
+                state = json.loads(response.read())
+            time.sleep(0.2)
         assert state["status"]["state"] == "stopped" and state["report"]["fields"] == len(list(samples.glob("*.jpg")))
         assert app.poll() is None  # still serving the finished slide
         app.send_signal(signal.SIGINT)
