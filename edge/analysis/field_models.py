@@ -119,12 +119,22 @@ def onnxruntime_model(
             f"bundle {manifest.name}: {len(manifest.classes)} classes listed but the classifier gives "
             f"{probs.shape[-1]} probabilities: the class list does not match the model"
         )
+    files = {"detector": manifest.detector.file, "classifier": manifest.classifier.file}
+    if engine.int8:
+        if manifest.int8 is None:
+            raise BundleError(
+                f"bundle {manifest.name} has no INT8 graphs (engine.int8): make them with "
+                f"python -m build_engines.int8 --bundle {bundle.root}, or set engine.int8: false"
+            )
+        files = {"detector": manifest.int8.detector, "classifier": manifest.int8.classifier}
     backends = []
     for spec, what in ((manifest.detector, "detector"), (manifest.classifier, "classifier")):
         backend = OnnxRuntimeBackend(
-            bundle.path(spec.file), engine.providers, engine.threads, engine.require_providers, options
+            bundle.path(files[what]), engine.providers, engine.threads, engine.require_providers, options
         )
-        check_signature(backend.signature, spec, what, spec.file)
+        check_signature(backend.signature, spec, what, files[what])
+        if engine.int8:
+            backend.name = "onnxruntime-int8"  # the provenance of every result says which graphs ran
         backends.append(backend)
     detector = Detector(backends[0], manifest.detector, analysis.score_threshold)
     classifier = Classifier(backends[1], len(manifest.classes), analysis.max_batch)
@@ -193,7 +203,9 @@ def needs_verification(config: AppConfig) -> bool:
     """Whether the engine the config asks for is checked on real fields before use (all but ONNX
     Runtime itself; TensorRT always, as its plans are verified when built)."""
     engine = config.engine
-    return engine.type == "tensorrt" or (not isinstance(engine, OnnxRuntimeEngine) and engine.verify)
+    if isinstance(engine, OnnxRuntimeEngine):
+        return engine.int8 and engine.verify
+    return engine.type == "tensorrt" or engine.verify
 
 
 def build_field_model(
@@ -205,7 +217,7 @@ def build_field_model(
     if needs_verification(config) and not fields:
         raise EngineError(f"the {engine.type} engine is verified on real fields before use: none were given")
     model = ENGINES[engine.type](bundle, config.analysis, engine, fields)
-    if isinstance(engine, OnnxRuntimeEngine):  # the reference itself
+    if isinstance(engine, OnnxRuntimeEngine) and not engine.int8:  # the reference itself
         return model, None
     if not engine.verify:
         log.warning("engine.verify is off: %s runs without a comparison with ONNX Runtime FP32", model.name)

@@ -11,8 +11,19 @@ from pydantic import Field
 from edge.config.base import DEFAULT_SAMPLES, Strict
 
 
-class OnnxRuntimeEngine(Strict):
-    """The default: ONNX Runtime on the bundle's graphs (CPU, or its CUDA/TensorRT providers)."""
+class _VerifiedEngine(Strict):
+    verify: bool = Field(
+        True,
+        description="Compare the whole field model with ONNX Runtime FP32 on verify_fields before use "
+        "(tolerances from the bundle); a failure stops the start.",
+    )
+    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields the engine is checked on before use.")
+
+
+class OnnxRuntimeEngine(_VerifiedEngine):
+    """The default: ONNX Runtime on the bundle's graphs (CPU, or its CUDA/TensorRT providers).
+
+    ``verify`` and ``verify_fields`` apply to the INT8 graphs only: FP32 is the reference itself."""
 
     type: Literal["onnxruntime"] = "onnxruntime"
     providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
@@ -27,15 +38,11 @@ class OnnxRuntimeEngine(Strict):
     engine_cache: Path = Field(
         Path("/var/cache/marrow-edge/engines"), description="Where the TensorRT provider keeps its engines."
     )
-
-
-class _VerifiedEngine(Strict):
-    verify: bool = Field(
-        True,
-        description="Compare the whole field model with ONNX Runtime FP32 on verify_fields before use "
-        "(tolerances from the bundle); a failure stops the start.",
+    int8: bool = Field(
+        False,
+        description="Run the bundle's INT8 graphs (CPU; made by build_engines.int8), compared with FP32 on "
+        "verify_fields before use.",
     )
-    verify_fields: Path = Field(DEFAULT_SAMPLES, description="Real fields the engine is checked on before use.")
 
 
 class TorchEngine(_VerifiedEngine):

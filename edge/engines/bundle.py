@@ -159,6 +159,16 @@ class DomainGuardSpec(_Strict):
         return self
 
 
+class Int8Graphs(_Strict):
+    """INT8 (QDQ) graphs of the detector and the fused classifier for ONNX Runtime on the CPU,
+    made by ``build_engines.int8`` and kept only when they agreed with FP32 (see ``verification``)."""
+
+    detector: str
+    classifier: str
+    calibration: str = Field(description="What the activation ranges were calibrated on.")
+    verification: dict[str, Any] = Field(description="The comparison with FP32 that admitted them.")
+
+
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -195,6 +205,7 @@ class BundleManifest(_Strict):
         None, description="What the bundle was trained on, for the display's badge."
     )
     clinical_use: bool = Field(False, description="Validated for clinical use (never for a public-data bundle).")
+    int8: Int8Graphs | None = Field(None, description="INT8 graphs for the CPU (engine.int8); None: none built.")
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
