@@ -219,6 +219,8 @@ class Suite:
 
         providers = ort.get_available_providers()
         names.append("onnxruntime-cpu")
+        if self.bundle is not None and self.bundle.manifest.int8 is not None:
+            names.append("onnxruntime-int8")  # the bundle's INT8 graphs (build_engines.int8)
         if "CUDAExecutionProvider" in providers:
             names.append("onnxruntime-cuda")
         if "TensorrtExecutionProvider" in providers:
@@ -247,6 +249,8 @@ class Suite:
         if name.startswith("onnxruntime"):
             bundle = self.onnx_bundle()
             engine = {"type": "onnxruntime", "providers": [name.split("-", 1)[1]]}
+            if name == "onnxruntime-int8":
+                engine = {"type": "onnxruntime", "providers": ["cpu"], "int8": True}
             config = AppConfig(bundle=bundle.root, engine=engine)
             return ENGINES[config.engine.type](bundle, config.analysis, config.engine)
         if name == "tensorrt-fp16":

@@ -26,5 +26,6 @@ def crop_cells(field: np.ndarray, boxes: np.ndarray, size: int, margin: float) -
         if any(pad):
             patch = cv2.copyMakeBorder(patch, *pad, borderType=cv2.BORDER_REPLICATE)
         interpolation = cv2.INTER_AREA if side_px > size else cv2.INTER_LINEAR
-        crops[i] = cv2.resize(patch, (size, size), interpolation=interpolation)
+        # the patch is a view of the decoded frame; the resize writes straight into the batch
+        cv2.resize(patch, (size, size), dst=crops[i], interpolation=interpolation)
     return crops

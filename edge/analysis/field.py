@@ -60,6 +60,10 @@ class HostFieldModel:
         return self.detector.backend.providers
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None) -> FieldOutputs:
+        return self.classify(self.detect(image, boxes))
+
+    def detect(self, image: np.ndarray, boxes: np.ndarray | None = None) -> DetectedField:
+        """Stage 1: the detector and the crops (``edge.analysis.overlap`` runs it a field ahead)."""
         t0 = time.perf_counter()
         detections = self.detector(image)
         t1 = time.perf_counter()
@@ -69,10 +73,24 @@ class HostFieldModel:
             boxes, scores = np.asarray(boxes, np.float32), np.ones(len(boxes), np.float32)
         crops = crop_cells(image, boxes, self.crop_size, self.crop_margin)
         t2 = time.perf_counter()
-        p_countable, probs = self.classifier(crops)
-        t3 = time.perf_counter()
-        timings = {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3}
-        return FieldOutputs(boxes, scores, p_countable, probs, timings)
+        return DetectedField(boxes, scores, crops, {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3})
+
+    def classify(self, detected: DetectedField) -> FieldOutputs:
+        """Stage 2: the fused classifier on the crops."""
+        t0 = time.perf_counter()
+        p_countable, probs = self.classifier(detected.crops)
+        timings = detected.timings_ms | {"classify": (time.perf_counter() - t0) * 1e3}
+        return FieldOutputs(detected.boxes, detected.scores, p_countable, probs, timings)
+
+
+@dataclass(frozen=True)
+class DetectedField:
+    """A field after stage 1: its boxes, their scores and the crops the classifier takes."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    crops: np.ndarray
+    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True)
