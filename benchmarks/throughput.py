@@ -1,0 +1,144 @@
+"""Fields per second on the CPU with fields queued (a replayed slide), one run, side by side:
+the PyTorch FP32 eager pipeline (the baseline), ONNX Runtime FP32 one field at a time, the same
+with the two stages overlapped (``edge.analysis.overlap``), and the bundle's INT8 graphs both ways.
+
+    python benchmarks/throughput.py [--bundle models/marrow-bm] [--cells 30] [--fields 12] [--out DIR]
+
+Every variant counts the same composed fields (real cells on real backgrounds, fixed boxes so
+every variant classifies the same N cells); per-field latency percentiles are of the sequential
+variants, fields/s of all. ``threads`` is ONNX Runtime's intra-op threads per session: 0 lets it
+take every core for each stage in turn; overlapped, each stage gets its own share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.fields import compose_field  # noqa: E402
+from benchmarks.pipeline import cpu_name  # noqa: E402
+from edge import __version__  # noqa: E402
+from edge.analysis.field_models import onnxruntime_model  # noqa: E402
+from edge.analysis.overlap import Overlapped  # noqa: E402
+from edge.config import DEFAULT_BUNDLE, AnalysisConfig, OnnxRuntimeEngine  # noqa: E402
+from edge.engines.bundle import Bundle, load_bundle  # noqa: E402
+
+log = logging.getLogger("throughput")
+
+
+def _eager(bundle: Bundle) -> Any:
+    from edge.analysis.classify import Classifier
+    from edge.analysis.detect import Detector
+    from edge.analysis.field import HostFieldModel
+    from edge.analysis.torch_fused import load_torch_models
+    from edge.engines.torch_reference import TorchBackend
+
+    detector, classifier = load_torch_models(bundle)
+    m = bundle.manifest
+    det = Detector(TorchBackend(detector, ["boxes", "scores"], "cpu"), m.detector)
+    cls = Classifier(TorchBackend(classifier, ["countable", "probs"], "cpu"), len(m.classes), 64)
+    return HostFieldModel(det, cls, m.classifier.crop_size, m.classifier.crop_margin)
+
+
+def _run(model: Any, fields: list[tuple[np.ndarray, np.ndarray]], overlapped: bool) -> dict[str, float]:
+    for image, boxes in fields[:2]:
+        model(image, boxes)  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    if overlapped:
+        for _ in Overlapped(model, depth=1).map(fields):
+            pass
+    else:
+        for image, boxes in fields:
+            t0 = time.perf_counter()
+            model(image, boxes)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+    seconds = time.perf_counter() - started
+    result = {"fields_per_s": round(len(fields) / seconds, 3), "ms_per_field": round(seconds / len(fields) * 1e3, 1)}
+    if latencies:
+        for q in (50, 95, 99):
+            result[f"p{q}_ms"] = round(float(np.percentile(latencies, q)), 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--cells", type=int, default=30)
+    parser.add_argument("--fields", type=int, default=12, help="composed fields per variant")
+    parser.add_argument("--frame", default="1920x1440")
+    parser.add_argument("--no-baseline", action="store_true", help="leave out the PyTorch eager baseline")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    bundle = load_bundle(args.bundle)
+    width, height = (int(v) for v in args.frame.split("x"))
+    fields = [compose_field(args.cells, height, width, seed=i) for i in range(args.fields)]
+    cores = os.cpu_count() or 1
+    variants: list[tuple[str, Any, bool]] = []
+    if not args.no_baseline:
+        variants.append(("torch-eager-fp32 (baseline)", lambda: _eager(bundle), False))
+    for int8 in (False, True) if bundle.manifest.int8 is not None else (False,):
+        name = "onnxruntime-int8" if int8 else "onnxruntime-fp32"
+        whole = OnnxRuntimeEngine(int8=int8)  # every core for each stage in turn
+        split = OnnxRuntimeEngine(int8=int8, threads=max(1, cores // 2))  # each stage its share
+        variants += [
+            (f"{name} sequential, threads 0", lambda e=whole: onnxruntime_model(bundle, AnalysisConfig(), e), False),
+            (f"{name} overlapped, threads 0", lambda e=whole: onnxruntime_model(bundle, AnalysisConfig(), e), True),
+            (f"{name} overlapped, threads {split.threads}",
+             lambda e=split: onnxruntime_model(bundle, AnalysisConfig(), e), True),
+        ]  # fmt: skip
+    results: dict[str, dict[str, float]] = {}
+    for name, build, overlapped in variants:
+        log.info("%s", name)
+        results[name] = _run(build(), fields, overlapped)
+        log.info("%s: %s", name, results[name])
+    base = results.get("torch-eager-fp32 (baseline)", {}).get("fields_per_s")
+    import onnxruntime
+
+    record = {
+        "machine": {"cpu": cpu_name(), "cores": cores, "python": platform.python_version(),
+                    "onnxruntime": onnxruntime.__version__, "software": __version__},
+        "bundle": f"{bundle.manifest.name} {bundle.manifest.version} ({bundle.short_hash})",
+        "cells_per_field": args.cells, "fields": args.fields, "frame": args.frame,
+        "results": {k: v | ({"vs_baseline": round(v["fields_per_s"] / base, 2)} if base else {})
+                    for k, v in results.items()},
+    }  # fmt: skip
+    lines = [
+        f"# Throughput, {record['bundle']}, {args.cells} cells per field, {args.frame} fields",
+        "",
+        f"{record['machine']['cpu']}, {cores} cores; onnxruntime {onnxruntime.__version__}; marrow-edge {__version__}",
+        "",
+        "| variant | fields/s | ms/field | p50 ms | p95 ms | p99 ms | vs eager |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in record["results"].items():
+        lines.append(
+            f"| {name} | {r['fields_per_s']} | {r['ms_per_field']} | {r.get('p50_ms', '')} | {r.get('p95_ms', '')} "
+            f"| {r.get('p99_ms', '')} | {r.get('vs_baseline', '')} |"
+        )
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d")
+        stem = args.out / f"throughput-{platform.node() or 'host'}-{stamp}"
+        stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
