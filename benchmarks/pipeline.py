@@ -232,6 +232,7 @@ class Suite:
         if self.device == "cuda" and torch.cuda.is_available():
             names += [
                 "torch-fused-fp16-graphs",
+                "torch-fused-fp16-graphs-compiled",  # torch.compile (inductor, max-autotune) under our graphs
                 "torch-fused-fp16-graphs-serial",
                 "torch-fused-fp16",
                 "torch-fused-fp32",
@@ -278,6 +279,7 @@ class Suite:
             cuda_graphs="graphs" in name,
             parallel_members=not name.endswith("serial"),
             max_batch=64,
+            compile="compiled" in name,
         )
 
 

@@ -1,6 +1,7 @@
 """Fields per second on the CPU with fields queued (a replayed slide), one run, side by side:
 the PyTorch FP32 eager pipeline (the baseline), ONNX Runtime FP32 one field at a time, the same
-with the two stages overlapped (``edge.analysis.overlap``), and the bundle's INT8 graphs both ways.
+with the two stages overlapped (``edge.analysis.overlap``), the bundle's INT8 graphs both ways, and
+(``--torch``) the fused PyTorch path on the CPU, eager and ``torch.compile``'d.
 
     python benchmarks/throughput.py [--bundle models/marrow-bm] [--cells 30] [--fields 12] [--out DIR]
 
@@ -52,9 +53,20 @@ def _eager(bundle: Bundle) -> Any:
     return HostFieldModel(det, cls, m.classifier.crop_size, m.classifier.crop_margin)
 
 
+def _fused(bundle: Bundle, compiled: bool) -> Any:
+    from edge.analysis.torch_fused import TorchFusedFieldModel, load_torch_models
+
+    detector, classifier = load_torch_models(bundle)
+    m = bundle.manifest
+    return TorchFusedFieldModel(detector, classifier, m.detector, m.classifier, device="cpu", precision="fp32",
+                                compile=compiled)  # fmt: skip
+
+
 def _run(model: Any, fields: list[tuple[np.ndarray, np.ndarray]], overlapped: bool) -> dict[str, float]:
+    started = time.perf_counter()
     for image, boxes in fields[:2]:
-        model(image, boxes)  # warm-up
+        model(image, boxes)  # warm-up (and, compiled, the compilation)
+    warm_s = time.perf_counter() - started
     latencies = []
     started = time.perf_counter()
     if overlapped:
@@ -66,7 +78,8 @@ def _run(model: Any, fields: list[tuple[np.ndarray, np.ndarray]], overlapped: bo
             model(image, boxes)
             latencies.append((time.perf_counter() - t0) * 1e3)
     seconds = time.perf_counter() - started
-    result = {"fields_per_s": round(len(fields) / seconds, 3), "ms_per_field": round(seconds / len(fields) * 1e3, 1)}
+    result = {"fields_per_s": round(len(fields) / seconds, 3), "ms_per_field": round(seconds / len(fields) * 1e3, 1),
+              "warm_up_s": round(warm_s, 1)}  # fmt: skip
     if latencies:
         for q in (50, 95, 99):
             result[f"p{q}_ms"] = round(float(np.percentile(latencies, q)), 1)
@@ -80,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=12, help="composed fields per variant")
     parser.add_argument("--frame", default="1920x1440")
     parser.add_argument("--no-baseline", action="store_true", help="leave out the PyTorch eager baseline")
+    parser.add_argument(
+        "--torch", action="store_true", help="add the fused PyTorch FP32 path on the CPU, eager and compiled (minutes)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -100,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             (f"{name} overlapped, threads {split.threads}",
              lambda e=split: onnxruntime_model(bundle, AnalysisConfig(), e), True),
         ]  # fmt: skip
+    if args.torch:
+        variants += [
+            ("torch-fused-fp32 (CPU)", lambda: _fused(bundle, False), False),
+            ("torch-fused-fp32 compiled (CPU)", lambda: _fused(bundle, True), False),
+        ]
     results: dict[str, dict[str, float]] = {}
     for name, build, overlapped in variants:
         log.info("%s", name)
@@ -121,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{record['machine']['cpu']}, {cores} cores; onnxruntime {onnxruntime.__version__}; marrow-edge {__version__}",
         "",
-        "| variant | fields/s | ms/field | p50 ms | p95 ms | p99 ms | vs eager |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | fields/s | ms/field | p50 ms | p95 ms | p99 ms | vs eager | warm-up s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in record["results"].items():
         lines.append(
             f"| {name} | {r['fields_per_s']} | {r['ms_per_field']} | {r.get('p50_ms', '')} | {r.get('p95_ms', '')} "
-            f"| {r.get('p99_ms', '')} | {r.get('vs_baseline', '')} |"
+            f"| {r.get('p99_ms', '')} | {r.get('vs_baseline', '')} | {r['warm_up_s']} |"
         )
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

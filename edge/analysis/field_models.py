@@ -168,6 +168,7 @@ def torch_model(
         max_batch=max(analysis.max_batch, 1),
         score_threshold=analysis.score_threshold,
         crop_margin=_margin(bundle, analysis),
+        compile=engine.compile,
     )
 
 

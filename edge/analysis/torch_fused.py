@@ -109,6 +109,7 @@ class TorchFusedFieldModel:
         max_batch: int = 64,
         score_threshold: float | None = None,
         crop_margin: float | None = None,
+        compile: bool = False,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -136,6 +137,9 @@ class TorchFusedFieldModel:
         self.memory_format = memory_format
         self.detector = detector.eval().to(self.device, self.dtype, memory_format=memory_format)
         self.classifier = classifier.eval().to(self.device, self.dtype, memory_format=memory_format)
+        self.compiled = compile
+        if compile:
+            self._compile()
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1) * 255.0
         self._anchors: dict[tuple[int, int], torch.Tensor] = {}
@@ -145,10 +149,23 @@ class TorchFusedFieldModel:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
 
+    def _compile(self) -> None:
+        """Inductor for the networks (the convolutions: nearly all the work); the detector's
+        transform, anchors and decoding stay eager. Without inductor's own CUDA graphs: this
+        model captures its graphs itself, per input size and batch bucket, around the compiled code."""
+        mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else "default"
+        classifier = self.classifier
+        classifier.stage1 = torch.compile(classifier.stage1, mode=mode, dynamic=False)
+        classifier.members = torch.nn.ModuleList(torch.compile(m, mode=mode, dynamic=False) for m in classifier.members)
+        backbone = self.detector.detector.backbone
+        self.detector.detector.backbone = torch.compile(backbone, mode=mode, dynamic=False)
+        self.name += "-compiled"
+
     @property
     def providers(self) -> list[str]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         extras = (":cuda-graphs" if self.cuda_graphs else "") + (":parallel-members" if self.parallel_members else "")
+        extras += ":compiled" if self.compiled else ""
         return [f"torch:{self.device.type}:{name}:{self.precision}{extras}"]
 
     # -- stages -------------------------------------------------------------------------

@@ -52,6 +52,11 @@ class TorchEngine(_VerifiedEngine):
     device: Literal["cuda", "cpu"] = "cuda"
     precision: Literal["fp16", "fp32"] = Field("fp16", description="fp16 needs a GPU.")
     cuda_graphs: bool = Field(True, description="Replay the networks as CUDA graphs.")
+    compile: bool = Field(
+        False,
+        description="torch.compile (inductor, max-autotune without its own CUDA graphs: ours capture the compiled "
+        "kernels) of the classifier's networks and the detector's backbone; minutes of compiling at start.",
+    )
     torch_weights: Path | None = Field(
         None, description="Folder of PyTorch state dicts; None takes the bundle's torch/ folder."
     )

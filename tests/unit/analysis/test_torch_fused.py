@@ -126,3 +126,24 @@ def test_capturable_box_decoding_equals_torchvision(bundle):
     expected = box_ops.clip_boxes_to_image(coder.decode_single(rel, anchors), (320, 400))
     ours = decode_boxes(rel, anchors, coder.weights, coder.bbox_xform_clip, (320, 400))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_compile_wraps_the_networks_and_says_so(bundle, monkeypatch):
+    # issue 18: torch.compile as a GPU lever. Compiling for real takes minutes on this CPU (about 4;
+    # benchmarks/throughput.py --torch measures it), so here torch.compile is recorded, not run.
+    compiled = []
+
+    def record(module, mode=None, dynamic=None):
+        compiled.append((type(module).__name__, mode, dynamic))
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    detector, classifier = load_torch_models(bundle)
+    m = bundle.manifest
+    model = TorchFusedFieldModel(detector, classifier, m.detector, m.classifier, device="cpu", precision="fp32",
+                                 compile=True)  # fmt: skip
+    assert len(compiled) == 1 + len(m.classifier.stage2) + 1  # stage 1, each member, the detector's backbone
+    assert all(mode == "default" and dynamic is False for _, mode, dynamic in compiled)  # on the CPU
+    assert model.name.endswith("-compiled") and model.providers[0].endswith(":compiled")
+    config = AppConfig(engine={"type": "torch", "device": "cpu", "precision": "fp32", "compile": True})
+    assert config.engine.compile is True
