@@ -46,6 +46,8 @@ class MonitorState:
         return self.devices.setdefault(device_id, DeviceRow(device_id))
 
     def apply(self, topic: str, payload: bytes) -> None:
+        if not payload:  # an old slide's retained message being cleared (mqtt.retain_slides): not an error
+            return
         parts = topic.split("/")
         try:
             if parts[-1] == "status":

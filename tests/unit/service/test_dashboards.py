@@ -208,3 +208,15 @@ def test_home_assistant_discovery():
     assert blast["unit_of_measurement"] == "%" and "percent.get('blast'" in blast["value_template"]
     # a blood bundle has no blast class: no blast sensor
     assert len(discovery_messages(topics, "homeassistant", ["lymphocyte"], "0.1.0")) == len(configs) - 1
+
+
+def test_the_monitor_takes_a_cleared_retained_slide_as_no_message():
+    # retain_slides clears old slides with empty retained payloads: not a schema error for the lab
+    from edge.mqtt.monitor import MonitorState
+
+    state = MonitorState()
+    state.apply("marrow/v1/box-1/slide/S1/report", b"")
+    state.apply("marrow/v1/box-1/slide/S1/tally", b"")
+    assert state.invalid == 0 and not state.devices
+    state.apply("marrow/v1/box-1/slide/S1/report", b"{not json")
+    assert state.invalid == 1
