@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -34,8 +35,7 @@ import numpy as np
 from edge.analysis.detect import fit_field
 from edge.analysis.field_models import onnxruntime_model
 from edge.analysis.verify import compare_models
-from edge.capture.decode import decode_image
-from edge.capture.replay import verification_fields
+from edge.capture.replay import open_replay, verification_fields
 from edge.config import DEFAULT_SAMPLES, AnalysisConfig, OnnxRuntimeEngine
 from edge.engines.bundle import Bundle, Int8Graphs, file_entry, load_bundle, write_manifest
 from edge.engines.onnxruntime import OnnxRuntimeBackend
@@ -66,12 +66,13 @@ def calibration_crops(crops_dir: Path, size: int, count: int, seed: int = 0) -> 
 
 
 def calibration_fields(folder: Path, bundle: Bundle, count: int) -> list[np.ndarray]:
+    """The first ``count`` readable fields of ``folder``, fitted as the detector takes them."""
     det = bundle.manifest.detector
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:count]
-    if not paths:
+    frames = (f.image for f in open_replay(folder).frames() if f.image is not None)
+    fields = [fit_field(image, det.input_min_size, det.input_max_size)[0][None] for image in islice(frames, count)]
+    if not fields:
         raise SystemExit(f"no calibration fields in {folder}")
-    return [fit_field(decode_image(p.read_bytes(), str(p)), det.input_min_size, det.input_max_size)[0][None]
-            for p in paths]  # fmt: skip
+    return fields
 
 
 class _Reader:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.analysis.detect import fit_field
-from edge.capture.decode import decode_image
+from edge.capture.replay import verification_fields
 from edge.config import DEFAULT_SAMPLES
 from edge.engines.bundle import BundleManifest, file_entry, load_bundle, write_manifest
 from edge.engines.graph_check import recast_uint8_inputs, uint8_intermediates
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 def _inputs(manifest: BundleManifest, model: str, fields: Path) -> list[np.ndarray]:
     if model == "detector":
         det = manifest.detector
-        images = [decode_image(p.read_bytes(), str(p)) for p in sorted(fields.glob("*.jpg"))[:4]]
-        return [fit_field(image, det.input_min_size, det.input_max_size)[0][None] for image in images]
+        return [fit_field(image, det.input_min_size, det.input_max_size)[0][None]
+                for image in verification_fields(fields)[:4]]  # fmt: skip
     size = manifest.classifier.crop_size
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8) for n in (1, 7, 32)]

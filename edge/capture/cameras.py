@@ -57,13 +57,21 @@ class CameraSettings:
 
 
 class OpenCVCamera:
-    """A V4L2/UVC device or a stream URL through OpenCV; frames arrive as RGB."""
+    """A V4L2/UVC device, a stream URL or a GStreamer pipeline through OpenCV; frames arrive as RGB."""
 
-    def __init__(self, device: int | str, settings: CameraSettings | None = None) -> None:
+    def __init__(
+        self,
+        device: int | str,
+        settings: CameraSettings | None = None,
+        backend: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        """``backend``: OpenCV's capture API (None: V4L2 for a device, else any); ``name`` for messages."""
         self.device = device
         self.settings = settings or CameraSettings()
-        self.name = f"camera {device}"
-        backend = cv2.CAP_V4L2 if isinstance(device, int) or str(device).startswith("/dev/") else cv2.CAP_ANY
+        self.name = name or f"camera {device}"
+        if backend is None:
+            backend = cv2.CAP_V4L2 if isinstance(device, int) or str(device).startswith("/dev/") else cv2.CAP_ANY
         self._capture = cv2.VideoCapture(device, backend)
         if not self._capture.isOpened():
             raise CameraError(f"{self.name}: cannot open (unplugged, busy, or no permission on the device?)")

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from edge.capture.cameras import OpenCVCamera
 from edge.capture.source import Frame
 from edge.config import GStreamerSource
 from edge.errors import CameraError
@@ -65,27 +66,10 @@ def opencv_has_gstreamer() -> bool:
     return False
 
 
-class OpenCVGStreamerCamera:
+def opencv_camera(source: GStreamerSource) -> OpenCVCamera:
     """The pipeline through OpenCV's GStreamer backend (appsink, newest frame kept)."""
-
-    def __init__(self, source: GStreamerSource) -> None:
-        self.name = f"gstreamer {source.spec}"
-        text = pipeline(source) + " ! appsink drop=true max-buffers=2 sync=false"
-        self._capture = cv2.VideoCapture(text, cv2.CAP_GSTREAMER)
-        if not self._capture.isOpened():
-            raise CameraError(f"{self.name}: GStreamer could not start {text!r}")
-
-    def frames(self) -> Iterator[Frame]:
-        index = 0
-        while True:
-            ok, bgr = self._capture.read()
-            if not ok or bgr is None:
-                raise CameraError(f"{self.name}: read failed (camera gone or pipeline ended)")
-            yield Frame(index, f"{self.name}#{index}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, time.monotonic())
-            index += 1
-
-    def close(self) -> None:
-        self._capture.release()
+    text = pipeline(source) + " ! appsink drop=true max-buffers=2 sync=false"
+    return OpenCVCamera(text, backend=cv2.CAP_GSTREAMER, name=f"gstreamer {source.spec}")
 
 
 class GstLaunchCamera:
@@ -158,12 +142,12 @@ class GstLaunchCamera:
                 stream.close()
 
 
-def open_gstreamer(source: GStreamerSource) -> OpenCVGStreamerCamera | GstLaunchCamera:
+def open_gstreamer(source: GStreamerSource) -> OpenCVCamera | GstLaunchCamera:
     reader = source.reader
     if reader == "auto":
         reader = "opencv" if opencv_has_gstreamer() else "gst-launch"
     if reader == "opencv":
         if not opencv_has_gstreamer():
             raise CameraError(f"gstreamer {source.spec}: this OpenCV was built without GStreamer (reader: gst-launch)")
-        return OpenCVGStreamerCamera(source)
+        return opencv_camera(source)
     return GstLaunchCamera(source)
