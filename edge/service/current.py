@@ -4,7 +4,6 @@ retained messages cleared so the broker does not keep every slide ever counted."
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from typing import Protocol
 
@@ -56,7 +55,6 @@ class CurrentSlide:
         self.keep_slides = keep_slides
         self.journal = journal
         self._finished: deque[str] = deque()  # without a journal: this run's slides, oldest first
-        self._lock = threading.Lock()
         self.latest = CurrentSlideMessage(
             **factory._envelope(), state="idle", slide_id=None, specimen_id=None, started=None, ended=None,
             fields=0, cells_counted=0, target_count=None, progress=0.0, percent={}, rules={},
@@ -82,8 +80,7 @@ class CurrentSlide:
         )  # fmt: skip
 
     def _publish(self, message: CurrentSlideMessage) -> None:
-        with self._lock:
-            self.latest = message
+        self.latest = message  # one reference swapped: the metrics thread reads whole messages
         try:
             self.publisher.publish(self.topics.current, message, retain=True)
         except EdgeError as exc:  # the count goes on; the next field sends a newer one
