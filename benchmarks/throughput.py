@@ -9,6 +9,8 @@ Every variant counts the same composed fields (real cells on real backgrounds, f
 every variant classifies the same N cells); per-field latency percentiles are of the sequential
 variants, fields/s of all. ``threads`` is ONNX Runtime's intra-op threads per session: 0 lets it
 take every core for each stage in turn; overlapped, each stage gets its own share.
+``dynamic_block_base 4``: ONNX Runtime's thread pool splits work into finer, shrinking blocks
+(``engine.session_config``).
 """
 
 from __future__ import annotations
@@ -110,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         name = "onnxruntime-int8" if int8 else "onnxruntime-fp32"
         whole = OnnxRuntimeEngine(int8=int8)  # every core for each stage in turn
         split = OnnxRuntimeEngine(int8=int8, threads=max(1, cores // 2))  # each stage its share
+        blocks = OnnxRuntimeEngine(int8=int8, session_config={"session.dynamic_block_base": "4"})
         variants += [
             (f"{name} sequential, threads 0", lambda e=whole: onnxruntime_model(bundle, AnalysisConfig(), e), False),
+            (f"{name} sequential, threads 0, dynamic_block_base 4",
+             lambda e=blocks: onnxruntime_model(bundle, AnalysisConfig(), e), False),
             (f"{name} overlapped, threads 0", lambda e=whole: onnxruntime_model(bundle, AnalysisConfig(), e), True),
             (f"{name} overlapped, threads {split.threads}",
              lambda e=split: onnxruntime_model(bundle, AnalysisConfig(), e), True),

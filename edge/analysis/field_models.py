@@ -130,7 +130,12 @@ def onnxruntime_model(
     backends = []
     for spec, what in ((manifest.detector, "detector"), (manifest.classifier, "classifier")):
         backend = OnnxRuntimeBackend(
-            bundle.path(files[what]), engine.providers, engine.threads, engine.require_providers, options
+            bundle.path(files[what]),
+            engine.providers,
+            engine.threads,
+            engine.require_providers,
+            options,
+            engine.session_config,
         )
         check_signature(backend.signature, spec, what, files[what])
         if engine.int8:

@@ -34,6 +34,11 @@ class OnnxRuntimeEngine(_VerifiedEngine):
         False, description="Refuse to start when a requested provider is not the one that really runs."
     )
     threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime; 0 lets it choose.")
+    session_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="ONNX Runtime session config entries (SessionOptions.add_session_config_entry), e.g. "
+        "{'session.dynamic_block_base': '4'}: finer work blocks for the thread pool (benchmarks/throughput.py).",
+    )
     precision: Literal["fp16", "fp32"] = Field("fp16", description="Precision of the TensorRT provider.")
     engine_cache: Path = Field(
         Path("/var/cache/marrow-edge/engines"), description="Where the TensorRT provider keeps its engines."

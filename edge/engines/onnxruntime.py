@@ -52,6 +52,7 @@ class OnnxRuntimeBackend:
         threads: int = 0,
         require_providers: bool = False,
         provider_options: dict[str, dict[str, str | int | bool]] | None = None,
+        session_config: dict[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort  # lazy: keeps `marrow-edge --help` fast
 
@@ -68,6 +69,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         try:
             chosen = [p for p in wanted if p in available]
             options_for = provider_options or {}

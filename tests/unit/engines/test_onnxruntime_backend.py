@@ -31,3 +31,17 @@ def test_unloadable_model(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(EngineError, match="ONNX Runtime cannot load"):
         OnnxRuntimeBackend(bad)
+
+
+def test_session_config_entries_reach_the_session(bundle_dir):
+    from edge.engines.bundle import load_bundle
+
+    size = load_bundle(bundle_dir).manifest.classifier.crop_size
+    crops = {"images": np.random.default_rng(0).integers(0, 255, (3, size, size, 3), dtype=np.uint8)}
+    plain = OnnxRuntimeBackend(bundle_dir / "classifier.onnx", threads=1)
+    tuned = OnnxRuntimeBackend(
+        bundle_dir / "classifier.onnx", threads=1, session_config={"session.dynamic_block_base": "4"}
+    )
+    options = tuned._session.get_session_options()
+    assert options.get_session_config_entry("session.dynamic_block_base") == "4"
+    np.testing.assert_allclose(tuned.run(crops)["probs"], plain.run(crops)["probs"], rtol=1e-5, atol=1e-6)
