@@ -7,6 +7,12 @@ set, calibrate its domain-shift guard, and write its manifest and README.
 Each RUN is an output folder of training.detection / training.marrow (``best.pt``, ``run.json``,
 ``history.json``); ``--fields`` is the composed marrow field set (``training.compose fields``).
 Every figure comes from the appliance's inference path (ONNX Runtime on the exported bundle).
+
+New stage-2 members around an assembled bundle's detector and stage 1 (their weights, recipes,
+score threshold and stage-1 test figures are kept; everything else is measured again):
+
+    python -m training.marrow_bundle --keep models/marrow-bm --stage2 RUN RUN RUN \
+        --fields /work/exp/marrow_fields --version 1.3.0 --out models/marrow-bm
 """
 
 from __future__ import annotations
@@ -144,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="recalibrate and remeasure the guard of --out, rerun the slide validation, rewrite the README",
     )
+    parser.add_argument(
+        "--keep", type=Path, help="an assembled bundle whose detector and stage 1 are kept (only --stage2 is new)"
+    )
     parser.add_argument("--detector", type=Path)
     parser.add_argument("--stage1", type=Path)
     parser.add_argument("--stage2", type=Path, nargs=3, help="in the profile's member order")
@@ -152,7 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "marrow-bm")
     parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--robustness", type=Path, help="markdown: the zheng figures of each robustness step")
+    parser.add_argument(
+        "--robustness",
+        type=Path,
+        default=Path(__file__).with_name("marrow_robustness.md"),
+        help="markdown: the zheng figures of each robustness step (the README's section)",
+    )
     parser.add_argument(
         "--colour-normalisation",
         choices=["none", "background"],
@@ -165,17 +179,32 @@ def main(argv: list[str] | None = None) -> None:
         write_readme(args.out, args.robustness)
         return
     if args.guard_only:
-        redo_guard(args.out, args.data, args.robustness, args.det_data)
+        if not args.fields:
+            parser.error("--guard-only needs --fields (its validation fields calibrate the guard)")
+        redo_guard(args.out, args.data, args.robustness, args.fields)
         return
-    if not (args.detector and args.stage1 and args.stage2 and args.fields and args.det_data):
+    if args.keep:
+        if not (args.stage2 and args.fields):
+            parser.error("--keep needs --stage2 and --fields")
+        kept = load_bundle(args.keep).manifest  # read before --out (often the same folder) is rewritten
+    elif not (args.detector and args.stage1 and args.stage2 and args.fields and args.det_data):
         parser.error("--detector, --stage1, --stage2, --fields and --det-data are needed to assemble a bundle")
 
-    runs = {"detector": _run_info(args.detector), "stage1": _run_info(args.stage1)}
-    runs |= {f"stage2_{i}": _run_info(d) for i, d in enumerate(args.stage2)}
+    records = {f"stage2_{i}": _recipe_record(_run_info(d)) for i, d in enumerate(args.stage2)}
+    if args.keep:
+        origin = f"{kept.name} {kept.version}"
+        records = {k: kept.provenance["recipes"][k] | {"kept_from": origin} for k in ("detector", "stage1")} | records
+    else:
+        records = {"detector": _recipe_record(_run_info(args.detector)),
+                   "stage1": _recipe_record(_run_info(args.stage1))} | records  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
-        shutil.copy(args.detector / "best.pt", weights / "detector.pt")
-        shutil.copy(args.stage1 / "best.pt", weights / "stage1.pt")
+        if args.keep:
+            for part in ("detector", "stage1"):
+                shutil.copy(args.keep / "torch" / f"{part}.pt", weights / f"{part}.pt")
+        else:
+            shutil.copy(args.detector / "best.pt", weights / "detector.pt")
+            shutil.copy(args.stage1 / "best.pt", weights / "stage1.pt")
         for i, run in enumerate(args.stage2):
             shutil.copy(run / "best.pt", weights / f"stage2_{i}.pt")
         request = ExportRequest(
@@ -186,20 +215,24 @@ def main(argv: list[str] | None = None) -> None:
             classes=MARROW_CLASSES,
             detector_labels=("wbc",),
             weights_dir=weights,
-            score_threshold=0.5,
+            score_threshold=kept.detector.score_threshold if args.keep else 0.5,
             crop_margin=CROP_MARGIN,
             parity_images=sorted(SAMPLES.glob("*.jpg")),
         )
         export_bundle(request)
-        _mark(args.out, None, args.colour_normalisation)  # before the threshold is tuned: as the count path sees
-        request.score_threshold = round(tune_score_threshold(args.out, args.det_data), 4)
-        export_bundle(request)
+        if not args.keep:  # a new detector: its threshold is tuned on validation fields as the count path sees them
+            _mark(args.out, None, args.colour_normalisation)
+            request.score_threshold = round(tune_score_threshold(args.out, args.det_data), 4)
+            export_bundle(request)
     _mark(args.out, None, args.colour_normalisation)
     bundle = load_bundle(args.out)
-    guard = calibrate(bundle, args.data, fields=validation_fields(args.det_data))
+    guard = calibrate(bundle, args.data, fields=validation_fields(args.fields, args.data))
     _mark(args.out, guard, args.colour_normalisation)
     metrics = measure_all(args.out, args.fields, args.data)
-    metrics["stage1_test"] = stage1_test(args.out, args.stage1)
+    if args.keep:  # the same stage-1 weights on the same test set: its figures stand
+        metrics["stage1_test"] = kept.provenance["metrics"]["stage1_test"]
+    else:
+        metrics["stage1_test"] = stage1_test(args.out, args.stage1)
     metrics["matek_nif_art_test"] = not_countable_counted(args.out, args.data)
     metrics["guard"] = measure(load_bundle(args.out), args.data)
     try:
@@ -215,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "marrow fields drawn from the matching matek_bm split only",
         "crops": "training.cells: central cell's box from its nucleus, cut as the count path cuts "
         f"(margin {CROP_MARGIN}), after background white balance",
-        "recipes": {k: _recipe_record(v) for k, v in runs.items()},
+        "recipes": records,
         "trained_where": f"{platform.node()} ({platform.machine()}, CPU only)",
         "commit": commit,
         "metrics": metrics,
@@ -230,17 +263,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.write(json.dumps(provenance["metrics"]) + "\n")
 
 
-def validation_fields(det_data: Path | None) -> list[Path]:
-    """The detector's validation fields (composed marrow and TXL-PBC blood), for the guard."""
-    if det_data is None:
-        return []
-    return sorted(p for p in (det_data / "images" / "val").iterdir() if p.suffix.lower() in (".jpg", ".png"))
+def validation_fields(fields: Path, data: Path) -> list[Path]:
+    """The detector's validation fields (all TXL-PBC val fields and the composed marrow val fields),
+    counted through the count path for the guard."""
+    folders = [fields / "images" / "val", data / "txl_pbc_detection" / "images" / "val"]
+    return sorted(p for f in folders if f.is_dir() for p in f.iterdir() if p.suffix.lower() in (".jpg", ".png"))
 
 
-def redo_guard(bundle_dir: Path, data: Path, robustness: Path | None, det_data: Path | None = None) -> None:
+def redo_guard(bundle_dir: Path, data: Path, robustness: Path | None, fields: Path) -> None:
     """A new guard calibration on an assembled bundle, its rates and the slide table after it."""
     bundle = load_bundle(bundle_dir)
-    guard = calibrate(bundle, data, fields=validation_fields(det_data))
+    guard = calibrate(bundle, data, fields=validation_fields(fields, data))
     _mark(bundle_dir, guard, bundle.manifest.colour_normalisation)
     bundle = load_bundle(bundle_dir)
     provenance = dict(bundle.manifest.provenance)

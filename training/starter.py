@@ -175,7 +175,7 @@ def recipe_lines(recipes: dict) -> list[str]:
         while r:
             lines.append(
                 f"- {name}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
-                f"recipe {json.dumps(r['recipe'])}"
+                f"recipe {json.dumps(r['recipe'])}" + (f" (kept from {r['kept_from']})" if "kept_from" in r else "")
             )
             earlier += 1
             r, name = r.get("continued_from"), f"{part} (phase before, -{earlier})"
