@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--detector", type=Path)
     parser.add_argument("--stage1", type=Path)
-    parser.add_argument("--stage2", type=Path, nargs=3, help="in the profile's member order")
+    parser.add_argument(
+        "--stage2", type=Path, nargs=3, help="in the profile's member order; with --keep, 'keep' keeps that member"
+    )
     parser.add_argument("--fields", type=Path, help="composed marrow fields (YOLO, with splits)")
     parser.add_argument("--det-data", type=Path, help="the detector's train/val set (threshold tuning)")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -190,13 +192,18 @@ def main(argv: list[str] | None = None) -> None:
     elif not (args.detector and args.stage1 and args.stage2 and args.fields and args.det_data):
         parser.error("--detector, --stage1, --stage2, --fields and --det-data are needed to assemble a bundle")
 
-    records = {f"stage2_{i}": _recipe_record(_run_info(d)) for i, d in enumerate(args.stage2)}
+    keeps = [str(run) == "keep" for run in args.stage2]
+    if any(keeps) and not args.keep:
+        parser.error("a stage-2 member can be kept only from a --keep bundle")
     if args.keep:
         origin = f"{kept.name} {kept.version}"
-        records = {k: kept.provenance["recipes"][k] | {"kept_from": origin} for k in ("detector", "stage1")} | records
+        kept_parts = ["detector", "stage1"] + [f"stage2_{i}" for i, k in enumerate(keeps) if k]
+        records = {k: {"kept_from": origin} | kept.provenance["recipes"][k] for k in kept_parts}  # first origin wins
     else:
         records = {"detector": _recipe_record(_run_info(args.detector)),
-                   "stage1": _recipe_record(_run_info(args.stage1))} | records  # fmt: skip
+                   "stage1": _recipe_record(_run_info(args.stage1))}  # fmt: skip
+    records |= {f"stage2_{i}": _recipe_record(_run_info(d)) for i, d in enumerate(args.stage2) if not keeps[i]}
+    records = {k: records[k] for k in ["detector", "stage1"] + [f"stage2_{i}" for i in range(len(args.stage2))]}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
         if args.keep:
@@ -206,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy(args.detector / "best.pt", weights / "detector.pt")
             shutil.copy(args.stage1 / "best.pt", weights / "stage1.pt")
         for i, run in enumerate(args.stage2):
-            shutil.copy(run / "best.pt", weights / f"stage2_{i}.pt")
+            source = args.keep / "torch" / f"stage2_{i}.pt" if keeps[i] else run / "best.pt"
+            shutil.copy(source, weights / f"stage2_{i}.pt")
         request = ExportRequest(
             out_dir=args.out,
             profile="lite",
