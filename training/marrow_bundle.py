@@ -202,7 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         records = {"detector": _recipe_record(_run_info(args.detector)),
                    "stage1": _recipe_record(_run_info(args.stage1))}  # fmt: skip
-    records |= {f"stage2_{i}": _recipe_record(_run_info(d)) for i, d in enumerate(args.stage2) if not keeps[i]}
+    for i, run in enumerate(args.stage2):
+        if not keeps[i]:
+            records[f"stage2_{i}"] = _recipe_record(_run_info(run))
+            if (
+                args.keep
+                and Path(records[f"stage2_{i}"]["init"]).resolve() == (args.keep / "torch" / f"stage2_{i}.pt").resolve()
+            ):
+                # trained on from the kept bundle's member, whose file is about to be replaced: keep its history
+                records[f"stage2_{i}"]["init"] = f"{origin} torch/stage2_{i}.pt"
+                records[f"stage2_{i}"]["continued_from"] = kept.provenance["recipes"][f"stage2_{i}"]
     records = {k: records[k] for k in ["detector", "stage1"] + [f"stage2_{i}" for i in range(len(args.stage2))]}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
