@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y-%m-%d")
+        stamp = time.strftime("%Y-%m-%d-%H%M")  # two runs a day on different machines keep both
         stem = args.out / f"throughput-{platform.node() or 'host'}-{stamp}"
         stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
         stem.with_suffix(".md").write_text(text)
