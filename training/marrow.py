@@ -29,6 +29,7 @@ from edge.engines.graphs import build_classifier
 from training.augment import STAIN_ROBUST
 from training.cells import cell_crop
 from training.loop import CellDataset, Recipe, train_classifier
+from training.norms import group_norm
 from training.readers import read_cell_folders, read_yolo, split_samples
 from training.stage1 import COUNTABLE, NOT_COUNTABLE, cut_by_border, defocus
 
@@ -162,10 +163,12 @@ def train_stage2(args) -> dict:
     train, val = load_crops(args.crops, "train"), load_crops(args.crops, "val")
     recipe = _recipe(args)
     network = build_classifier(args.arch, len(CLASS_NAMES))
+    if args.norm == "group":
+        group_norm(network)
     if args.init:
         log.info("init from %s; random: %s", args.init, init_from(network, args.init))
     counts = {"train": len(train["codes"]), "val": len(val["codes"])}
-    _write_run(args.out, args, recipe, CLASS_NAMES, counts)
+    _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm)
     return train_classifier(
         network,
         CellDataset(train["images"], stage2_labels(train["codes"]), 128, STAIN_ROBUST, seed=args.seed),
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--threads", type=int, default=2)
         if name == "stage1":
             p.add_argument("--txl", type=Path, default=DATA / "txl_pbc_detection")
+        else:
+            p.add_argument(
+                "--norm", choices=["batch", "group"], default="batch", help="group: batch norm swapped for group norm"
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "crops":

@@ -29,6 +29,7 @@ from training.cells import cell_crop
 from training.compose import DATA
 from training.evaluate import FIVE_GROUPS
 from training.marrow import CLASS_NAMES, CROP_MARGIN
+from training.norms import group_norm
 from training.readers import read_cell_folders
 from training.recalibrate import recalibrate_batch_norm
 
@@ -62,9 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="a stage-2 state dict with the marrow classes")
     parser.add_argument("--data", type=Path, default=DATA / "zheng2018_wbc")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--norm", choices=["batch", "group"], default="batch", help="as the member was trained")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model = build_classifier(args.arch, len(CLASS_NAMES))
+    if args.norm == "group":
+        group_norm(model)
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     model.eval()
     out: dict[str, dict[str, float]] = {}
