@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from build_engines.export import ExportRequest, export_bundle
-from edge.engines.bundle import load_bundle, write_manifest
+from edge.engines.bundle import Bundle, load_bundle, write_manifest
 from training.compose import DATA
 from training.evaluate import evaluate_cells, evaluate_fields
 from training.guard import calibrate, measure
@@ -185,45 +185,25 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--guard-only needs --fields (its validation fields calibrate the guard)")
         redo_guard(args.out, args.data, args.robustness, args.fields)
         return
+    kept = None
     if args.keep:
         if not (args.stage2 and args.fields):
             parser.error("--keep needs --stage2 and --fields")
-        kept = load_bundle(args.keep).manifest  # read before --out (often the same folder) is rewritten
+        kept = load_bundle(args.keep)  # read before --out (often the same folder) is rewritten
     elif not (args.detector and args.stage1 and args.stage2 and args.fields and args.det_data):
         parser.error("--detector, --stage1, --stage2, --fields and --det-data are needed to assemble a bundle")
 
-    keeps = [str(run) == "keep" for run in args.stage2]
-    if any(keeps) and not args.keep:
+    if kept is None and any(str(run) == "keep" for run in args.stage2):
         parser.error("a stage-2 member can be kept only from a --keep bundle")
-    if args.keep:
-        origin = f"{kept.name} {kept.version}"
-        kept_parts = ["detector", "stage1"] + [f"stage2_{i}" for i, k in enumerate(keeps) if k]
-        records = {k: {"kept_from": origin} | kept.provenance["recipes"][k] for k in kept_parts}  # first origin wins
-    else:
-        records = {"detector": _recipe_record(_run_info(args.detector)),
-                   "stage1": _recipe_record(_run_info(args.stage1))}  # fmt: skip
-    for i, run in enumerate(args.stage2):
-        if not keeps[i]:
-            records[f"stage2_{i}"] = _recipe_record(_run_info(run))
-            if (
-                args.keep
-                and Path(records[f"stage2_{i}"]["init"]).resolve() == (args.keep / "torch" / f"stage2_{i}.pt").resolve()
-            ):
-                # trained on from the kept bundle's member, whose file is about to be replaced: keep its history
-                records[f"stage2_{i}"]["init"] = f"{origin} torch/stage2_{i}.pt"
-                records[f"stage2_{i}"]["continued_from"] = kept.provenance["recipes"][f"stage2_{i}"]
-    records = {k: records[k] for k in ["detector", "stage1"] + [f"stage2_{i}" for i in range(len(args.stage2))]}
+    # each part's weights and record: a training run, or (None / 'keep') the --keep bundle's own
+    runs = {"detector": None if args.keep else args.detector, "stage1": None if args.keep else args.stage1}
+    runs |= {f"stage2_{i}": None if str(run) == "keep" else run for i, run in enumerate(args.stage2)}
+    sources = {part: _part_source(part, run, kept) for part, run in runs.items()}
+    records = {part: record for part, (_, record) in sources.items()}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
-        if args.keep:
-            for part in ("detector", "stage1"):
-                shutil.copy(args.keep / "torch" / f"{part}.pt", weights / f"{part}.pt")
-        else:
-            shutil.copy(args.detector / "best.pt", weights / "detector.pt")
-            shutil.copy(args.stage1 / "best.pt", weights / "stage1.pt")
-        for i, run in enumerate(args.stage2):
-            source = args.keep / "torch" / f"stage2_{i}.pt" if keeps[i] else run / "best.pt"
-            shutil.copy(source, weights / f"stage2_{i}.pt")
+        for part, (path, _) in sources.items():
+            shutil.copy(path, weights / f"{part}.pt")
         request = ExportRequest(
             out_dir=args.out,
             profile="lite",
@@ -232,12 +212,12 @@ def main(argv: list[str] | None = None) -> None:
             classes=MARROW_CLASSES,
             detector_labels=("wbc",),
             weights_dir=weights,
-            score_threshold=kept.detector.score_threshold if args.keep else 0.5,
+            score_threshold=kept.manifest.detector.score_threshold if kept else 0.5,
             crop_margin=CROP_MARGIN,
             parity_images=sorted(SAMPLES.glob("*.jpg")),
         )
         export_bundle(request)
-        if not args.keep:  # a new detector: its threshold is tuned on validation fields as the count path sees them
+        if kept is None:  # a new detector: its threshold is tuned on validation fields as the count path sees them
             _mark(args.out, None, args.colour_normalisation)
             request.score_threshold = round(tune_score_threshold(args.out, args.det_data), 4)
             export_bundle(request)
@@ -246,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     guard = calibrate(bundle, args.data, fields=validation_fields(args.fields, args.data))
     _mark(args.out, guard, args.colour_normalisation)
     metrics = measure_all(args.out, args.fields, args.data)
-    if args.keep:  # the same stage-1 weights on the same test set: its figures stand
-        metrics["stage1_test"] = kept.provenance["metrics"]["stage1_test"]
+    if kept:  # the same stage-1 weights on the same test set: its figures stand
+        metrics["stage1_test"] = kept.manifest.provenance["metrics"]["stage1_test"]
     else:
         metrics["stage1_test"] = stage1_test(args.out, args.stage1)
     metrics["matek_nif_art_test"] = not_countable_counted(args.out, args.data)
@@ -278,6 +258,24 @@ def main(argv: list[str] | None = None) -> None:
     write_manifest(args.out, manifest.model_copy(update={"provenance": provenance}))
     write_readme(args.out, args.robustness)
     sys.stdout.write(json.dumps(provenance["metrics"]) + "\n")
+
+
+def _part_source(part: str, run: Path | None, kept: Bundle | None) -> tuple[Path, dict]:
+    """Where a part's weights come from and its recipe record: ``run``'s ``best.pt``, or with no run
+    the kept bundle's own file and record (its first origin named). A run trained on from the kept
+    bundle's file, which the new bundle replaces, carries that file's history on."""
+    if kept is None:
+        assert run is not None  # main() asks for every run without --keep
+        return run / "best.pt", _recipe_record(_run_info(run))
+    own = kept.path(f"torch/{part}.pt")
+    origin = f"{kept.manifest.name} {kept.manifest.version}"
+    recipes = kept.manifest.provenance["recipes"]
+    if run is None:
+        return own, {"kept_from": origin} | recipes[part]  # an earlier kept_from wins: the first origin
+    record = _recipe_record(_run_info(run))
+    if Path(record["init"]).resolve() == own.resolve():
+        record |= {"init": f"{origin} torch/{part}.pt", "continued_from": recipes[part]}
+    return run / "best.pt", record
 
 
 def validation_fields(fields: Path, data: Path) -> list[Path]:
