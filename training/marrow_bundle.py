@@ -11,8 +11,10 @@ Every figure comes from the appliance's inference path (ONNX Runtime on the expo
 New stage-2 members around an assembled bundle's detector and stage 1 (their weights, recipes,
 score threshold and stage-1 test figures are kept; everything else is measured again):
 
-    python -m training.marrow_bundle --keep models/marrow-bm --stage2 RUN RUN RUN \
-        --fields /work/exp/marrow_fields --version 1.3.0 --out models/marrow-bm
+    python -m training.marrow_bundle --keep models/marrow-bm --stage2 RUN keep RUN \
+        --fields /work/exp/marrow_fields --version 1.3.0 --out /work/exp/b130/marrow-bm
+
+(``keep`` in place of a RUN keeps that member; write outside the repo, then copy over the bundle.)
 """
 
 from __future__ import annotations
