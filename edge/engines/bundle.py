@@ -178,7 +178,7 @@ class BundleManifest(_Strict):
     format_version: Literal[1] = FORMAT_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: str
-    profile: Literal["lite", "paper"]
+    profile: Literal["lite", "efflite", "paper"]
     untrained: bool = Field(description="True when the weights are random: results mean nothing clinically.")
     created: str
     classes: list[ClassSpec] = Field(min_length=2)
