@@ -6,6 +6,7 @@ Used by ``marrow-edge evaluate cells`` and ``marrow-edge evaluate fields``; need
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,40 @@ def _grouped(bundle: Bundle, cells_dir: Path, probs: np.ndarray, samples, p_coun
     }
 
 
+@dataclass
+class CellPredictions:
+    """One bundle's calls on folder-per-class cells, in sample order."""
+
+    samples: list
+    labels: np.ndarray  # true class index (folder by name or alias)
+    probs: np.ndarray  # stage-2 ensemble probabilities
+    p_countable: np.ndarray  # stage 1
+    crops: np.ndarray  # what the classifier saw
+    left_out: list[str]  # folders that name no class of the bundle
+
+
+def predict_cells(
+    bundle: Bundle, cells_dir: Path, split: str | None = None, split_seed: int = 0, threads: int = 0
+) -> CellPredictions:
+    """Cut every cell as the bundle was trained and run the classifier graph (ONNX Runtime) on it."""
+    folders = sorted(d.name for d in Path(cells_dir).iterdir() if d.is_dir())
+    mapping, unknown = folder_to_class(bundle, folders)
+    if not mapping:
+        raise EdgeError(f"{cells_dir}: no folder is named after a class (or alias) of bundle {bundle.manifest.name}")
+    if unknown:
+        log.warning("folders not in the bundle, left out: %s", ", ".join(unknown))
+    samples = read_cell_folders(cells_dir, sorted(mapping))
+    if split:
+        samples = split_samples(samples, seed=split_seed)[split]
+    spec = bundle.manifest.classifier
+    backend = OnnxRuntimeBackend(bundle.path(spec.file), threads=threads)
+    classifier = Classifier(backend, len(bundle.manifest.classes), max_batch=32)
+    crops = bundle_crops(bundle, [decode_image(s.image.read_bytes(), s.image.name) for s in samples])
+    p_countable, probs = classifier(crops)
+    labels = np.array([mapping[s.label] for s in samples])
+    return CellPredictions(samples, labels, probs, p_countable, crops, unknown)
+
+
 def evaluate_cells(
     bundle_dir: Path,
     cells_dir: Path,
@@ -115,20 +150,9 @@ def evaluate_cells(
         images = [decode_image(s.image.read_bytes(), s.image.name) for s in samples]
         p_countable, probs = classifier(bundle_crops(bundle, images))
         return _grouped(bundle, cells_dir, probs, samples, p_countable)
-    mapping, unknown = folder_to_class(bundle, folders)
-    if not mapping:
-        raise EdgeError(f"{cells_dir}: no folder is named after a class (or alias) of bundle {bundle.manifest.name}")
-    if unknown:
-        log.warning("folders not in the bundle, left out: %s", ", ".join(unknown))
-    samples = read_cell_folders(cells_dir, sorted(mapping))
-    if split:
-        samples = split_samples(samples, seed=split_seed)[split]
-    spec = bundle.manifest.classifier
-    backend = OnnxRuntimeBackend(bundle.path(spec.file), threads=threads)
-    classifier = Classifier(backend, len(bundle.manifest.classes), max_batch=32)
-    crops = bundle_crops(bundle, [decode_image(s.image.read_bytes(), s.image.name) for s in samples])
-    p_countable, probs = classifier(crops)
-    labels = np.array([mapping[s.label] for s in samples])
+    cells = predict_cells(bundle, cells_dir, split, split_seed, threads)
+    probs, labels, p_countable, spec = cells.probs, cells.labels, cells.p_countable, bundle.manifest.classifier
+    unknown = cells.left_out
     report = classification_report(labels, probs, bundle.class_names)
     # only classes present in the folders count in the macro means
     report["stage1_countable_rate"] = float((p_countable >= spec.countable_threshold).mean())
