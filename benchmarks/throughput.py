@@ -3,7 +3,10 @@ the PyTorch FP32 eager pipeline (the baseline), ONNX Runtime FP32 one field at a
 with the two stages overlapped (``edge.analysis.overlap``), the bundle's INT8 graphs both ways, and
 (``--torch``) the fused PyTorch path on the CPU, eager and ``torch.compile``'d.
 
-    python benchmarks/throughput.py [--bundle models/marrow-bm] [--cells 30] [--fields 12] [--out DIR]
+    python benchmarks/throughput.py [--bundle models/marrow-bm [OTHER ...]] [--cells 30] [--fields 12] [--out DIR]
+
+Several bundles (e.g. a new version and the one it replaces) are measured in the same run, one after
+the other on the same composed fields.
 
 Every variant counts the same composed fields (real cells on real backgrounds, fixed boxes so
 every variant classifies the same N cells); per-field latency percentiles are of the sequential
@@ -88,26 +91,11 @@ def _run(model: Any, fields: list[tuple[np.ndarray, np.ndarray]], overlapped: bo
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--cells", type=int, default=30)
-    parser.add_argument("--fields", type=int, default=12, help="composed fields per variant")
-    parser.add_argument("--frame", default="1920x1440")
-    parser.add_argument("--no-baseline", action="store_true", help="leave out the PyTorch eager baseline")
-    parser.add_argument(
-        "--torch", action="store_true", help="add the fused PyTorch FP32 path on the CPU, eager and compiled (minutes)"
-    )
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    bundle = load_bundle(args.bundle)
-    width, height = (int(v) for v in args.frame.split("x"))
-    fields = [compose_field(args.cells, height, width, seed=i) for i in range(args.fields)]
-    cores = os.cpu_count() or 1
+def _variants(bundle: Bundle, args: argparse.Namespace, cores: int) -> list[tuple[str, Any, bool]]:
+    """Every variant of one bundle: (name, builder, overlapped)."""
     variants: list[tuple[str, Any, bool]] = []
     if not args.no_baseline:
-        variants.append(("torch-eager-fp32 (baseline)", lambda: _eager(bundle), False))
+        variants.append((BASELINE, lambda: _eager(bundle), False))
     for int8 in (False, True) if bundle.manifest.int8 is not None else (False,):
         name = "onnxruntime-int8" if int8 else "onnxruntime-fp32"
         whole = OnnxRuntimeEngine(int8=int8)  # every core for each stage in turn
@@ -126,35 +114,67 @@ def main(argv: list[str] | None = None) -> int:
             ("torch-fused-fp32 (CPU)", lambda: _fused(bundle, False), False),
             ("torch-fused-fp32 compiled (CPU)", lambda: _fused(bundle, True), False),
         ]
-    results: dict[str, dict[str, float]] = {}
-    for name, build, overlapped in variants:
-        log.info("%s", name)
-        results[name] = _run(build(), fields, overlapped)
-        log.info("%s: %s", name, results[name])
-    base = results.get("torch-eager-fp32 (baseline)", {}).get("fields_per_s")
+    return variants
+
+
+BASELINE = "torch-eager-fp32 (baseline)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--bundle", type=Path, nargs="+", default=[DEFAULT_BUNDLE], help="one or more bundles, measured side by side"
+    )
+    parser.add_argument("--cells", type=int, default=30)
+    parser.add_argument("--fields", type=int, default=12, help="composed fields per variant")
+    parser.add_argument("--frame", default="1920x1440")
+    parser.add_argument("--no-baseline", action="store_true", help="leave out the PyTorch eager baseline")
+    parser.add_argument(
+        "--torch", action="store_true", help="add the fused PyTorch FP32 path on the CPU, eager and compiled (minutes)"
+    )
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    bundles = [load_bundle(path) for path in args.bundle]
+    width, height = (int(v) for v in args.frame.split("x"))
+    fields = [compose_field(args.cells, height, width, seed=i) for i in range(args.fields)]
+    cores = os.cpu_count() or 1
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for bundle in bundles:
+        label = f"{bundle.manifest.name} {bundle.manifest.version} ({bundle.short_hash})"
+        results[label] = {}
+        for name, build, overlapped in _variants(bundle, args, cores):
+            log.info("%s: %s", label, name)
+            results[label][name] = _run(build(), fields, overlapped)
+            log.info("%s: %s: %s", label, name, results[label][name])
     import onnxruntime
+
+    def relative(runs: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        base = runs.get(BASELINE, {}).get("fields_per_s")
+        return {k: v | ({"vs_baseline": round(v["fields_per_s"] / base, 2)} if base else {}) for k, v in runs.items()}
 
     record = {
         "machine": {"cpu": cpu_name(), "cores": cores, "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__, "software": __version__},
-        "bundle": f"{bundle.manifest.name} {bundle.manifest.version} ({bundle.short_hash})",
-        "cells_per_field": args.cells, "fields": args.fields, "frame": args.frame,
-        "results": {k: v | ({"vs_baseline": round(v["fields_per_s"] / base, 2)} if base else {})
-                    for k, v in results.items()},
+        "bundles": list(results), "cells_per_field": args.cells, "fields": args.fields, "frame": args.frame,
+        "time": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "results": {label: relative(runs) for label, runs in results.items()},
     }  # fmt: skip
     lines = [
-        f"# Throughput, {record['bundle']}, {args.cells} cells per field, {args.frame} fields",
+        f"# Throughput, {args.cells} cells per field, {args.frame} fields, {args.fields} fields per variant",
         "",
-        f"{record['machine']['cpu']}, {cores} cores; onnxruntime {onnxruntime.__version__}; marrow-edge {__version__}",
+        f"{record['machine']['cpu']}, {cores} cores; onnxruntime {onnxruntime.__version__}; marrow-edge {__version__}"
+        f"; {record['time']}",
         "",
-        "| variant | fields/s | ms/field | p50 ms | p95 ms | p99 ms | vs eager | warm-up s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bundle | variant | fields/s | ms/field | p50 ms | p95 ms | p99 ms | vs eager | warm-up s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in record["results"].items():
-        lines.append(
-            f"| {name} | {r['fields_per_s']} | {r['ms_per_field']} | {r.get('p50_ms', '')} | {r.get('p95_ms', '')} "
-            f"| {r.get('p99_ms', '')} | {r.get('vs_baseline', '')} | {r['warm_up_s']} |"
-        )
+    for label, runs in record["results"].items():
+        for name, r in runs.items():
+            lines.append(
+                f"| {label} | {name} | {r['fields_per_s']} | {r['ms_per_field']} | {r.get('p50_ms', '')} "
+                f"| {r.get('p95_ms', '')} | {r.get('p99_ms', '')} | {r.get('vs_baseline', '')} | {r['warm_up_s']} |"
+            )
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     if args.out:
