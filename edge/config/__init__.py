@@ -220,6 +220,15 @@ class DisplayConfig(Strict):
     tls_cert: Path | None = Field(None, description="The lab's certificate (PEM) for the display off loopback.")
     tls_key: Path | None = Field(None, description="Its private key (PEM).")
     session_hours: float = Field(8.0, gt=0, description="A login lasts this long (one shift).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Names the page is reached under besides loopback, IP addresses and the box's own host name "
+        "(a request for any other Host is refused: DNS rebinding).",
+    )
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A client must send its request (headers and body) within this; else closed."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=300, description="An idle kept-alive connection is closed after this.")
 
 
 class ReviewConfig(Strict):

@@ -1,43 +1,42 @@
-"""The review page's HTTP routes over the slide store, and the operators' sessions.
+"""The review page's HTTP routes over the slide store.
 
-- ``POST /api/login`` {name, pin} -> a session cookie (HttpOnly, SameSite=Strict; Secure with TLS)
-  and the session's CSRF token; ``POST /api/logout``; ``GET /api/session``.
 - ``GET /api/slides``: slide history; ``GET /api/slides/<id>``: one slide's cells, machine and
-  reviewed counts, audit and sign-offs; ``GET /api/slides/<id>/cells/<n>/crop.jpg|context.jpg``,
+  reviewed counts, audit, sign-offs and revision; ``GET /api/slides/<id>/cells/<n>/crop.jpg|context.jpg``,
   ``GET /api/slides/<id>/fields/<n>.jpg``: the stored images.
 - ``GET /api/slides/<id>/report.pdf|report.fhir.json|report.hl7|report.csv|cells.csv`` (``?paper=letter``,
   ``?inline=1`` to open the PDF for printing): the lab report, signed or preliminary (``edge.reports``).
-- ``POST /api/slides/<id>/reclassify`` {cells, to, amend_reason?}; ``POST /api/slides/<id>/sign`` {pin}:
-  with a session only (the audit names who).
+- ``POST /api/slides/<id>/reclassify`` {cells, to, amend_reason?}; ``POST /api/slides/<id>/sign``
+  {pin, revision?}: with a session only (the audit names who).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
-import threading
-import time
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
-from typing import Any, Protocol
-from urllib.parse import parse_qs
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import Response
 
 from edge.config import AppConfig
-from edge.errors import StorageError
+from edge.display.api_models import (
+    ErrorOut,
+    ReclassifyIn,
+    ReclassifyOut,
+    SignIn,
+    SignOut,
+    SlideList,
+    SlideSummary,
+    SlideView,
+)
+from edge.display.auth import THROTTLE_FAILURES, Session, Sessions, operator_session
 from edge.reports.cli import render
 from edge.reports.content import load_report
-from edge.review.desk import ReviewDesk, SignedError
-from edge.review.store import ReviewError
+from edge.review.desk import PinError, ReviewDesk
 
 log = logging.getLogger(__name__)
 
-COOKIE = "marrow_session"
-SLIDE = re.compile(r"^/api/slides/([A-Za-z0-9_.:-]{1,80})(/.*)?$")
-CELL_IMAGE = re.compile(r"^/cells/(\d{1,7})/(crop|context)\.jpg$")
-FIELD_IMAGE = re.compile(r"^/fields/(\d{1,7})\.jpg$")
-REPORT = re.compile(r"^/(report\.pdf|report\.fhir\.json|report\.hl7|report\.csv|cells\.csv)$")
+SlideId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]
 REPORT_FORMAT = {
     "report.pdf": "pdf",
     "report.fhir.json": "fhir",
@@ -52,186 +51,76 @@ MEDIA = {
     "csv": "text/csv",
     "cells-csv": "text/csv",
 }
+ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+# Stored images never change: let the browser keep them.
+IMAGE_CACHE = {"Cache-Control": "private, max-age=86400"}
 
 
-class Handler(Protocol):
-    """The slice of the display's request handler the routes use."""
+def review_router(desk: ReviewDesk, sessions: Sessions, config: AppConfig) -> APIRouter:
+    router = APIRouter(tags=["review"], responses=ERRORS)
+    # a default, not an Annotated alias: FastAPI reads string annotations in the module's globals
+    signed_in = Depends(operator_session(sessions))
 
-    headers: Any
+    @router.get("/api/slides", response_model=SlideList)
+    def slides() -> SlideList:
+        return SlideList(slides=[SlideSummary.model_validate(s) for s in desk.history()])
 
-    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None: ...
-    def _json(self, status: int, data: dict[str, Any], extra: dict[str, str] | None = None) -> None: ...
-    def _session(self) -> Session | None: ...
-    def body(self) -> dict[str, Any] | None: ...
+    @router.get("/api/slides/{slide_id}", response_model=SlideView)
+    def slide(slide_id: SlideId) -> SlideView:
+        return SlideView.model_validate(desk.view(slide_id))
 
-
-@dataclass
-class Session:
-    operator: str
-    expires: float
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-
-    def csrf_ok(self, token: str | None) -> bool:
-        return token is not None and secrets.compare_digest(token, self.csrf)
-
-
-class Sessions:
-    """Logged-in operators by cookie token, in memory: a restart of the display signs everyone out."""
-
-    def __init__(self, hours: float = 8.0, secure: bool = False) -> None:
-        self.lifetime_s = hours * 3600.0
-        self.secure = secure
-        self._by_token: dict[str, Session] = {}
-        self._lock = threading.Lock()
-
-    def open(self, operator: str) -> tuple[str, Session]:
-        token = secrets.token_urlsafe(32)
-        session = Session(operator, time.time() + self.lifetime_s)
-        with self._lock:
-            self._by_token = {t: s for t, s in self._by_token.items() if s.expires > time.time()}
-            self._by_token[token] = session
-        return token, session
-
-    def get(self, cookie_header: str | None) -> Session | None:
-        token = _token(cookie_header)
-        with self._lock:
-            session = self._by_token.get(token or "")
-        return session if session is not None and session.expires > time.time() else None
-
-    def close(self, cookie_header: str | None) -> None:
-        with self._lock:
-            self._by_token.pop(_token(cookie_header) or "", None)
-
-    def cookie(self, token: str) -> str:
-        secure = "; Secure" if self.secure else ""
-        return f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(self.lifetime_s)}{secure}"
-
-
-def _token(cookie_header: str | None) -> str | None:
-    if not cookie_header:
-        return None
-    try:
-        morsel = SimpleCookie(cookie_header).get(COOKIE)
-    except CookieError:
-        return None
-    return morsel.value if morsel is not None else None
-
-
-class ReviewRoutes:
-    def __init__(self, desk: ReviewDesk, sessions: Sessions, config: AppConfig | None = None) -> None:
-        self.desk = desk
-        self.sessions = sessions
-        self.config = config or AppConfig()
-
-    @staticmethod
-    def handles(path: str) -> bool:
-        return path.startswith("/api/slides") or path in ("/api/login", "/api/logout", "/api/session")
-
-    def get(self, h: Handler, path: str, query: str = "") -> None:
-        try:
-            self._get(h, path, parse_qs(query))
-        except ReviewError as exc:
-            h._json(HTTPStatus.NOT_FOUND, {"error": str(exc)})
-        except StorageError as exc:
-            h._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-
-    def _get(self, h: Handler, path: str, query: dict[str, list[str]]) -> None:
-        if path == "/api/session":
-            session = h._session()
-            h._json(
-                HTTPStatus.OK,
-                {"operator": session.operator if session else None, "csrf": session.csrf if session else None},
-            )
-            return
-        if path == "/api/slides":
-            h._json(HTTPStatus.OK, {"slides": self.desk.history()})
-            return
-        match = SLIDE.match(path)
-        if match is None:
-            h._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path[:100]}"})
-            return
-        slide_id, rest = match.group(1), match.group(2) or ""
-        if not rest:
-            h._json(HTTPStatus.OK, self.desk.view(slide_id))
-            return
-        if m := REPORT.match(rest):
-            self._report(h, slide_id, m.group(1), query)
-            return
-        image: bytes | None = None
-        if m := CELL_IMAGE.match(rest):
-            image = self.desk.store.image(slide_id, int(m.group(1)), m.group(2))
-        elif m := FIELD_IMAGE.match(rest):
-            stored = self.desk.store.field_image(slide_id, int(m.group(1)))
-            image = stored[0] if stored else None
+    @router.get("/api/slides/{slide_id}/cells/{cell_id}/{kind}.jpg", response_class=Response)
+    def cell_image(slide_id: SlideId, cell_id: int, kind: Literal["crop", "context"]) -> Response:
+        image = desk.store.image(slide_id, cell_id, kind)
         if image is None:
-            h._json(HTTPStatus.NOT_FOUND, {"error": f"no image at {path[:100]}"})
-            return
-        # Stored images never change: let the browser keep them.
-        h._send(HTTPStatus.OK, image, "image/jpeg", {"Cache-Control": "private, max-age=86400"})
+            raise HTTPException(404, f"no image of cell {cell_id} of slide {slide_id}")
+        return Response(image, media_type="image/jpeg", headers=IMAGE_CACHE)
 
-    def _report(self, h: Handler, slide_id: str, name: str, query: dict[str, list[str]]) -> None:
+    @router.get("/api/slides/{slide_id}/fields/{field_index}.jpg", response_class=Response)
+    def field_image(slide_id: SlideId, field_index: int) -> Response:
+        stored = desk.store.field_image(slide_id, field_index)
+        if stored is None:
+            raise HTTPException(404, f"no image of field {field_index} of slide {slide_id}")
+        return Response(stored[0], media_type="image/jpeg", headers=IMAGE_CACHE)
+
+    @router.get("/api/slides/{slide_id}/{name}", response_class=Response, tags=["reports"])
+    def report(
+        slide_id: SlideId,
+        name: Literal["report.pdf", "report.fhir.json", "report.hl7", "report.csv", "cells.csv"],
+        paper: Literal["a4", "letter"] = "a4",
+        inline: Annotated[bool, Query(description="open the PDF in the browser (to print)")] = False,
+    ) -> Response:
+        """The lab report, signed or preliminary, in one of its formats."""
         fmt = REPORT_FORMAT[name]
-        paper = query.get("paper", ["a4"])[0]
-        report = load_report(self.desk.store, slide_id)
-        data = render(report, self.desk.store, self.config, fmt, paper if paper in ("a4", "letter") else None)
+        content = load_report(desk.store, slide_id)
+        data = render(content, desk.store, config, fmt, paper)
         # the specimen id is typed by a person: only safe characters reach the header and the file name
         stem = re.sub(
-            r"[^A-Za-z0-9._-]", "_", f"{report.specimen_id or slide_id}-{report.status}{report.version or ''}"
+            r"[^A-Za-z0-9._-]", "_", f"{content.specimen_id or slide_id}-{content.status}{content.version or ''}"
         )
-        inline = fmt == "pdf" and query.get("inline") == ["1"]
-        disposition = f'{"inline" if inline else "attachment"}; filename="{stem}-{name}"'
-        h._send(HTTPStatus.OK, data, MEDIA[fmt], {"Content-Disposition": disposition, "Cache-Control": "no-store"})
+        disposition = f'{"inline" if inline and fmt == "pdf" else "attachment"}; filename="{stem}-{name}"'
+        return Response(data, media_type=MEDIA[fmt], headers={"Content-Disposition": disposition})
 
-    def post(self, h: Handler, path: str) -> None:
-        body = h.body()
-        if body is None:
-            return
-        if path == "/api/login":
-            self._login(h, body)
-            return
-        if path == "/api/logout":
-            self.sessions.close(h.headers.get("Cookie"))
-            h._json(HTTPStatus.OK, {"operator": None})
-            return
-        session = h._session()
-        if session is None:
-            h._json(HTTPStatus.UNAUTHORIZED, {"error": "sign in with your name and PIN to review"})
-            return
-        match = SLIDE.match(path)
-        action = match.group(2) if match else None
+    @router.post("/api/slides/{slide_id}/reclassify", response_model=ReclassifyOut)
+    def reclassify(slide_id: SlideId, body: ReclassifyIn, session: Session = signed_in) -> ReclassifyOut:
+        changes = desk.reclassify(slide_id, body.cells, body.to, session.operator, body.amend_reason)
+        return ReclassifyOut(changed=changes, revision=desk.store.revision(slide_id))
+
+    @router.post("/api/slides/{slide_id}/sign", response_model=SignOut)
+    def sign(slide_id: SlideId, body: SignIn, session: Session = signed_in) -> SignOut:
+        """Sign the reviewed counts as they are in the store when the sign-off is written."""
         try:
-            if match and action == "/reclassify":
-                cells, to = body.get("cells"), body.get("to")
-                if not isinstance(cells, list) or not all(isinstance(c, int) for c in cells) or not isinstance(to, str):
-                    h._json(HTTPStatus.BAD_REQUEST, {"error": "expected {cells: [ids], to: class}"})
-                    return
-                reason = body.get("amend_reason")
-                changes = self.desk.reclassify(
-                    match.group(1), cells, to, session.operator, reason if isinstance(reason, str) else None
+            # the session proved the operator; wrong PINs here count against this session, not the name
+            message = desk.sign(slide_id, session.operator, body.pin, revision=body.revision, from_session=True)
+        except PinError:
+            session.pin_failures += 1
+            if session.pin_failures >= THROTTLE_FAILURES:
+                sessions.end(session)
+                log.warning(
+                    "display: %s signed out after %d wrong PINs at sign-off", session.operator, THROTTLE_FAILURES
                 )
-                h._json(HTTPStatus.OK, {"changed": [c.model_dump() for c in changes]})
-            elif match and action == "/sign":
-                pin = body.get("pin")
-                if not isinstance(pin, str):
-                    h._json(HTTPStatus.BAD_REQUEST, {"error": "expected {pin}"})
-                    return
-                message = self.desk.sign(match.group(1), session.operator, pin)
-                h._json(HTTPStatus.OK, {"version": message.version, "status": message.status})
-            else:
-                h._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {path[:100]}"})
-        except SignedError as exc:
-            h._json(HTTPStatus.CONFLICT, {"error": str(exc)})
-        except ReviewError as exc:
-            h._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        except StorageError as exc:
-            h._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                raise HTTPException(401, f"{THROTTLE_FAILURES} wrong PINs: signed out; sign in again") from None
+            raise
+        return SignOut(version=message.version, status=message.status)
 
-    def _login(self, h: Handler, body: dict[str, Any]) -> None:
-        name, pin = body.get("name"), body.get("pin")
-        if not isinstance(name, str) or not isinstance(pin, str) or not self.desk.operators.verify(name, pin):
-            log.warning("display: a login as %r was refused", str(name)[:64])
-            h._json(HTTPStatus.UNAUTHORIZED, {"error": "name or PIN not accepted"})
-            return
-        token, session = self.sessions.open(name)
-        log.info("display: %s signed in", name)
-        h._json(HTTPStatus.OK, {"operator": name, "csrf": session.csrf}, {"Set-Cookie": self.sessions.cookie(token)})
+    return router

@@ -4,6 +4,7 @@
     marrow-edge review operator list | remove NAME
     marrow-edge review list
     marrow-edge review export --out DIR [--slide ID ...] [--include-unsigned]
+    marrow-edge review verify [--slide ID]                # the audit chain and every sign-off against it
 
 The store is the config's ``review.store``.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from edge.config import load_config
 from edge.errors import ConfigError
+from edge.review import audit
 from edge.review.desk import ReviewDesk
 from edge.review.operators import Operators
 from edge.review.store import SlideStore
@@ -43,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", type=Path, required=True)
     ex.add_argument("--slide", action="append", help="only this slide (repeatable); default: every signed slide")
     ex.add_argument("--include-unsigned", action="store_true", help="also slides not signed (not recommended)")
+    ve = actions.add_parser("verify", help="check the audit trail's hash chain and every sign-off against it")
+    ve.add_argument("--slide", help="only this slide")
     p.set_defaults(handler=run)
 
 
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{s['countable'] if s['countable'] is not None else '-'} counted  {s['started'][:19]}\n"
                 )
             return 0
+        if args.review_command == "verify":
+            return verify(store, args.slide)
         return export(store, args.out, args.slide, args.include_unsigned)
     finally:
         store.close()
@@ -92,6 +98,19 @@ def _operator(operators: Operators, args: argparse.Namespace) -> int:
             raise ConfigError("the two PINs differ; nothing changed")
     operators.add(args.name, pin)
     sys.stdout.write(f"operator {args.name} set\n")
+    return 0
+
+
+def verify(store: SlideStore, slide_id: str | None = None) -> int:
+    """0: every chain and sign-off holds; 3 (like a tampered bundle file): where each breaks, one line per slide."""
+    with store.reading() as db:
+        rows, breaks = audit.verify(db, slide_id)
+    for broken in breaks:
+        sys.stdout.write(f"BROKEN {broken}\n")
+    if breaks:
+        sys.stdout.write(f"{len(breaks)} slide(s) whose audit trail or sign-off does not hold ({store.path})\n")
+        return 3
+    sys.stdout.write(f"audit trail intact: {rows} row(s), every sign-off matches ({store.path})\n")
     return 0
 
 

@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from edge.mqtt.messages import AuditOut, ChangeOut, MessageFactory, Provenance, SignedReportMessage
 from edge.mqtt.topics import Topics
-from edge.review.operators import Operators
+from edge.review import audit
+from edge.review.operators import LOCK_MINUTES, Operators
 from edge.review.recount import as_slide, recount, trays
 from edge.review.store import NOT_COUNTABLE, ReviewError, SlideStore, now
 
@@ -31,6 +32,14 @@ REVIEWABLE = ("finished", "signed", "amending")
 
 class SignedError(ReviewError):
     """A change to a signed slide without saying it is an amendment and why."""
+
+
+class StaleError(ReviewError):
+    """A sign-off of a slide that changed since the operator looked at it."""
+
+
+class PinError(ReviewError):
+    """The PIN does not belong to the name (or the name is locked)."""
 
 
 class ReviewDesk:
@@ -114,6 +123,7 @@ class ReviewDesk:
             "machine": _summary(machine),
             "reviewed": _summary(reviewed),
             "audit": self.store.audit(slide_id),
+            "revision": self.store.revision(slide_id),
             "signoffs": [{k: v for k, v in s.items() if k != "report"} for s in self.store.signoffs(slide_id)],
         }
 
@@ -121,51 +131,44 @@ class ReviewDesk:
     def reclassify(
         self, slide_id: str, cell_ids: list[int], to: str, operator: str, amend_reason: str | None = None
     ) -> list[ChangeOut]:
-        """Move cells to class or tray ``to``; a signed slide only as an amendment with its reason."""
-        record = self.store.slide(slide_id)
-        if record.state not in REVIEWABLE:
-            raise ReviewError(f"slide {slide_id} is {record.state}: it can be reviewed once its count has finished")
-        allowed = trays(record.setup)
-        if to not in allowed:
-            raise ReviewError(f"{to!r} is not a class of this slide; choose one of: {', '.join(allowed)}")
-        if record.state == "signed" and not (amend_reason or "").strip():
-            raise SignedError(
-                f"slide {slide_id} is signed (version {record.signed_version}): a change is an amendment; "
-                "give the reason for it"
-            )
-        by_id = {c.cell_id: c for c in self.store.cells(slide_id)}
-        missing = [i for i in cell_ids if i not in by_id]
-        if missing or not cell_ids:
-            raise ReviewError(f"slide {slide_id} has no cell {missing[0] if missing else '(none given)'}")
-        changes = [
-            ChangeOut(cell_id=i, field_index=by_id[i].field_index, old=by_id[i].tray, new=to)
-            for i in dict.fromkeys(cell_ids)
-            if by_id[i].tray != to
-        ]
-        if not changes:
-            return []
+        """Move cells to class or tray ``to``; a signed slide only as an amendment with its reason.
+        Every ``old`` in the audit is read in the transaction that writes the change."""
+        if not cell_ids:
+            raise ReviewError(f"slide {slide_id}: no cell given")
         t = now()
         with self.store.transaction() as db:
-            state = db.execute("SELECT state FROM slide WHERE slide_id = ?", (slide_id,)).fetchone()[0]
-            if state != record.state:
-                raise ReviewError(f"slide {slide_id} changed meanwhile ({record.state} -> {state}); reload it")
-            if state == "signed":
-                db.execute("UPDATE slide SET state = 'amending' WHERE slide_id = ?", (slide_id,))
-                db.execute(
-                    "INSERT INTO audit (slide_id, time, operator, action, note) VALUES (?, ?, ?, 'amend', ?)",
-                    (slide_id, t, operator, amend_reason.strip()),  # type: ignore[union-attr]
+            record = self.store.slide(slide_id, db)
+            if record.state not in REVIEWABLE:
+                raise ReviewError(f"slide {slide_id} is {record.state}: it can be reviewed once its count has finished")
+            allowed = trays(record.setup)
+            if to not in allowed:
+                raise ReviewError(f"{to!r} is not a class of this slide; choose one of: {', '.join(allowed)}")
+            if record.state == "signed" and not (amend_reason or "").strip():
+                raise SignedError(
+                    f"slide {slide_id} is signed (version {record.signed_version}): a change is an amendment; "
+                    "give the reason for it"
                 )
+            by_id = {c.cell_id: c for c in self.store.cells(slide_id, db)}
+            missing = [i for i in cell_ids if i not in by_id]
+            if missing:
+                raise ReviewError(f"slide {slide_id} has no cell {missing[0]}")
+            changes = [
+                ChangeOut(cell_id=i, field_index=by_id[i].field_index, old=by_id[i].tray, new=to)
+                for i in dict.fromkeys(cell_ids)
+                if by_id[i].tray != to
+            ]
+            if not changes:
+                return []
+            if record.state == "signed":
+                db.execute("UPDATE slide SET state = 'amending' WHERE slide_id = ?", (slide_id,))
+                audit.append(db, slide_id, t, operator, "amend", note=amend_reason.strip())  # type: ignore[union-attr]
             for change in changes:
                 machine = by_id[change.cell_id].machine_tray
                 db.execute(
                     "UPDATE cell SET label = ? WHERE slide_id = ? AND cell_id = ?",
                     (None if change.new == machine else change.new, slide_id, change.cell_id),
                 )
-                db.execute(
-                    "INSERT INTO audit (slide_id, time, operator, action, cell_id, old, new) "
-                    "VALUES (?, ?, ?, 'reclassify', ?, ?, ?)",
-                    (slide_id, t, operator, change.cell_id, change.old, change.new),
-                )
+                audit.append(db, slide_id, t, operator, "reclassify", change.cell_id, change.old, change.new)
         log.info("slide %s: %s moved %d cell(s) to %s", slide_id, operator, len(changes), to)
         self._announce(slide_id, operator, changes, amendment=record.state != "finished")
         return changes
@@ -187,48 +190,51 @@ class ReviewDesk:
         )
         self.send(self.topics.slide_topic(slide_id, "review"), message, False)
 
-    def sign(self, slide_id: str, operator: str, pin: str) -> SignedReportMessage:
-        """The reviewed report becomes final (or a new amended version), under the operator's PIN."""
-        if not self.operators.verify(operator, pin):
-            raise ReviewError("name or PIN not accepted (five wrong PINs lock the name for five minutes)")
-        record = self.store.slide(slide_id)
-        if record.state not in ("finished", "amending"):
-            why = "already signed; change a cell to amend it" if record.state == "signed" else record.state
-            raise ReviewError(f"slide {slide_id} cannot be signed: {why}")
-        cells = self.store.cells(slide_id)
-        version = record.signed_version + 1
-        reason = None
-        if version > 1:
-            amends = [a for a in self.store.audit(slide_id) if a["action"] == "amend"]
-            reason = amends[-1]["note"] if amends else None
+    def sign(
+        self, slide_id: str, operator: str, pin: str, revision: int | None = None, from_session: bool = False
+    ) -> SignedReportMessage:
+        """The reviewed report becomes final (or a new amended version), under the operator's PIN.
+
+        The counts are computed from the cells inside the transaction that writes the sign-off, so
+        the signed report is the store's state at that instant; ``revision`` (the one the operator
+        reviewed) refuses a slide changed since. ``from_session``: the operator is signed in, the PIN
+        is checked without the name's login lock."""
+        if not self.operators.verify(operator, pin, count=not from_session):
+            raise PinError(f"name or PIN not accepted (wrong PINs in a row lock the name for {LOCK_MINUTES} minutes)")
         t = now()
-        signing = {"time": t, "operator": operator, "action": "sign", "cell_id": None, "old": None, "new": None}
-        signing["note"] = f"version {version}"
-        audit = [
-            AuditOut.model_validate({k: v for k, v in a.items() if k != "id"})
-            for a in [*self.store.audit(slide_id), signing]
-        ]
-        machine, reviewed = recount(record, cells, reviewed=False), recount(record, cells, reviewed=True)
-        message = self._factory(record).signed(
-            as_slide(record),
-            reviewed,
-            version,
-            status="final" if version == 1 else "amended",
-            operator=operator,
-            signed_at=t,
-            reason=reason,
-            machine_counts=dict(machine.counts),
-            cells_reviewed=sum(c.label is not None for c in cells),
-            audit=audit,
-        )
         with self.store.transaction() as db:
-            state = db.execute("SELECT state FROM slide WHERE slide_id = ?", (slide_id,)).fetchone()[0]
-            if state != record.state:
-                raise ReviewError(f"slide {slide_id} changed meanwhile ({record.state} -> {state}); reload it")
-            db.execute(
-                "INSERT INTO audit (slide_id, time, operator, action, note) VALUES (?, ?, ?, 'sign', ?)",
-                (slide_id, t, operator, signing["note"]),
+            record = self.store.slide(slide_id, db)
+            if record.state not in ("finished", "amending"):
+                why = "already signed; change a cell to amend it" if record.state == "signed" else record.state
+                raise ReviewError(f"slide {slide_id} cannot be signed: {why}")
+            now_revision = self.store.revision(slide_id, db)
+            if revision is not None and revision != now_revision:
+                raise StaleError(
+                    f"slide {slide_id} changed since you opened it (revision {revision} -> {now_revision}): "
+                    "reload it and check the counts before signing"
+                )
+            cells = self.store.cells(slide_id, db)
+            version = record.signed_version + 1
+            trail = self.store.audit(slide_id, db)
+            amends = [a for a in trail if a["action"] == "amend"]
+            reason = amends[-1]["note"] if amends and version > 1 else None
+            note = f"version {version}"
+            signing = {"time": t, "operator": operator, "action": "sign", "cell_id": None, "old": None, "new": None}
+            entries = [*trail, {**signing, "note": note}]
+            machine, reviewed = recount(record, cells, reviewed=False), recount(record, cells, reviewed=True)
+            message = self._factory(record).signed(
+                as_slide(record),
+                reviewed,
+                version,
+                status="final" if version == 1 else "amended",
+                operator=operator,
+                signed_at=t,
+                reason=reason,
+                machine_counts=dict(machine.counts),
+                cells_reviewed=sum(c.label is not None for c in cells),
+                audit=[AuditOut.model_validate({k: v for k, v in a.items() if k != "id"}) for a in entries],
             )
+            audit.append(db, slide_id, t, operator, "sign", note=note)
             db.execute(
                 "INSERT INTO signoff (slide_id, version, operator, time, reason, report) VALUES (?, ?, ?, ?, ?, ?)",
                 (slide_id, version, operator, t, reason, message.model_dump_json(by_alias=True)),
@@ -278,4 +284,4 @@ def _summary(tally: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["NOT_COUNTABLE", "ReviewDesk", "ReviewError", "SignedError"]
+__all__ = ["NOT_COUNTABLE", "PinError", "ReviewDesk", "ReviewError", "SignedError", "StaleError"]

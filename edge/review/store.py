@@ -31,6 +31,7 @@ from edge.analysis.field import FieldResult
 from edge.counting.tally import Slide
 from edge.durable import storage
 from edge.errors import EdgeError
+from edge.review import schema
 
 log = logging.getLogger(__name__)
 
@@ -39,38 +40,15 @@ STAGE1_BAND = 0.15
 # The reviewed label that takes a cell out of the count in any bundle (with or without such a class).
 NOT_COUNTABLE = "not_countable"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS slide (
-    slide_id TEXT PRIMARY KEY, specimen_id TEXT, device_id TEXT, source TEXT, started TEXT NOT NULL, ended TEXT,
-    state TEXT NOT NULL DEFAULT 'counting', setup TEXT NOT NULL, machine_report TEXT, cells_dropped INTEGER
-    NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS field (
-    slide_id TEXT NOT NULL, field_index INTEGER NOT NULL, source TEXT NOT NULL, width INTEGER, height INTEGER,
-    image BLOB, PRIMARY KEY (slide_id, field_index));
-CREATE TABLE IF NOT EXISTS cell (
-    slide_id TEXT NOT NULL, cell_id INTEGER NOT NULL, field_index INTEGER NOT NULL, data TEXT NOT NULL,
-    crop BLOB, context BLOB, label TEXT, PRIMARY KEY (slide_id, cell_id));
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, slide_id TEXT NOT NULL, time TEXT NOT NULL, operator TEXT NOT NULL,
-    action TEXT NOT NULL, cell_id INTEGER, old TEXT, new TEXT, note TEXT);
-CREATE TABLE IF NOT EXISTS signoff (
-    slide_id TEXT NOT NULL, version INTEGER NOT NULL, operator TEXT NOT NULL, time TEXT NOT NULL,
-    reason TEXT, report TEXT NOT NULL, published INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (slide_id, version));
-CREATE TABLE IF NOT EXISTS operator (
-    name TEXT PRIMARY KEY, salt BLOB NOT NULL, hash BLOB NOT NULL, created TEXT NOT NULL,
-    failures INTEGER NOT NULL DEFAULT 0, locked_until TEXT);
-CREATE INDEX IF NOT EXISTS audit_slide ON audit (slide_id);
-CREATE TRIGGER IF NOT EXISTS signoff_kept BEFORE UPDATE OF slide_id, version, operator, time, reason, report ON signoff
-BEGIN SELECT RAISE(ABORT, 'a signed report is never changed: amend the slide and sign a new version'); END;
-CREATE TRIGGER IF NOT EXISTS audit_kept BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit trail is never changed'); END;
-"""
-
 
 class ReviewError(EdgeError):
     """A review request that cannot be done as asked (unknown slide or cell, a signed slide, a bad label)."""
 
     exit_code = 2
+
+
+class UnknownSlideError(ReviewError):
+    """No such slide in the store."""
 
 
 def now() -> str:
@@ -154,7 +132,12 @@ class SlideStore:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")  # two processes opening an old store migrate it once
+            try:
+                schema.create(self._db)
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
         if keep_days is not None:
             self.purge(keep_days)
 
@@ -162,6 +145,15 @@ class SlideStore:
     def _lock(self) -> Iterator[sqlite3.Connection]:
         with self._mutex, storage(self.path):
             yield self._db
+
+    @contextlib.contextmanager
+    def reading(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """Inside a caller's transaction (``db``), or on its own."""
+        if db is not None:
+            yield db
+        else:
+            with self._lock() as own:
+                yield own
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -182,11 +174,19 @@ class SlideStore:
 
     # -- retention ---------------------------------------------------------------------------
     def purge(self, keep_days: float) -> int:
-        """Delete slides started more than ``keep_days`` ago, with everything kept for them."""
+        """Delete slides started more than ``keep_days`` ago, with everything kept for them; each is
+        first written into ``purged`` (the triggers let only such a slide's audit and sign-offs go)."""
         cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=keep_days)).isoformat()
         with self.transaction() as db:
-            old = [r[0] for r in db.execute("SELECT slide_id FROM slide WHERE started < ?", (cutoff,))]
-            for slide_id in old:
+            old = db.execute(
+                "SELECT slide_id, specimen_id, started, state FROM slide WHERE started < ?", (cutoff,)
+            ).fetchall()
+            for slide_id, specimen_id, started, state in old:
+                db.execute(
+                    "INSERT OR IGNORE INTO purged (slide_id, specimen_id, started, state, time, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (slide_id, specimen_id, started, state, now(), f"review.keep_days {keep_days:g}"),
+                )
                 for table in ("cell", "field", "audit", "signoff", "slide"):
                     db.execute(f"DELETE FROM {table} WHERE slide_id = ?", (slide_id,))  # fixed column/table names
         if old:
@@ -286,7 +286,7 @@ class SlideStore:
             with self._lock() as db:
                 row = db.execute("SELECT setup FROM slide WHERE slide_id = ?", (slide_id,)).fetchone()
             if row is None:
-                raise ReviewError(f"no slide {slide_id!r} in the slide store {self.path}")
+                raise UnknownSlideError(f"no slide {slide_id!r} in the slide store {self.path}")
             self._setups[slide_id] = json.loads(row[0])
         return self._setups[slide_id]
 
@@ -295,8 +295,8 @@ class SlideStore:
             rows = db.execute("SELECT slide_id FROM slide ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
         return [self.slide(r[0]) for r in rows]
 
-    def slide(self, slide_id: str) -> SlideRecord:
-        with self._lock() as db:
+    def slide(self, slide_id: str, db: sqlite3.Connection | None = None) -> SlideRecord:
+        with self.reading(db) as db:
             row = db.execute(
                 "SELECT slide_id, specimen_id, device_id, source, started, ended, state, setup, machine_report, "
                 "cells_dropped FROM slide WHERE slide_id = ?",
@@ -306,7 +306,7 @@ class SlideStore:
                 "SELECT COALESCE(MAX(version), 0) FROM signoff WHERE slide_id = ?", (slide_id,)
             ).fetchone()[0]
         if row is None:
-            raise ReviewError(f"no slide {slide_id!r} in the slide store {self.path}")
+            raise UnknownSlideError(f"no slide {slide_id!r} in the slide store {self.path}")
         return SlideRecord(
             *row[:7],
             setup=json.loads(row[7]),
@@ -315,8 +315,8 @@ class SlideStore:
             signed_version=version,
         )
 
-    def cells(self, slide_id: str) -> list[StoredCell]:
-        with self._lock() as db:
+    def cells(self, slide_id: str, db: sqlite3.Connection | None = None) -> list[StoredCell]:
+        with self.reading(db) as db:
             rows = db.execute(
                 "SELECT cell_id, field_index, data, label, crop IS NOT NULL FROM cell WHERE slide_id = ? "
                 "ORDER BY cell_id",
@@ -372,8 +372,13 @@ class SlideStore:
             ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
-    def audit(self, slide_id: str) -> list[dict[str, Any]]:
-        with self._lock() as db:
+    def revision(self, slide_id: str, db: sqlite3.Connection | None = None) -> int:
+        """Bumped by every change a person makes to the slide (each leaves an audit row)."""
+        with self.reading(db) as db:
+            return db.execute("SELECT COUNT(*) FROM audit WHERE slide_id = ?", (slide_id,)).fetchone()[0]
+
+    def audit(self, slide_id: str, db: sqlite3.Connection | None = None) -> list[dict[str, Any]]:
+        with self.reading(db) as db:
             rows = db.execute(
                 "SELECT id, time, operator, action, cell_id, old, new, note FROM audit WHERE slide_id = ? ORDER BY id",
                 (slide_id,),

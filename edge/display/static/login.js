@@ -15,6 +15,14 @@ document.getElementById("login").addEventListener("submit", async (event) => {
     message.textContent = (await response.json()).error;
     return;
   }
-  const next = new URLSearchParams(location.search).get("next") || "/";
-  location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/");
+  location.assign(safeNext(new URLSearchParams(location.search).get("next")));
 });
+
+// Only a path on this box: never a scheme, another host, or a backslash (browsers read "/\\host" as "//host").
+function safeNext(next) {
+  if (!next || !next.startsWith("/") || next.startsWith("//") || next.includes("\\") || /[\u0000-\u001f\u007f]/.test(next)) {
+    return "/";
+  }
+  const url = new URL(next, location.origin);
+  return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
+}

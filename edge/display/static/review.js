@@ -275,12 +275,18 @@ $("login").addEventListener("submit", async (event) => {
 $("logout").addEventListener("click", async () => { await api("/api/logout", {}); await loadSession(); if (view) render(); });
 $("sign-button").addEventListener("click", async () => {
   try {
-    const result = await api(`/api/slides/${encodeURIComponent(view.slide.slide_id)}/sign`, { pin: $("sign-pin").value });
+    // the revision reviewed: a slide changed meanwhile (another session) is refused and reloaded
+    const body = { pin: $("sign-pin").value, revision: view.revision };
+    const result = await api(`/api/slides/${encodeURIComponent(view.slide.slide_id)}/sign`, body);
     $("sign-pin").value = "";
     say(`report signed: ${result.status}, version ${result.version}`);
     await loadHistory();
     await loadSlide();
-  } catch (error) { say(error.message, true); }
+  } catch (error) {
+    $("sign-pin").value = "";
+    if (error.status === 409) await loadSlide();
+    say(error.message, true);
+  }
 });
 
 (async () => {

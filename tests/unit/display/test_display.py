@@ -11,10 +11,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.config import MqttConfig
+from edge.config import AppConfig, MqttConfig
 from edge.counting.control import SlideControl
 from edge.counting.rules import load_rule_pack
 from edge.counting.tally import Slide, Tally
+from edge.display.app import WebState, create_app
 from edge.display.feed import DisplayFeed
 from edge.display.server import DisplayServer
 from edge.mqtt.commands import CommandHandler
@@ -133,7 +134,8 @@ def test_a_command_nobody_answers_says_so(feed):
 
 @pytest.fixture
 def server(feed: DisplayFeed) -> Iterator[DisplayServer]:
-    running = DisplayServer(feed, "127.0.0.1", 0, command_timeout_s=0.3)
+    config = AppConfig.model_validate({"display": {"command_timeout_s": 0.3, "read_timeout_s": 1.0}})
+    running = DisplayServer(create_app(WebState(feed, config)), "127.0.0.1", 0, read_timeout_s=1.0)
     thread = threading.Thread(target=running.serve_forever, daemon=True)
     thread.start()
     yield running
@@ -183,7 +185,7 @@ def test_events_stream_the_current_state_then_changes(server, feed):
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=5)
     conn.request("GET", "/events")
     response = conn.getresponse()
-    assert response.getheader("Content-Type") == "text/event-stream"
+    assert response.getheader("Content-Type").startswith("text/event-stream")
     assert response.readline() == b"event: link\n"
     assert json.loads(response.readline()[len(b"data: ") :])["connected"] is False
     response.readline()
