@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # gst-launch-1.0 and videotestsrc: the GStreamer camera tests (Jetson CSI cameras are read the same way)
-bash scripts/setup.sh "dev,train" chromium gstreamer1.0-tools gstreamer1.0-plugins-base
+bash scripts/setup.sh "dev,train" chromium fonts-dejavu-core gstreamer1.0-tools gstreamer1.0-plugins-base
 # The official AsyncAPI parser checks schemas/asyncapi.yaml (npm; skipped with a reason without node).
 if command -v npm >/dev/null 2>&1 && [ ! -d schemas/validate/node_modules/@asyncapi/parser ]; then
   npm ci --prefix schemas/validate --silent --no-audit --no-fund >&2

@@ -57,6 +57,19 @@ class LabReport:
     def issued(self) -> dt.datetime:
         return self.signed_at or self.created
 
+    @property
+    def incomplete(self) -> str | None:
+        """A count with no cells or short of its target, said plainly (every format carries it)."""
+        r = self.report
+        if r.countable == 0:
+            return "NO CELLS COUNTED: this report holds no differential."
+        if r.countable < r.target_count:
+            return (
+                f"INCOMPLETE COUNT: {r.countable} of the {r.target_count}-cell target counted; "
+                "the percentages are less certain than planned (see their 95% intervals)."
+            )
+        return None
+
     def share(self, name: str) -> tuple[int, float, float, float]:
         """(count, percent, ci_low, ci_high) of one class."""
         for s in self.report.shares:

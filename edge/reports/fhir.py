@@ -127,7 +127,13 @@ def to_fhir(report: LabReport, loinc: dict[str, str] | None = None) -> dict[str,
                     ]
                 },
                 "valueInteger": r.countable,
-                "note": [{"text": f"{r.not_countable} cell(s) found but not countable; {r.fields} field(s)"}],
+                "note": [{"text": f"{r.not_countable} cell(s) found but not countable; {r.fields} field(s)"}]
+                + ([{"text": report.incomplete}] if report.incomplete else []),
+                **(
+                    {"interpretation": [{"coding": [{"system": INTERPRETATION, "code": "L", "display": "Low"}]}]}
+                    if report.incomplete
+                    else {}
+                ),
             },
         )
     )
@@ -174,6 +180,10 @@ def to_fhir(report: LabReport, loinc: dict[str, str] | None = None) -> dict[str,
     conclusion = [rule_sentence(rule) for rule in applicable_rules(report)]
     if r.domain is not None and r.domain.state == "shifted":
         conclusion.insert(0, f"WARNING: {r.domain.message}")
+    if report.incomplete:
+        conclusion.insert(0, report.incomplete)
+    if report.reason:
+        conclusion.insert(0, f"Amended (version {report.version}): {report.reason}")
     conclusion.append(r.disclaimer)
     diagnostic = {
         "resourceType": "DiagnosticReport",

@@ -1,8 +1,12 @@
-"""The report as an HL7 v2.5.1 ORU^R01 message, and MLLP framing.
+r"""The report as an HL7 v2.5.1 ORU^R01 message, and MLLP framing.
 
-MSH, PID, OBR (the differential panel, result status P/F/C), one OBX per counted class (NM, %,
-the 95% interval in the reference-range field OBX-7, an NTE with the cell count), an OBX with
-the cells counted, then NTEs for the rule outcomes, the domain-shift warning and the disclaimer.
+MSH (MSH-18 ``UNICODE UTF-8``: names and notes are sent as UTF-8), PID, OBR (the differential
+panel, result status P/F/C), one OBX per counted class (NM, %, and an NTE with the cell count and
+the 95% interval: OBX-7 is the reference range, and a LIS would show the interval as the normal
+range), an OBX with the cells counted (OBX-8 ``L`` when the count is short of its target or empty),
+then NTEs for an incomplete count, the rule outcomes, the domain-shift warning and the disclaimer.
+Control characters in any text are sent as HL7 hex escapes (``\X0B\``): a raw VT or FS would
+break the MLLP frame, a NUL the LIS's parser.
 The appliance knows no patient: PID-3 and OBR-2 carry the specimen id the LIS gave (the slide id
 when none was given), OBR-3 the slide id; the LIS links them to its order and patient.
 MSH-10 (the control id) depends only on the slide and the signed version, so a message sent again
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 
 from edge.reports.codes import CELLS_COUNTED, PANEL, loinc_for
@@ -33,10 +38,15 @@ class Parties:
     processing_id: str = "P"  # P production, T training, D debugging (HL7 table 0103)
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")
+
+
 def escape(text: str) -> str:
-    """HL7 escape sequences for the encoding characters; line breaks become spaces."""
+    """HL7 escape sequences for the encoding characters; line breaks become spaces, other control
+    characters hex escapes."""
     out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("&", "\\T\\")
-    return out.replace("~", "\\R\\").replace("\r", " ").replace("\n", " ")
+    out = out.replace("~", "\\R\\").replace("\r", " ").replace("\n", " ").replace("\t", " ")
+    return CONTROL.sub(lambda m: f"\\X{ord(m.group()):02X}\\", out)
 
 
 def _ts(t: dt.datetime) -> str:
@@ -75,6 +85,12 @@ def to_oru(report: LabReport, parties: Parties | None = None, loinc: dict[str, s
             control_id(report),
             p.processing_id,
             "2.5.1",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "UNICODE UTF-8",  # MSH-18
         ),
         _segment("PID", "1", "", f"{specimen}^^^{facility}^SID"),
     ]
@@ -99,7 +115,7 @@ def to_oru(report: LabReport, parties: Parties | None = None, loinc: dict[str, s
                 "",
                 f"{percent:.1f}",
                 "%^percent^UCUM",
-                f"{low:.1f}-{high:.1f}",
+                "",  # OBX-7 is the reference range: the interval goes in the NTE
                 "",
                 "",
                 "",
@@ -127,7 +143,7 @@ def to_oru(report: LabReport, parties: Parties | None = None, loinc: dict[str, s
             str(r.countable),
             "{cells}^cells^UCUM",
             "",
-            "",
+            "L" if report.incomplete else "",  # OBX-8: below the target count
             "",
             "",
             status,
@@ -140,7 +156,7 @@ def to_oru(report: LabReport, parties: Parties | None = None, loinc: dict[str, s
             equipment,
         )
     )
-    notes = []
+    notes = [report.incomplete] if report.incomplete else []
     if r.domain is not None and r.domain.state == "shifted":
         notes.append(f"WARNING: {r.domain.message}")
     notes += [rule_sentence(rule) for rule in applicable_rules(report)]

@@ -4,11 +4,19 @@ Header (specimen, slide, dates, sign-off state), the domain-shift warning when t
 unlike the bundle's training data, the differential with 95% intervals, the rules in words with
 their thresholds, a small gallery per class, provenance, the audit of review changes and the
 disclaimer. A preliminary report says so on every page.
+
+Text is set in DejaVu Sans when the system has it (Debian's ``fonts-dejavu-core``; found at run
+time, never shipped here): Helvetica, ReportLab's built-in, has Latin-1 only and prints a Greek,
+Cyrillic, Chinese or Arabic name as black boxes. Without DejaVu the report still prints, in
+Helvetica, and a warning says why some names may not.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
+from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import escape
 
@@ -16,11 +24,16 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, letter
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from edge.reports.content import LabReport, applicable_rules, not_applicable_note, rule_sentence, status_words
 from edge.review.store import SlideStore
 
+log = logging.getLogger(__name__)
+
+FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"), Path("/usr/local/share/fonts"))
 Paper = Literal["a4", "letter"]
 PAGES = {"a4": A4, "letter": letter}
 GRID = TableStyle(
@@ -34,6 +47,23 @@ GRID = TableStyle(
 )
 
 
+@functools.cache
+def fonts() -> tuple[str, str]:
+    """(regular, bold) font names: DejaVu Sans registered with ReportLab, else Helvetica."""
+    for folder in FONT_DIRS:
+        regular, bold = folder / "DejaVuSans.ttf", folder / "DejaVuSans-Bold.ttf"
+        if regular.is_file() and bold.is_file():
+            pdfmetrics.registerFont(TTFont("DejaVuSans", str(regular)))
+            pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(bold)))
+            pdfmetrics.registerFontFamily("DejaVuSans", normal="DejaVuSans", bold="DejaVuSans-Bold")
+            return "DejaVuSans", "DejaVuSans-Bold"
+    log.warning(
+        "PDF report: DejaVu Sans not found (apt-get install fonts-dejavu-core); Helvetica prints Latin-1 only, "
+        "so names in other scripts show as boxes"
+    )
+    return "Helvetica", "Helvetica-Bold"
+
+
 def to_pdf(
     report: LabReport,
     store: SlideStore,
@@ -41,10 +71,13 @@ def to_pdf(
     gallery_per_class: int = 6,
     institution: str | None = None,
 ) -> bytes:
+    regular, bold = fonts()
     styles = getSampleStyleSheet()
+    for style in styles.byName.values():
+        style.fontName = bold if "Bold" in getattr(style, "fontName", "") else regular  # type: ignore[attr-defined]
     body = styles["BodyText"]
     small = ParagraphStyle("small", parent=body, fontSize=7.5, leading=9.5)
-    warn = ParagraphStyle("warn", parent=body, textColor=colors.HexColor("#a00000"), fontName="Helvetica-Bold")
+    warn = ParagraphStyle("warn", parent=body, textColor=colors.HexColor("#a00000"), fontName=bold)
     r = report.report
     story: list = []
     title = "Differential count report" + (f" - {escape(institution)}" if institution else "")
@@ -70,8 +103,9 @@ def to_pdf(
         TableStyle(
             [
                 ("FONTSIZE", (0, 0), (-1, -1), 8.5),
-                ("FONTNAME", (0, 0), (0, -1), "Helvetica-Bold"),
-                ("FONTNAME", (2, 0), (2, -1), "Helvetica-Bold"),
+                ("FONTNAME", (0, 0), (-1, -1), regular),
+                ("FONTNAME", (0, 0), (0, -1), bold),
+                ("FONTNAME", (2, 0), (2, -1), bold),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ]
         )
@@ -79,6 +113,8 @@ def to_pdf(
     story += [t, Spacer(1, 4 * mm)]
     if report.reason:
         story.append(Paragraph(f"Amended: {escape(report.reason)}", body))
+    if report.incomplete:
+        story.append(Paragraph(escape(report.incomplete), warn))
     if r.domain is not None and r.domain.state == "shifted":
         story.append(
             Paragraph(
@@ -95,7 +131,7 @@ def to_pdf(
         rows.append([name.replace("_", " "), str(count), f"{percent:.1f}", f"{low:.1f} - {high:.1f}"])
     rows.append(["Total counted", str(r.countable), "100.0" if r.countable else "-", ""])
     t = Table(rows, colWidths=[60 * mm, 25 * mm, 25 * mm, 40 * mm], repeatRows=1)
-    t.setStyle(GRID)
+    t.setStyle(TableStyle([*GRID.getCommands(), ("FONTNAME", (0, 0), (-1, -1), regular)]))
     story.append(t)
 
     story.append(Paragraph("Rules", styles["Heading2"]))
@@ -148,12 +184,12 @@ def to_pdf(
 
     def page(canvas, doc) -> None:
         canvas.saveState()
-        canvas.setFont("Helvetica", 7.5)
+        canvas.setFont(regular, 7.5)
         canvas.drawString(doc.leftMargin, 10 * mm, footer)
         canvas.drawRightString(doc.pagesize[0] - doc.rightMargin, 10 * mm, f"page {doc.page}")
         if report.status == "preliminary":
             canvas.setFillColor(colors.HexColor("#a00000"))
-            canvas.setFont("Helvetica-Bold", 9)
+            canvas.setFont(bold, 9)
             canvas.drawCentredString(
                 doc.pagesize[0] / 2, doc.pagesize[1] - 10 * mm, "PRELIMINARY - NOT REVIEWED AND SIGNED"
             )

@@ -54,6 +54,8 @@ def test_signed_then_amended_versions_are_reported_as_signed(desk):
     assert (amended.status, amended.version, amended.reason) == ("amended", 2, "cell 2 is a monocyte")
     assert amended.share("blast")[0] == 5 and amended.share("monocyte")[0] == 2
     assert load_report(desk.store, desk.slide_id, version=1).share("blast")[0] == 6
+    conclusion = to_fhir(amended)["entry"][0]["resource"]["conclusion"]
+    assert conclusion.startswith("Amended (version 2): cell 2 is a monocyte")  # the amendment says why
     with pytest.raises(ReviewError, match="no signed version 3"):
         load_report(desk.store, desk.slide_id, version=3)
 
@@ -104,13 +106,14 @@ def test_fhir_preliminary_report_and_no_specimen_id(desk):
     assert "identifier" not in specimen
 
 
-def test_hl7_oru_parses_with_one_obx_per_class_and_the_interval_in_the_range(desk):
+def test_hl7_oru_parses_with_one_obx_per_class_and_the_interval_in_a_note_not_the_range(desk):
     _sign(desk)
     report = load_report(desk.store, desk.slide_id)
     text = to_oru(report)
     message = hl7.parse(text)
     assert str(message.segment("MSH")[9]) == "ORU^R01^ORU_R01" and str(message.segment("MSH")[12]) == "2.5.1"
     assert str(message.segment("MSH")[10]) == control_id(report) and len(control_id(report)) <= 20
+    assert str(message.segment("MSH")[18]) == "UNICODE UTF-8"
     obr = message.segment("OBR")
     assert str(obr[2]) == "BM-1" and str(obr[25]) == "F" and str(obr[4][0][0]) == "47286-0"
     obx = message.segments("OBX")
@@ -118,10 +121,12 @@ def test_hl7_oru_parses_with_one_obx_per_class_and_the_interval_in_the_range(des
     blast = obx[0]
     assert str(blast[2]) == "NM" and str(blast[3][0][0]) == "blast" and str(blast[5]) == "60.0"
     assert str(blast[6][0][0]) == "%" and str(blast[11]) == "F" and str(blast[16]) == "Ana Lima"
-    low, high = map(float, str(blast[7]).split("-"))
-    assert low < 60.0 < high
-    assert str(obx[-1][3][0][0]) == "38257-2" and str(obx[-1][5]) == "10"
+    assert str(blast[7]) == ""  # OBX-7 is the normal range: a LIS would show the interval as one
     notes = [message.unescape(str(n[3])) for n in message.segments("NTE")]
+    low, high = map(float, notes[0].split("95% CI ")[1].rstrip("%").split("-"))  # the NTE after the OBX
+    assert notes[0].startswith("6 of 10 counted cells") and low < 60.0 < high
+    assert str(obx[-1][3][0][0]) == "38257-2" and str(obx[-1][5]) == "10"
+    assert str(obx[-1][8]) == "L" and any(n.startswith("INCOMPLETE COUNT: 10 of the 300-cell") for n in notes)
     assert any("positive" in n and "20%" in n for n in notes) and "not a diagnosis" in notes[-1]
 
 
@@ -135,6 +140,39 @@ def test_hl7_escapes_what_a_technician_can_type(desk):
     assert message.unescape(str(obr[2])) == "BM|7^A&B~C\\D"
     assert str(message.segment("OBR")[25]) == "P"  # not signed
     assert len(message.segments("OBX")) == 4  # the escaped id did not break the segment structure
+
+
+def test_hl7_control_characters_never_reach_the_message_or_its_frame(desk):
+    from edge.reports.hl7v2 import frame
+
+    hostile = "BM\x00-7\x0bX\x1cY\x1dZ\x7f"
+    with desk.store.transaction() as db:
+        db.execute("UPDATE slide SET specimen_id = ?", (hostile,))
+    text = to_oru(load_report(desk.store, desk.slide_id))
+    assert not any((ord(ch) < 0x20 and ch != "\r") or ord(ch) == 0x7F for ch in text)
+    framed = frame(text)
+    assert framed.count(b"\x0b") == 1 and framed.count(b"\x1c") == 1  # only the MLLP block's own
+    message = hl7.parse(text)
+    assert str(message.segment("OBR")[2]) == "BM\\X00\\-7\\X0B\\X\\X1C\\Y\\X1D\\Z\\X7F\\"
+    assert len(message.segments("OBX")) == 4
+
+
+def test_an_empty_count_is_flagged_in_every_format(tmp_path):
+    from edge.reports.fhir import to_fhir
+    from edge.reports.pdf import to_pdf
+    from tests.unit.review.slides import make_desk
+
+    desk = make_desk(tmp_path / "s.sqlite")
+    desk.reclassify(desk.slide_id, list(range(11)), "not_countable", "Ana Lima")
+    report = load_report(desk.store, desk.slide_id)
+    assert report.incomplete.startswith("NO CELLS COUNTED")
+    message = hl7.parse(to_oru(report))
+    assert str(message.segments("OBX")[-1][8]) == "L"
+    fhir = to_fhir(report)
+    assert fhir["entry"][0]["resource"]["conclusion"].startswith("NO CELLS COUNTED")
+    pdf = to_pdf(report, desk.store)
+    assert pdf.startswith(b"%PDF")
+    desk.store.close()
 
 
 def test_ack_parsing():
@@ -199,3 +237,22 @@ def test_pdf_of_a_signed_slide_names_the_operator_and_warns_on_a_shifted_slide(d
     assert "WARNING: this slide looks unlike" in text
     hl7_notes = [str(n[3]) for n in hl7.parse(to_oru(report)).segments("NTE")]
     assert any(n.startswith("WARNING") for n in hl7_notes)
+
+
+def test_the_pdf_prints_a_signer_name_in_any_script(tmp_path):
+    from pypdf import PdfReader
+
+    from edge.reports.pdf import fonts, to_pdf
+    from tests.unit.review.slides import make_desk
+
+    if fonts()[0] != "DejaVuSans":
+        pytest.skip("DejaVu Sans is not installed (apt-get install fonts-dejavu-core; scripts/test.sh does)")
+    desk = make_desk(tmp_path / "s.sqlite")
+    name = "Ωμέγα Иванова 王芳"
+    desk.operators.add(name, "4321")
+    desk.reclassify(desk.slide_id, [0], "lymphocyte", name)
+    desk.sign(desk.slide_id, name, "4321")
+    pdf = to_pdf(load_report(desk.store, desk.slide_id), desk.store)
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert b"DejaVuSans" in pdf and "Ωμέγα Иванова" in text
+    desk.store.close()
