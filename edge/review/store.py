@@ -30,7 +30,7 @@ from edge.analysis.crops import crop_cells
 from edge.analysis.field import FieldResult
 from edge.counting.tally import Slide
 from edge.durable import storage
-from edge.errors import EdgeError
+from edge.errors import EdgeError, StorageError
 from edge.review import schema
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ class SlideStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Two processes share it: no exclusive lock (unlike the journal), WAL and a busy timeout instead.
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            st = self.path.stat()
+            self._identity = (st.st_dev, st.st_ino)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")  # two processes opening an old store migrate it once
@@ -144,7 +146,21 @@ class SlideStore:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[sqlite3.Connection]:
         with self._mutex, storage(self.path):
+            self._check_file()
             yield self._db
+
+    def _check_file(self) -> None:
+        """The file this connection writes is still the one at ``path``: a store deleted or replaced
+        under a running process would take every later change into an unlinked file, lost at restart."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            raise StorageError(
+                f"the slide store {self.path} was {'deleted' if st is None else 'replaced'} while in use: "
+                "nothing more is written to it; restart the service (and restore the file from its backup)"
+            )
 
     @contextlib.contextmanager
     def reading(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
@@ -169,17 +185,36 @@ class SlideStore:
                 raise
 
     def close(self) -> None:
-        with self._lock() as db:
-            db.close()
+        with self._mutex:  # no file check: closing a store whose file went away must still work
+            self._db.close()
 
     # -- retention ---------------------------------------------------------------------------
     def purge(self, keep_days: float) -> int:
         """Delete slides started more than ``keep_days`` ago, with everything kept for them; each is
-        first written into ``purged`` (the triggers let only such a slide's audit and sign-offs go)."""
-        cutoff = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=keep_days)).isoformat()
+        first written into ``purged`` (the triggers let only such a slide's audit and sign-offs go).
+
+        Never deleted: a signed slide whose report the broker has not acknowledged or the LIS has not
+        taken, and nothing at all when the clock looks wrong (behind the newest slide, or so far past
+        it that every slide would go: a clock that jumped, not a lab that stopped counting)."""
+        t = dt.datetime.now(dt.timezone.utc)
+        cutoff = (t - dt.timedelta(days=keep_days)).isoformat()
         with self.transaction() as db:
+            newest = db.execute("SELECT MAX(started) FROM slide").fetchone()[0]
+            if newest is not None and not _clock_plausible(newest, t, keep_days):
+                log.warning(
+                    "slide store %s: the clock (%s) is behind or far past the newest slide (%s): retention "
+                    "deletes nothing until it is right",
+                    self.path, t.isoformat(timespec="seconds"), newest,
+                )  # fmt: skip
+                return 0
+            has_lis = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lis_outbox'").fetchone() is not None
+            undelivered = "SELECT slide_id FROM signoff WHERE published = 0"
+            if has_lis:
+                undelivered += " UNION SELECT slide_id FROM lis_outbox WHERE state != 'delivered'"
             old = db.execute(
-                "SELECT slide_id, specimen_id, started, state FROM slide WHERE started < ?", (cutoff,)
+                f"SELECT slide_id, specimen_id, started, state FROM slide WHERE started < ? "
+                f"AND slide_id NOT IN ({undelivered})",  # fixed SQL text
+                (cutoff,),
             ).fetchall()
             for slide_id, specimen_id, started, state in old:
                 db.execute(
@@ -190,7 +225,10 @@ class SlideStore:
                 for table in ("cell", "field", "audit", "signoff", "slide"):
                     db.execute(f"DELETE FROM {table} WHERE slide_id = ?", (slide_id,))  # fixed column/table names
         if old:
-            log.info("slide store %s: %d slide(s) older than %g days deleted", self.path, len(old), keep_days)
+            log.warning(
+                "slide store %s: retention (review.keep_days %g) deleted %d slide(s): %s",
+                self.path, keep_days, len(old), ", ".join(f"{r[0]} ({r[1] or '-'}, {r[3]})" for r in old),
+            )  # fmt: skip
         return len(old)
 
     # -- the count path writes ---------------------------------------------------------------
@@ -405,6 +443,12 @@ class SlideStore:
     def mark_published(self, slide_id: str, version: int) -> None:
         with self.transaction() as db:
             db.execute("UPDATE signoff SET published = 1 WHERE slide_id = ? AND version = ?", (slide_id, version))
+
+
+def _clock_plausible(newest: str, t: dt.datetime, keep_days: float) -> bool:
+    newest_t = dt.datetime.fromisoformat(newest)
+    newest_t = newest_t if newest_t.tzinfo else newest_t.replace(tzinfo=dt.timezone.utc)
+    return newest_t <= t + dt.timedelta(hours=1) and t - newest_t < dt.timedelta(days=keep_days)
 
 
 def flags_of(countable: bool, top: float, margin: float, p_countable: float, setup: dict[str, Any]) -> list[str]:

@@ -7,6 +7,8 @@ separate connections): each has its own SQLite connection, as the appliance's pr
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import random
 import sqlite3
 import threading
@@ -20,7 +22,7 @@ from edge.review.cli import verify
 from edge.review.desk import ReviewDesk, SignedError, StaleError
 from edge.review.recount import recount
 from edge.review.store import ReviewError, SlideStore
-from tests.unit.review.slides import make_desk
+from tests.unit.review.slides import count_slide, make_desk
 
 TRAYS = ["blast", "lymphocyte", "monocyte"]
 
@@ -193,17 +195,63 @@ def test_a_store_from_before_the_chain_is_sealed_as_it_was(tmp_path):
     store.close()
 
 
-def test_retention_removes_a_whole_slide_and_records_it(tmp_path):
+def _age(desk: ReviewDesk, days: float, counting_today: bool = True) -> None:
+    """The desk's slide started ``days`` ago; another slide counted today (a box in use) unless not."""
+    started = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)).isoformat()
+    with desk.store.transaction() as db:
+        db.execute("UPDATE slide SET started = ? WHERE slide_id = ?", (started, desk.slide_id))
+    if counting_today:
+        count_slide(desk.store, [])
+
+
+def test_retention_removes_a_whole_slide_and_records_it(tmp_path, caplog):
     desk = make_desk(tmp_path / "s.sqlite")
     desk.reclassify(desk.slide_id, [0], "lymphocyte", "Ana Lima")
-    with desk.store.transaction() as db:
-        db.execute("UPDATE slide SET started = '2000-01-01T00:00:00+00:00'")
-    assert desk.store.purge(30) == 1
+    _age(desk, 40)
+    with caplog.at_level(logging.WARNING):
+        assert desk.store.purge(30) == 1
+    assert desk.slide_id in caplog.text and "BM-1" in caplog.text
     with desk.store.reading() as db:
         assert db.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 0
-        assert db.execute("SELECT slide_id, reason FROM purged").fetchall() == [(desk.slide_id, "review.keep_days 30")]
+        purged = db.execute("SELECT slide_id, reason FROM purged").fetchall()  # the record of what went
+        assert purged == [(desk.slide_id, "review.keep_days 30")]
     with pytest.raises(ReviewError):
         desk.store.slide(desk.slide_id)
     with pytest.raises(StorageError, match="kept"), desk.store.transaction() as db:
         db.execute("DELETE FROM purged")
+    desk.store.close()
+
+
+def test_retention_keeps_a_signed_slide_until_its_report_has_gone_out(tmp_path):
+    desk = make_desk(tmp_path / "s.sqlite")
+    desk.send = lambda topic, message, retain: False  # the broker never acknowledges
+    desk.sign(desk.slide_id, "Ana Lima", "4321")
+    _age(desk, 40)
+    assert desk.store.purge(30) == 0 and desk.store.slide(desk.slide_id).state == "signed"
+    desk.store.mark_published(desk.slide_id, 1)
+    assert desk.store.purge(30) == 1
+    desk.store.close()
+
+
+@pytest.mark.parametrize("days", [-2, 400])  # the clock went back behind the newest slide / jumped years ahead
+def test_retention_deletes_nothing_on_a_clock_that_jumped(tmp_path, caplog, days):
+    desk = make_desk(tmp_path / "s.sqlite")
+    _age(desk, days, counting_today=False)
+    with caplog.at_level(logging.WARNING):
+        assert desk.store.purge(365) == 0
+    assert "clock" in caplog.text and desk.store.slide(desk.slide_id)
+    desk.store.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_deleted_or_replaced_under_a_running_process_refuses_to_write(tmp_path, how):
+    desk = make_desk(tmp_path / "s.sqlite")
+    path = desk.store.path
+    path.unlink()
+    if how == "replaced":
+        SlideStore(path).close()  # an empty store put in its place
+    with pytest.raises(StorageError, match=f"was {how} while in use"):
+        desk.reclassify(desk.slide_id, [0], "lymphocyte", "Ana Lima")
+    with pytest.raises(StorageError, match=how):
+        desk.sign(desk.slide_id, "Ana Lima", "4321")
     desk.store.close()
