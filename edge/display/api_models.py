@@ -60,6 +60,9 @@ class SlideSummary(BaseModel):
     signed_version: int
     countable: int | None
     domain: str | None
+    lis: str | None = Field(
+        None, description="LIS delivery of the newest signed version: pending, delivered, rejected or failed."
+    )
 
 
 class SlideList(BaseModel):

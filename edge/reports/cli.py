@@ -20,7 +20,7 @@ from edge.errors import ConfigError
 from edge.reports.content import LabReport, load_report
 from edge.reports.fhir import fhir_bytes
 from edge.reports.hl7v2 import Parties, to_oru
-from edge.reports.lis import LisLink, Target
+from edge.reports.lis import LisLink, SenderBusy, Target
 from edge.reports.tables import cells_csv, differential_csv
 from edge.review.store import SlideStore
 
@@ -119,11 +119,20 @@ def _run(args: argparse.Namespace, config: AppConfig, store: SlideStore) -> int:
         if not versions:
             raise ConfigError(f"slide {args.slide} is not signed: only signed reports go to the LIS")
         for v in versions:
-            write(f"queued {args.slide} v{v} as {link.queue(args.slide, v)}\n")
-        delivered = link.deliver()
-        pending = [r for r in link.log_rows() if r["state"] == "pending"]
-        write(f"{delivered} delivered now to {link.target}; {len(pending)} waiting (the display's LIS link retries)\n")
-        return 0 if not pending else 1
+            write(f"queued {args.slide} v{v} as {link.queue(args.slide, v, again=True)}\n")
+        try:
+            delivered = link.deliver()
+        except SenderBusy:
+            write(f"the running display sends to {link.target}: it takes them from the queue\n")
+            link.wake()
+            return 0
+        finally:
+            link.release()
+        rows = [r for r in link.log_rows() if r["slide_id"] == args.slide]
+        waiting = [r for r in rows if r["state"] != "delivered"]
+        write(f"{delivered} delivered now to {link.target}; {len(waiting)} of this slide not delivered")
+        write("".join(f"\n  v{r['version']} {r['state']}: {r['last_error'] or '-'}" for r in waiting) + "\n")
+        return 0 if not waiting else 1
     if not args.format or not args.out:
         raise ConfigError("report: give --format and --out (or --send)")
     report = load_report(store, args.slide, args.version)

@@ -76,9 +76,22 @@ class ReviewDesk:
                     "signed_version": r.signed_version,
                     "countable": report.get("countable"),
                     "domain": (report.get("domain") or {}).get("state"),
+                    "lis": (self.lis_state(r.slide_id) or {}).get("state"),
                 }
             )
         return out
+
+    def lis_state(self, slide_id: str) -> dict[str, Any] | None:
+        """The LIS delivery of the slide's newest signed version (None: no LIS set up, or not queued)."""
+        with self.store.reading() as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lis_outbox'").fetchone() is None:
+                return None
+            row = db.execute(
+                "SELECT version, state, attempts, last_error, queued FROM lis_outbox WHERE slide_id = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (slide_id,),
+            ).fetchone()
+        return dict(zip(("version", "state", "attempts", "last_error", "queued"), row, strict=True)) if row else None
 
     def view(self, slide_id: str) -> dict[str, Any]:
         """Everything the review page shows for one slide."""
@@ -100,6 +113,7 @@ class ReviewDesk:
                 "domain": report.get("domain"),
                 "disclaimer": report.get("disclaimer"),
                 "provenance": report.get("provenance"),
+                "lis": self.lis_state(slide_id),
             },
             "trays": trays(record.setup),
             "fields": self.store.fields(slide_id),

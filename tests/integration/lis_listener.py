@@ -16,6 +16,7 @@ class LisListener:
     def __init__(self, port: int, ack_code: str = "AA") -> None:
         self.port = port
         self.ack_code = ack_code  # what it answers: AA, AE, AR
+        self.answer: Any = None  # or a function: control id -> ack code (a LIS choking on one message)
         self.received: list[hl7.Message] = []
         self.raw: list[str] = []
         self._loop = asyncio.new_event_loop()
@@ -29,7 +30,8 @@ class LisListener:
                 message = await reader.readmessage()
                 self.received.append(message)
                 self.raw.append(str(message))
-                writer.writemessage(message.create_ack(self.ack_code))
+                code = self.answer(str(message.segment("MSH")[10])) if self.answer else self.ack_code
+                writer.writemessage(message.create_ack(code))
                 await writer.drain()
         except asyncio.IncompleteReadError:
             pass

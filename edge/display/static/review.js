@@ -40,7 +40,8 @@ async function loadHistory() {
     const option = document.createElement("option");
     option.value = s.slide_id;
     const signed = s.signed_version ? ` v${s.signed_version}` : "";
-    option.textContent = `${s.started.slice(0, 16).replace("T", " ")} ${s.specimen_id || "(no specimen)"} - ${s.state}${signed}`;
+    const lis = ["rejected", "failed"].includes(s.lis) ? ` · LIS ${s.lis.toUpperCase()}` : "";
+    option.textContent = `${s.started.slice(0, 16).replace("T", " ")} ${s.specimen_id || "(no specimen)"} - ${s.state}${signed}${lis}`;
     return option;
   }));
   const wanted = new URLSearchParams(location.search).get("slide");
@@ -69,6 +70,7 @@ function render() {
   const domain = slide.domain;
   $("domain").hidden = !(domain && domain.state === "shifted");
   if (domain) $("domain").textContent = domain.message;
+  renderLis(slide.lis);
   const flagged = view.reviewed.flagged;
   $("provisional").hidden = !flagged;
   $("provisional").textContent = `${flagged} counted cell(s) flagged and not yet looked at: the count is provisional`;
@@ -85,6 +87,18 @@ function render() {
   renderRules();
   renderAudit();
   renderTrays();
+}
+
+// A signed report the lab's system refused, gave up on, or has not taken after retries: say so here,
+// where the technician looks, with what to do.
+function renderLis(lis) {
+  const stuck = lis && (["rejected", "failed"].includes(lis.state) || (lis.state === "pending" && lis.last_error));
+  $("lis").hidden = !stuck;
+  if (!stuck) return;
+  const what = { rejected: "REJECTED by the LIS", failed: `NOT DELIVERED after ${lis.attempts} attempts`,
+    pending: `not delivered yet (${lis.attempts} attempt(s), retrying)` }[lis.state];
+  $("lis").textContent = `LIS: signed v${lis.version} ${what}: ${lis.last_error || ""}. ` +
+    (lis.state === "pending" ? "" : "Fix the cause, then send it again: marrow-edge report --slide ID --send.");
 }
 
 function renderDownloads(slide) {
