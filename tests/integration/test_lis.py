@@ -68,10 +68,11 @@ def test_lis_down_while_counting_and_signing_then_up_gets_the_report_once(broker
         store = SlideStore(store_path)
         log = LisLink(store, Target("127.0.0.1", port))  # reads the display's outbox table
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(r["attempts"] >= 2 for r in log.log_rows()):
+        while time.monotonic() < deadline and not any(r["last_error"] for r in log.log_rows()):
             time.sleep(0.1)
         (row,) = log.log_rows()
-        assert row["state"] == "pending" and row["attempts"] >= 2, row  # kept, retried, not lost
+        # kept and tried, not lost; an unreachable LIS uses up none of the message's attempts
+        assert row["state"] == "pending" and row["attempts"] == 0 and "cannot reach" in row["last_error"], row
 
         listener.start()  # the LIS is back
         assert listener.wait_for(1, timeout_s=20)
