@@ -57,19 +57,23 @@ class Operators:
         with self.store.transaction() as db:
             return [r[0] for r in db.execute("SELECT name FROM operator ORDER BY name")]
 
-    def stamp(self, name: str) -> str | None:
-        """A fingerprint of the operator's credential: changes with the PIN, None once removed."""
+    def _credential(self, name: str) -> tuple[bytes, bytes] | None:
+        """(salt, hash) of the operator, None when there is none."""
         with self.store.reading() as db:
             row = db.execute("SELECT salt, hash FROM operator WHERE name = ?", (name,)).fetchone()
-        return hashlib.sha256(bytes(row[0]) + bytes(row[1])).hexdigest()[:32] if row else None
+        return (bytes(row[0]), bytes(row[1])) if row else None
+
+    def stamp(self, name: str) -> str | None:
+        """A fingerprint of the operator's credential: changes with the PIN, None once removed."""
+        credential = self._credential(name)
+        return hashlib.sha256(b"".join(credential)).hexdigest()[:32] if credential else None
 
     def verify(self, name: str, pin: str, count: bool = True) -> bool:
         """True for the right PIN. With ``count`` failures are counted and a locked name fails whatever
         the PIN; without, only the PIN is checked (a signed-in operator confirming a sign-off)."""
         if not count:
-            with self.store.reading() as db:
-                row = db.execute("SELECT salt, hash FROM operator WHERE name = ?", (name,)).fetchone()
-            return row is not None and hmac.compare_digest(_hash(pin, row[0]), row[1])
+            credential = self._credential(name)
+            return credential is not None and hmac.compare_digest(_hash(pin, credential[0]), credential[1])
         with self.store.transaction() as db:
             row = db.execute(
                 "SELECT salt, hash, failures, locked_until FROM operator WHERE name = ?", (name,)

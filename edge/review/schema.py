@@ -60,11 +60,18 @@ BEGIN SELECT RAISE(ABORT, 'the record of what retention deleted is kept'); END;
 
 
 def create(db: sqlite3.Connection) -> None:
-    """Tables, migrations of older stores, triggers (in that order: a migration may rewrite rows)."""
+    """Tables, migrations of older stores, triggers (in that order: a migration may rewrite rows).
+    ``db`` in autocommit mode; executescript commits first, so the migration has its own transaction."""
     db.executescript(TABLES)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
-    if "hash" not in columns:  # a store from before the hash chain: seal what it holds as it is
-        db.execute("DROP TRIGGER IF EXISTS audit_kept")
-        db.execute("ALTER TABLE audit ADD COLUMN hash TEXT")
-        audit.seal(db)
+    db.execute("BEGIN IMMEDIATE")  # two processes opening an old store: one migrates, the other then sees it done
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+        if "hash" not in columns:  # a store from before the hash chain: seal what it holds as it is
+            db.execute("DROP TRIGGER IF EXISTS audit_kept")
+            db.execute("ALTER TABLE audit ADD COLUMN hash TEXT")
+            audit.seal(db)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
     db.executescript(KEPT)

@@ -134,12 +134,7 @@ class SlideStore:
             self._identity = (st.st_dev, st.st_ino)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("BEGIN IMMEDIATE")  # two processes opening an old store migrate it once
-            try:
-                schema.create(self._db)
-            finally:
-                if self._db.in_transaction:
-                    self._db.execute("COMMIT")
+            schema.create(self._db)
         if keep_days is not None:
             self.purge(keep_days)
 
