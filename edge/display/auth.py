@@ -141,10 +141,8 @@ def client_of(request: Request) -> str:
 def auth_router(sessions: Sessions, operators: Operators | None, throttle: LoginThrottle) -> APIRouter:
     router = APIRouter(tags=["auth"])
 
-    maybe_signed_in = Depends(current_session(sessions))
-
     @router.get("/api/session", response_model=SessionOut)
-    def who(session: Session | None = maybe_signed_in) -> SessionOut:
+    def who(session: Session | None = Depends(current_session)) -> SessionOut:  # noqa: B008
         return SessionOut(operator=session.operator if session else None, csrf=session.csrf if session else None)
 
     @router.post("/api/login", response_model=SessionOut, responses={401: {}, 429: {}})
@@ -173,20 +171,14 @@ def auth_router(sessions: Sessions, operators: Operators | None, throttle: Login
     return router
 
 
-def current_session(sessions: Sessions) -> Callable[[Request], Session | None]:
-    def dependency(request: Request) -> Session | None:
-        return sessions.get(request.headers.get("Cookie"))
-
-    return dependency
+def current_session(request: Request) -> Session | None:
+    """Who sent the request, as the guard looked it up (the session and the operator's stamp are read once)."""
+    return request.state.session
 
 
-def operator_session(sessions: Sessions) -> Callable[[Request], Session]:
+def operator_session(request: Request) -> Session:
     """A route that changes a slide: a signed-in operator (the guard has checked the CSRF token)."""
-
-    def dependency(request: Request) -> Session:
-        session = sessions.get(request.headers.get("Cookie"))
-        if session is None:
-            raise HTTPException(401, "sign in with your name and PIN to review")
-        return session
-
-    return dependency
+    session = current_session(request)
+    if session is None:
+        raise HTTPException(401, "sign in with your name and PIN to review")
+    return session

@@ -96,6 +96,7 @@ class Guard:
             return
         path: str = scope["path"]
         session = self.sessions.get(headers.get("cookie"))
+        scope.setdefault("state", {})["session"] = session  # the routes' dependencies read it (one lookup)
         if self.login_required and session is None and path not in OPEN:
             if path in PAGES:
                 await _respond(send, 303, b"", "text/plain", [(b"location", f"/login?next={quote(path)}".encode())])

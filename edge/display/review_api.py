@@ -59,7 +59,7 @@ IMAGE_CACHE = {"Cache-Control": "private, max-age=86400"}
 def review_router(desk: ReviewDesk, sessions: Sessions, config: AppConfig) -> APIRouter:
     router = APIRouter(tags=["review"], responses=ERRORS)
     # a default, not an Annotated alias: FastAPI reads string annotations in the module's globals
-    signed_in = Depends(operator_session(sessions))
+    signed_in = Depends(operator_session)
 
     @router.get("/api/slides", response_model=SlideList)
     def slides() -> SlideList:
