@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from edge.mqtt.messages import AuditOut, ChangeOut, MessageFactory, Provenance, SignedReportMessage
 from edge.mqtt.topics import Topics
-from edge.review import audit
+from edge.review import audit, schema
 from edge.review.operators import LOCK_MINUTES, Operators
 from edge.review.recount import as_slide, recount, trays
 from edge.review.store import NOT_COUNTABLE, ReviewError, SlideStore, now
@@ -64,6 +64,7 @@ class ReviewDesk:
     # -- reading -----------------------------------------------------------------------------
     def history(self, limit: int = 200) -> list[dict[str, Any]]:
         out = []
+        lis = self._lis_states()
         for r in self.store.slides(limit):
             report = r.machine_report or {}
             out.append(
@@ -76,15 +77,23 @@ class ReviewDesk:
                     "signed_version": r.signed_version,
                     "countable": report.get("countable"),
                     "domain": (report.get("domain") or {}).get("state"),
-                    "lis": (self.lis_state(r.slide_id) or {}).get("state"),
+                    "lis": lis.get(r.slide_id),
                 }
             )
         return out
 
+    def _lis_states(self) -> dict[str, str]:
+        """Slide id -> LIS delivery state of its newest signed version, in one query (the history)."""
+        with self.store.reading() as db:
+            if not schema.has_table(db, "lis_outbox"):
+                return {}
+            rows = db.execute("SELECT slide_id, state FROM lis_outbox ORDER BY version").fetchall()
+        return dict(rows)  # ordered by version: the newest version's state is the one kept
+
     def lis_state(self, slide_id: str) -> dict[str, Any] | None:
         """The LIS delivery of the slide's newest signed version (None: no LIS set up, or not queued)."""
         with self.store.reading() as db:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lis_outbox'").fetchone() is None:
+            if not schema.has_table(db, "lis_outbox"):
                 return None
             row = db.execute(
                 "SELECT version, state, attempts, last_error, queued FROM lis_outbox WHERE slide_id = ? "

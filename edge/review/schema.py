@@ -75,3 +75,8 @@ def create(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise
     db.executescript(KEPT)
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    """A table another part creates on this store when it is used (the LIS link's ``lis_outbox``)."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None

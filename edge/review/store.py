@@ -202,9 +202,8 @@ class SlideStore:
                     self.path, t.isoformat(timespec="seconds"), newest,
                 )  # fmt: skip
                 return 0
-            has_lis = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lis_outbox'").fetchone() is not None
             undelivered = "SELECT slide_id FROM signoff WHERE published = 0"
-            if has_lis:
+            if schema.has_table(db, "lis_outbox"):
                 undelivered += " UNION SELECT slide_id FROM lis_outbox WHERE state != 'delivered'"
             old = db.execute(
                 f"SELECT slide_id, specimen_id, started, state FROM slide WHERE started < ? "
