@@ -51,6 +51,14 @@ def test_a_rejected_lis_delivery_is_shown_on_the_review_page(served, page, tmp_p
     _screenshot(page, tmp_path, "review-lis-rejected.png")
 
 
+def _log_in(page: Any, url: str) -> None:
+    """Open the login page at ``url`` and sign in as the test's operator."""
+    page.goto(url)
+    page.fill("#login-name", "Ana Lima")
+    page.fill("#login-pin", "4321")
+    page.click("#login button[type=submit]")
+
+
 @pytest.mark.parametrize(
     "target",
     ["/%5Cattacker.invalid/x", "//attacker.invalid/x", "https://attacker.invalid/", "/%09/attacker.invalid",
@@ -59,10 +67,7 @@ def test_a_rejected_lis_delivery_is_shown_on_the_review_page(served, page, tmp_p
 def test_the_login_never_sends_the_browser_off_the_box(served, page, target):
     display, _ = served
     base = display.url.rstrip("/")
-    page.goto(f"{base}/login?next={target}")
-    page.fill("#login-name", "Ana Lima")
-    page.fill("#login-pin", "4321")
-    page.click("#login button[type=submit]")
+    _log_in(page, f"{base}/login?next={target}")
     page.wait_for_load_state("load")
     page.wait_for_timeout(300)
     assert page.url.startswith(base + "/"), page.url  # the page fixture also fails on any request elsewhere
@@ -71,8 +76,5 @@ def test_the_login_never_sends_the_browser_off_the_box(served, page, target):
 def test_the_login_goes_back_where_the_user_was_going(served, page):
     display, desk = served
     base = display.url.rstrip("/")
-    page.goto(f"{base}/login?next=/review%3Fslide%3D{desk.slide_id}")
-    page.fill("#login-name", "Ana Lima")
-    page.fill("#login-pin", "4321")
-    page.click("#login button[type=submit]")
+    _log_in(page, f"{base}/login?next=/review%3Fslide%3D{desk.slide_id}")
     page.wait_for_url(f"{base}/review?slide={desk.slide_id}")
