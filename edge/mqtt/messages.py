@@ -121,6 +121,14 @@ class GpuOut(_Model):
     temperature_c: float | None
 
 
+class LisBacklogOut(_Model):
+    """Signed reports not yet accepted by the LIS (``reports.lis``): a dashboard's "stuck reports"."""
+
+    pending: int = Field(ge=0, description="Waiting to be sent or retried.")
+    rejected: int = Field(ge=0, description="Refused by the LIS or given up after every attempt: a person must act.")
+    oldest_s: int | None = Field(description="Age of the oldest undelivered report in seconds; null when none waits.")
+
+
 class HealthMessage(Envelope):
     """Periodic health of the box (``mqtt.health_interval_s``)."""
 
@@ -140,6 +148,7 @@ class HealthMessage(Envelope):
     disk_free_mb: float | None = Field(None, description="Free space where the journal and outbox live.")
     disk_alarm: bool = Field(False, description="Under 200 MB free there: the journal will soon fail.")
     gpu: GpuOut | None = Field(None, description="The GPU's load, memory and temperature; null without one.")
+    lis: LisBacklogOut | None = Field(None, description="The LIS backlog; null when no LIS is configured.")
 
 
 class CellOut(_Model):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edge.reports.content import load_report
 from edge.reports.hl7v2 import END, START, Parties, control_id, frame, parse_ack, to_oru
+from edge.review.schema import has_table
 from edge.review.store import SlideStore, now
 
 log = logging.getLogger(__name__)
@@ -216,17 +217,8 @@ class LisLink:
         with self.store.transaction() as db:
             db.execute("UPDATE lis_outbox SET last_error = ? WHERE id = ?", (error, row_id))
 
-    def backlog(self) -> dict[str, object]:
-        """What waits: pending, rejected (or failed) and the age of the oldest undelivered row, in seconds."""
-        with self.store.reading() as db:
-            rows = db.execute("SELECT state, queued FROM lis_outbox WHERE state != 'delivered'").fetchall()
-        t = dt.datetime.now(dt.timezone.utc)
-        ages = [(t - dt.datetime.fromisoformat(q)).total_seconds() for _, q in rows]
-        return {
-            "pending": sum(s == "pending" for s, _ in rows),
-            "rejected": sum(s in ("rejected", "failed") for s, _ in rows),
-            "oldest_s": round(max(ages)) if ages else None,
-        }
+    def backlog(self) -> dict[str, int | None]:
+        return lis_backlog(self.store)
 
     def _send(self, cid: str, message: str) -> str | None:
         """None: accepted. A string: the LIS rejected it (why). Raises LisError to retry."""
@@ -306,3 +298,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.replace(tmp, path)  # the LIS never sees half a file
     except OSError as exc:
         raise LisError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def lis_backlog(store: SlideStore) -> dict[str, int | None]:
+    """What waits: pending, rejected (or failed) and the age of the oldest undelivered row, in seconds."""
+    with store.reading() as db:
+        if not has_table(db, "lis_outbox"):
+            rows = []
+        else:
+            rows = db.execute("SELECT state, queued FROM lis_outbox WHERE state != 'delivered'").fetchall()
+    t = dt.datetime.now(dt.timezone.utc)
+    ages = [(t - dt.datetime.fromisoformat(q)).total_seconds() for _, q in rows]
+    return {
+        "pending": sum(s == "pending" for s, _ in rows),
+        "rejected": sum(s in ("rejected", "failed") for s, _ in rows),
+        "oldest_s": round(max(ages)) if ages else None,
+    }

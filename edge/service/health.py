@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.errors import PublishError
-from edge.mqtt.messages import GpuOut, HealthMessage, MessageFactory
+from edge.errors import PublishError, StorageError
+from edge.mqtt.messages import GpuOut, HealthMessage, LisBacklogOut, MessageFactory
 from edge.mqtt.publisher import MqttPublisher
 from edge.service.gpu import GpuProbe
 
@@ -61,8 +63,10 @@ class HealthReporter:
         state_dir: Path | None = None,
         min_free_mb: float = 200.0,
         gpu: GpuProbe | None = None,
+        lis: Callable[[], dict] | None = None,
     ) -> None:
         self.gpu = gpu
+        self.lis = lis  # the LIS backlog of the slide store; None: no LIS configured
         self.state_dir = state_dir  # where the journal and the outbox write: a full disk stops a slide
         self.min_free_mb = min_free_mb
         self.publisher = publisher
@@ -73,6 +77,7 @@ class HealthReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
         self._last = (time.monotonic(), 0)
+        self._rejected_logged = 0
 
     def message(self, new_window: bool = True) -> HealthMessage:
         """The figures now; the frame rate is over the time since the last new window (the last message)."""
@@ -98,7 +103,17 @@ class HealthReporter:
             disk_free_mb=free,
             disk_alarm=free is not None and free < self.min_free_mb,
             gpu=GpuOut(**vars(gpu)) if gpu is not None else None,
+            lis=self._lis(),
         )
+
+    def _lis(self) -> LisBacklogOut | None:
+        if self.lis is None:
+            return None
+        try:
+            return LisBacklogOut(**self.lis())
+        except (sqlite3.Error, StorageError, OSError) as exc:  # a broken store must not silence health
+            log.warning("LIS backlog not read: %s", exc)
+            return None
 
     def _free_mb(self) -> float | None:
         if self.state_dir is None:
@@ -118,6 +133,10 @@ class HealthReporter:
                 log.error(
                     "only %.0f MB free in %s: the journal and outbox will fail", message.disk_free_mb, self.state_dir
                 )
+            rejected = message.lis.rejected if message.lis is not None else 0
+            if rejected and rejected != self._rejected_logged:  # once per change, not every period
+                log.error("LIS: %d signed report(s) refused or given up: see the review page", rejected)
+            self._rejected_logged = rejected
             try:
                 self.publisher.publish(self.publisher.topics.health, message)
             except PublishError as exc:

@@ -99,6 +99,16 @@ class ApplianceCollector:
             yield from _gauge("gpu_memory_total_bytes", "GPU memory.", total, labels)
             yield from _gauge("gpu_temperature_celsius", "GPU temperature.", g.temperature_c, labels)
 
+        if h.lis is not None:
+            backlog = GaugeMetricFamily(
+                f"{PREFIX}_lis_reports", "Signed reports not yet accepted by the LIS.", labels=["state"]
+            )
+            backlog.add_metric(["pending"], h.lis.pending)
+            backlog.add_metric(["rejected"], h.lis.rejected)
+            yield backlog
+            yield from _gauge("lis_oldest_seconds", "Age of the oldest undelivered report (0: none).",
+                              float(h.lis.oldest_s or 0))  # fmt: skip
+
     def _slide(self, c: CurrentSlideMessage) -> Iterator[Metric]:
         slide = {"slide_id": c.slide_id or ""}
         yield _one_of("slide_state", "The current slide: idle, counting or finished.", "state", SLIDE_STATES,

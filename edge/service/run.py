@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -309,7 +310,7 @@ class CountingService:
         state = config.counting.journal or config.mqtt.outbox
         health = HealthReporter(
             publisher, self.factory, self.stats, self.appliance.provenance.backend, config.mqtt.health_interval_s,
-            Path(state).parent if state else None, gpu=find_gpu(),
+            Path(state).parent if state else None, gpu=find_gpu(), lis=self._lis_backlog(),
         ).start()  # fmt: skip
         current = CurrentSlide(publisher, self.topics, self.factory, config.mqtt.retain_slides, self.journal)
         metrics = self._start_metrics(health, current)
@@ -332,6 +333,14 @@ class CountingService:
         if not request.wait_for_start and run is not None:
             self.console.report(run, self.appliance.bundle.manifest.untrained)
         return RunOutcome(run, publisher.twin, publisher.undelivered)
+
+    def _lis_backlog(self) -> Callable[[], dict] | None:
+        if self.config.reports.lis is None:
+            return None
+        from edge.reports.lis import lis_backlog
+
+        store = self.store
+        return lambda: lis_backlog(store)
 
     def _start_metrics(self, health: HealthReporter, current: CurrentSlide) -> MetricsServer | None:
         """Prometheus /metrics (``metrics.port``): the health figures and the current slide."""

@@ -220,3 +220,35 @@ def test_the_monitor_takes_a_cleared_retained_slide_as_no_message():
     assert state.invalid == 0 and not state.devices
     state.apply("marrow/v1/box-1/slide/S1/report", b"{not json")
     assert state.invalid == 1
+
+
+def test_health_and_metrics_carry_the_lis_backlog_and_survive_a_broken_store(appliance, tmp_path, caplog):
+    from edge.reports.lis import LisLink, Target, lis_backlog
+    from tests.unit.review.slides import make_desk
+
+    desk = make_desk(tmp_path / "slides.sqlite")
+    publisher, factory = MemoryPublisher(), MessageFactory("box-1", appliance.provenance)
+    publisher.outbox, publisher.unconfirmed = None, 0
+    health = HealthReporter(publisher, factory, RunStats(), "onnxruntime", 10.0, lis=lambda: lis_backlog(desk.store))
+    assert health.message().lis.model_dump() == {"pending": 0, "rejected": 0, "oldest_s": None}  # table not made yet
+    desk.sign(desk.slide_id, "Ana Lima", "4321")
+    LisLink(desk.store, Target("127.0.0.1", 9, timeout_s=0.5)).sweep()  # queued, never sent
+    lis = health.message().lis
+    assert (lis.pending, lis.rejected) == (1, 0) and 0 <= lis.oldest_s < 60
+    collector = ApplianceCollector(lambda: health.message(new_window=False), lambda: None, "box-1",
+                                   appliance.provenance)  # fmt: skip
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    families = text_string_to_metric_families(generate_latest(registry).decode())
+    samples = {(s.name, tuple(s.labels.items())): s.value for f in families for s in f.samples}
+    assert samples[("marrow_edge_lis_reports", (("state", "pending"),))] == 1
+    assert samples[("marrow_edge_lis_reports", (("state", "rejected"),))] == 0
+    desk.store.close()
+    (tmp_path / "slides.sqlite").write_bytes(b"not a database" * 100)
+    broken = HealthReporter(publisher, factory, RunStats(), "onnxruntime", 10.0,
+                            lis=lambda: lis_backlog(type(desk.store)(tmp_path / "slides.sqlite")))  # fmt: skip
+    message = broken.message()
+    assert message.lis is None and "LIS backlog not read" in caplog.text
+    assert HealthReporter(publisher, factory, RunStats(), "onnxruntime", 10.0).message().lis is None  # no LIS
