@@ -224,6 +224,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{config.device_id}: give every box its own device_id; this run stopped\n"
         )
         return 4
+    if outcome.run.store_error:
+        slide_id = outcome.run.slide.slide_id
+        if config.counting.journal is not None:
+            how = (f"its cells are in the journal {config.counting.journal}: free space, then "
+                   f"`marrow-edge review import --slide {slide_id} --source <what it counted>`")  # fmt: skip
+        else:
+            how = "no journal is configured (counting.journal): only its published report remains"
+        fail(
+            f"marrow-edge: error: slide {slide_id} was counted and its report published, but it is not in the "
+            f"slide store ({outcome.run.store_error}); {how}\n"
+        )
+        return 3
     if outcome.undelivered:
         kept = (
             f"kept in the outbox {config.mqtt.outbox} and re-sent by the next run"

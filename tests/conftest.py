@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,17 @@ from edge.mqtt.broker import EmbeddedBroker, find_mosquitto
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "marrow"  # the demo's marrow slide
 BUNDLE = DEFAULT_BUNDLE  # the bundle the appliance ships with
+# fixtures made before a test's own state_dir (session scope) and their subprocesses: never the user's
+os.environ["MARROW_EDGE_STATE"] = tempfile.mkdtemp(prefix="marrow-state-")
 SHARED_DATA = Path(os.environ.get("MARROW_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own state directory (journal, outbox, slide store by default): never the user's."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("MARROW_EDGE_STATE", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

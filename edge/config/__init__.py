@@ -34,6 +34,7 @@ from edge.config.sources import (
     SourceConfig,
     V4L2Source,
 )
+from edge.config.state import with_state_paths
 from edge.errors import ConfigError
 
 __all__ = [
@@ -104,7 +105,8 @@ class CountingConfig(Strict):
     journal: Path | None = Field(
         None,
         description="SQLite slide journal: the open slide survives a crash or restart and resumes without "
-        "counting a field twice. None: memory only (demos); the appliance sets /var/lib/marrow-edge/slides.sqlite.",
+        "counting a field twice. Unset: slides.sqlite in the state directory (edge/config/state.py); null: "
+        "memory only.",
     )
     journal_keep_days: float = Field(
         90, gt=0, description="Closed slides older than this are deleted from the journal when a run starts."
@@ -141,8 +143,8 @@ class MqttConfig(Strict):
     outbox: Path | None = Field(
         None,
         description="SQLite outbox: every field, tally and report message is on disk before it is published and "
-        "re-sent after a reconnect or a restart until acknowledged. None: memory only (demos); the appliance "
-        "sets /var/lib/marrow-edge/outbox.sqlite.",
+        "re-sent after a reconnect or a restart until acknowledged. Unset: outbox.sqlite in the state "
+        "directory (edge/config/state.py); null: memory only.",
     )
     outbox_max_mb: int = Field(512, ge=1, description="Outbox size above which the health alarm is raised.")
     health_interval_s: float = Field(10.0, gt=0, description="Seconds between health messages.")
@@ -236,8 +238,8 @@ class ReviewConfig(Strict):
 
     store: Path | None = Field(
         None,
-        description="SQLite slide store (cells, crops, reviews, sign-offs, audit). None: a temporary store for "
-        "this run only (demos); the appliance sets /var/lib/marrow-edge/slides-review.sqlite.",
+        description="SQLite slide store (cells, crops, reviews, sign-offs, audit). Unset: slides-review.sqlite in the "
+        "state directory (edge/config/state.py); null: a temporary store for this run only.",
     )
     keep_days: float = Field(
         365.0, gt=0, description="Slides (with their crops, reviews and audit) older than this are deleted."
@@ -473,6 +475,7 @@ def load_config(
     if overrides:
         data = _merge(data, dict(overrides))
     try:
-        return AppConfig.model_validate(data)
+        config = AppConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
+    return with_state_paths(config)

@@ -81,6 +81,16 @@ class SlideJournal:
             return None
         return Slide(slide_id=row[0], specimen_id=row[1], started=dt.datetime.fromisoformat(row[2]), source=row[3])
 
+    def slide(self, slide_id: str) -> Slide | None:
+        """Any slide still in the journal, open or closed (``review import`` reads a closed one)."""
+        with self._lock():
+            row = self._db.execute(
+                "SELECT slide_id, specimen_id, started, source FROM slide WHERE slide_id = ?", (slide_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return Slide(slide_id=row[0], specimen_id=row[1], started=dt.datetime.fromisoformat(row[2]), source=row[3])
+
     def begin(self, slide: Slide) -> None:
         with self._lock():
             self._db.execute(

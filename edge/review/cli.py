@@ -5,6 +5,7 @@
     marrow-edge review list
     marrow-edge review export --out DIR [--slide ID ...] [--include-unsigned]
     marrow-edge review verify [--slide ID]                # the audit chain and every sign-off against it
+    marrow-edge review import --slide ID [--source PATH]  # a counted slide the store missed, from the journal
 
 The store is the config's ``review.store``.
 """
@@ -47,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--include-unsigned", action="store_true", help="also slides not signed (not recommended)")
     ve = actions.add_parser("verify", help="check the audit trail's hash chain and every sign-off against it")
     ve.add_argument("--slide", help="only this slide")
+    im = actions.add_parser("import", help="a slide counted but not kept in the store (disk full), from the journal")
+    im.add_argument("--slide", required=True, help="the slide id the run named")
+    im.add_argument("--source", type=Path, help="the folder or video it counted: crops are cut again from it")
     p.set_defaults(handler=run)
 
 
@@ -58,6 +62,8 @@ def _store(args: argparse.Namespace) -> SlideStore:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.review_command == "import":
+        return import_(args)
     store = _store(args)
     try:
         if args.review_command == "operator":
@@ -98,6 +104,19 @@ def _operator(operators: Operators, args: argparse.Namespace) -> int:
             raise ConfigError("the two PINs differ; nothing changed")
     operators.add(args.name, pin)
     sys.stdout.write(f"operator {args.name} set\n")
+    return 0
+
+
+def import_(args: argparse.Namespace) -> int:
+    from edge.service.recover import import_slide
+
+    done = import_slide(load_config(args.config), args.slide, args.source)
+    sys.stdout.write(f"slide {done.slide_id}: {done.fields} field(s), {done.cells} cell(s) imported into the store\n")
+    if done.without_images:
+        sys.stdout.write(
+            f"{len(done.without_images)} field(s) without images (not in --source): "
+            f"{', '.join(done.without_images[:5])}{' ...' if len(done.without_images) > 5 else ''}\n"
+        )
     return 0
 
 

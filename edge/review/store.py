@@ -243,20 +243,26 @@ class SlideStore:
                 ),
             )
 
-    def add_field(self, slide: Slide, result: FieldResult, image: np.ndarray) -> None:
-        """One counted field's cells with their crops (cut from ``image``, the RGB field as counted)."""
+    def add_field(self, slide: Slide, result: FieldResult, image: np.ndarray | None) -> None:
+        """One counted field's cells with their crops (cut from ``image``, the RGB field as counted).
+        No image (a slide imported from the journal whose frames are gone): the cells without crops."""
         setup = self.setup(slide.slide_id)
         size, margin = setup["crop_size"], setup["crop_margin"]
         boxes = np.array([c.box for c in result.cells], np.float32).reshape(-1, 4)
         with self._lock() as db:
             kept = db.execute("SELECT COUNT(*) FROM cell WHERE slide_id = ?", (slide.slide_id,)).fetchone()[0]
         room = max(0, self.max_cells - kept)
-        crops = crop_cells(image, boxes[:room], size, margin) if room else []
+        cut = image is not None and room > 0
+        crops = crop_cells(image, boxes[:room], size, margin) if cut else []
         context_side = int(min(256, max(96, size * 1.5)))
-        contexts = crop_cells(image, boxes[:room], context_side, self.context_scale - 1.0) if room else []
-        height, width = image.shape[:2]
-        scale = min(1.0, self.field_width / width)
-        small = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        contexts = crop_cells(image, boxes[:room], context_side, self.context_scale - 1.0) if cut else []
+        field_jpeg = None
+        height, width = result.height, result.width
+        if image is not None:
+            height, width = image.shape[:2]
+            scale = min(1.0, self.field_width / width)
+            small = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+            field_jpeg = _jpeg(small, self.quality)
         rows = []
         for i, cell in enumerate(result.cells):
             probs = np.sort(np.asarray(cell.probabilities, np.float32))[::-1]
@@ -274,8 +280,8 @@ class SlideStore:
                 "colour": [float(v) for v in cell.colour] if cell.colour is not None else None,
                 "flags": flags_of(cell.countable, cell.class_probability, margin_, cell.p_countable, setup),
             }
-            crop = _jpeg(crops[i], self.quality) if i < room else None
-            context = _jpeg(contexts[i], self.quality) if i < room else None
+            crop = _jpeg(crops[i], self.quality) if i < len(crops) else None
+            context = _jpeg(contexts[i], self.quality) if i < len(contexts) else None
             rows.append((i, json.dumps(data), crop, context))
         with self.transaction() as db:
             if db.execute(
@@ -284,7 +290,7 @@ class SlideStore:
                 return  # a resumed slide re-offering a field it already holds
             db.execute(
                 "INSERT INTO field (slide_id, field_index, source, width, height, image) VALUES (?, ?, ?, ?, ?, ?)",
-                (slide.slide_id, result.index, result.source, width, height, _jpeg(small, self.quality)),
+                (slide.slide_id, result.index, result.source, width, height, field_jpeg),
             )
             next_id = db.execute(
                 "SELECT COALESCE(MAX(cell_id) + 1, 0) FROM cell WHERE slide_id = ?", (slide.slide_id,)
@@ -402,7 +408,7 @@ class SlideStore:
                 "SELECT image, width, height FROM field WHERE slide_id = ? AND field_index = ?",
                 (slide_id, field_index),
             ).fetchone()
-        return (row[0], row[1], row[2]) if row else None
+        return (row[0], row[1], row[2]) if row and row[0] is not None else None  # imported without its frame
 
     def revision(self, slide_id: str, db: sqlite3.Connection | None = None) -> int:
         """Bumped by every change a person makes to the slide (each leaves an audit row)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +106,7 @@ class SlideRun:
     slide: Slide
     tally: Tally
     publish_failures: int = 0
+    store_error: str | None = None  # the slide store failed (disk full?): not in review until imported
 
 
 FieldCallback = Callable[[FieldResult, Tally], None]
@@ -157,8 +159,9 @@ def run_slide(ctx: SlideContext, slide: Slide | None = None) -> SlideRun:
             return
         try:
             getattr(store, method)(*args)
-        except (EdgeError, ValueError) as exc:
-            log.error("slide store: %s not kept (%s); counting goes on without review images", what, exc)
+        except (EdgeError, ValueError, sqlite3.Error, OSError) as exc:
+            log.error("slide store: %s not kept (%s); counting goes on, the journal keeps the cells", what, exc)
+            run.store_error = f"{what}: {exc}"
             store = None
 
     seen: set[str] = set()

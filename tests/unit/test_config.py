@@ -16,7 +16,23 @@ def test_defaults_need_no_file():
 
 
 def test_example_file_matches_the_defaults():
-    assert load_config(ROOT / "config.example.yaml", environ={}) == AppConfig()
+    assert load_config(ROOT / "config.example.yaml", environ={}) == load_config(environ={})
+
+
+def test_state_paths_default_to_one_directory_unless_set_or_nulled(tmp_path, state_dir, monkeypatch):
+    config = load_config(environ={})
+    assert (config.counting.journal, config.mqtt.outbox, config.review.store) == (
+        state_dir / "slides.sqlite", state_dir / "outbox.sqlite", state_dir / "slides-review.sqlite"
+    )  # fmt: skip
+    assert AppConfig().review.store is None  # the model alone stays pure: load_config fills the paths
+    path = tmp_path / "c.yaml"
+    path.write_text(f"counting:\n  journal: null\nreview:\n  store: {tmp_path / 'mine.sqlite'}\n")
+    config = load_config(path, environ={})
+    assert config.counting.journal is None and config.review.store == tmp_path / "mine.sqlite"
+    assert config.mqtt.outbox == state_dir / "outbox.sqlite"
+    monkeypatch.delenv("MARROW_EDGE_STATE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load_config(environ={}).review.store == tmp_path / "xdg" / "marrow-edge" / "slides-review.sqlite"
 
 
 def test_yaml_then_environment_then_overrides(tmp_path):

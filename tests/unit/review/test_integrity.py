@@ -255,3 +255,25 @@ def test_a_store_deleted_or_replaced_under_a_running_process_refuses_to_write(tm
     with pytest.raises(StorageError, match=how):
         desk.sign(desk.slide_id, "Ana Lima", "4321")
     desk.store.close()
+
+
+def test_a_field_without_its_image_keeps_its_cells_without_crops(tmp_path):
+    """review import of a live camera's slide: the frames are gone, the journal's cells are not."""
+    from edge.analysis.field import FieldResult
+    from edge.config import AppConfig
+    from edge.counting.rules import load_rule_pack
+    from edge.counting.tally import Slide
+    from edge.review.recount import slide_setup
+    from edge.review.store import SlideStore
+    from tests.unit.review.slides import CLASSES, make_cell
+
+    store = SlideStore(tmp_path / "s.sqlite")
+    slide = Slide(specimen_id="BM-2")
+    store.begin(slide, slide_setup(CLASSES, load_rule_pack(), AppConfig().counting, None, 64, 0.5, 0.5, 0.15))
+    store.add_field(slide, FieldResult(0, "live-0", 640, 480, [make_cell(0, "blast"), make_cell(1, "monocyte")]), None)
+    cells = store.cells(slide.slide_id)
+    assert [c.machine_class for c in cells] == ["blast", "monocyte"]
+    assert store.image(slide.slide_id, cells[0].cell_id, "crop") is None
+    assert store.fields(slide.slide_id)[0] == {"source": "live-0", "width": 640, "height": 480}
+    assert store.field_image(slide.slide_id, 0) is None
+    store.close()
