@@ -16,8 +16,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,20 @@ def _jpeg(image: np.ndarray, quality: int) -> bytes:
     return data.tobytes()
 
 
+def _writable(path: Path) -> bool:
+    """access(2) answers for this user and for a read-only file system (EROFS, even for root)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Read a store this process may not write. Immutable only on a read-only file system without a
+    WAL file: then no writer can exist and no committed change can hide in a WAL it cannot read."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    if os.statvfs(path).f_flag & os.ST_RDONLY and not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10.0)
+
+
 class SlideStore:
     """The store file; thread-safe, and safe beside another process (the display or the count path)."""
 
@@ -124,18 +140,27 @@ class SlideStore:
         self.field_width = field_width
         self._mutex = threading.Lock()
         self._setups: dict[str, dict[str, Any]] = {}  # a slide's setup never changes: read once, not per field
+        self.read_only = self.path.is_file() and not _writable(self.path)
         with storage(self.path):
             if self.path.is_dir():
                 raise IsADirectoryError(21, "Is a directory")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Two processes share it: no exclusive lock (unlike the journal), WAL and a busy timeout instead.
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            if self.read_only:
+                self._db = _open_read_only(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Two processes share it: no exclusive lock (unlike the journal), WAL and a busy timeout instead.
+                self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
             st = self.path.stat()
             self._identity = (st.st_dev, st.st_ino)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            schema.create(self._db)
-        if keep_days is not None:
+            if not self.read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                schema.create(self._db)
+            else:
+                self._db.execute("SELECT COUNT(*) FROM slide").fetchone()  # a foreign file fails here, clearly
+        if self.read_only:
+            log.warning("slide store %s is read-only here: reports and review can be read, nothing changed", path)
+        elif keep_days is not None:
             self.purge(keep_days)
 
     @contextlib.contextmanager
@@ -169,6 +194,8 @@ class SlideStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic change (IMMEDIATE: the other process waits, never interleaves)."""
+        if self.read_only:
+            raise StorageError(f"the slide store {self.path} is read-only here: it can be read, not changed")
         with self._lock() as db:
             db.execute("BEGIN IMMEDIATE")
             try:

@@ -1,5 +1,6 @@
-"""A full disk under the slide store during a count: the run exits 3 naming the slide, the journal
-keeps its cells, and `review import` brings the slide into the store later (issue 30, item 5).
+"""The slide store when its disk fails (issue 30, item 5). A full disk during a count: the run exits
+3 naming the slide, the journal keeps its cells, and `review import` brings the slide into the store
+later. A read-only file system: reports are still read, a change is refused in one line.
 
 The full disk is real to SQLite: the run's file-size limit (RLIMIT_FSIZE) makes every write past it
 fail with EFBIG, as a full disk fails with ENOSPC; the journal's small writes stay under it."""
@@ -53,3 +54,50 @@ def test_a_full_disk_under_the_store_exits_3_and_the_slide_is_imported_later(bro
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert again.returncode != 0 and "already in the slide store" in again.stderr  # never twice
+
+
+def _read_only_mount(source, target) -> bool:
+    """A read-only bind mount of ``source`` at ``target`` (root with CAP_SYS_ADMIN, as on this project's machines)."""
+    target.mkdir()
+    for command in (["mount", "--bind", str(source), str(target)], ["mount", "-o", "remount,ro,bind", str(target)]):
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            subprocess.run(["umount", str(target)], capture_output=True)
+            return False
+    return True
+
+
+def test_a_read_only_store_still_gives_its_reports_and_refuses_changes_in_one_line(samples, tmp_path):
+    from tests.unit.review.slides import make_desk
+
+    source = tmp_path / "rw"
+    source.mkdir()
+    desk = make_desk(source / "slides.sqlite")
+    desk.sign(desk.slide_id, "Ana Lima", "4321")
+    desk.store.close()
+    mounted = tmp_path / "ro"
+    if not _read_only_mount(source, mounted):
+        import pytest
+
+        pytest.skip("a read-only file system needs mount privileges (root with CAP_SYS_ADMIN)")
+    try:
+        env = {**os.environ, "MARROW_EDGE__REVIEW__STORE": str(mounted / "slides.sqlite")}
+        out = tmp_path / "r.csv"
+        command = ["report", "--slide", desk.slide_id, "--format", "csv", "--out", str(out)]
+        report = subprocess.run(
+            [sys.executable, "-m", "edge.cli", *command],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert report.returncode == 0, report.stderr
+        assert "final" in out.read_text()  # the signed report, read from the read-only store
+        change = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "review", "operator", "add", "Bob", "--pin-stdin"], input="5678\n",
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        errors = [line for line in change.stderr.splitlines() if "error" in line]
+        assert change.returncode == 3 and errors == [
+            f"marrow-edge: error: the slide store {mounted / 'slides.sqlite'} is read-only here: it can be read, "
+            "not changed"
+        ], change.stderr
+        assert "Traceback" not in change.stderr
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True)

@@ -172,3 +172,15 @@ def test_the_api_is_described_by_openapi_and_the_copy_in_schemas_is_current(box)
     assert status == 200 and "/api/slides/{slide_id}/sign" in served["paths"]
     assert served["components"]["schemas"]["SignIn"]["properties"]["revision"]
     assert json.loads(OPENAPI_FILE.read_text()) == document(), "run python -m edge.display.openapi"
+
+
+def test_a_store_broken_under_the_running_display_answers_503_with_one_clear_line(box, tmp_path):
+    display, slide_id = box
+    path = tmp_path / "slides.sqlite"
+    path.unlink()
+    path.write_bytes(b"\0garbage" * 4096)  # a foreign file where the store was
+    status, body, _ = _call(display, "POST", "/api/login", {"name": "Ana Lima", "pin": "4321"})
+    assert status == 503 and "slides.sqlite" in body["error"] and "replaced" in body["error"], body
+    assert "Traceback" not in body["error"]
+    status, body, _ = _call(display, "GET", f"/api/slides/{slide_id}")
+    assert status == 503 and "restart the service" in body["error"]
