@@ -60,6 +60,7 @@ def test_review_reclassify_sign_and_the_final_report_on_mqtt(broker, counted, pa
         page.goto(url + "review")
         page.wait_for_selector(".cell")
         assert page.inner_text("#review-state") == "PRELIMINARY"
+        assert " UTC " in page.inner_text("#slide-select option")  # times say their zone
         trays = page.eval_on_selector_all(".tray", "els => els.map(e => e.dataset.tray)")
         full = [t for t in trays if t != "not_countable" and len(_tray_cells(page, t)) >= 2]
         assert full, "a slide with a class of at least two cells"

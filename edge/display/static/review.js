@@ -41,7 +41,7 @@ async function loadHistory() {
     option.value = s.slide_id;
     const signed = s.signed_version ? ` v${s.signed_version}` : "";
     const lis = ["rejected", "failed"].includes(s.lis) ? ` · LIS ${s.lis.toUpperCase()}` : "";
-    option.textContent = `${s.started.slice(0, 16).replace("T", " ")} ${s.specimen_id || "(no specimen)"} - ${s.state}${signed}${lis}`;
+    option.textContent = `${s.started.slice(0, 16).replace("T", " ")} UTC ${s.specimen_id || "(no specimen)"} - ${s.state}${signed}${lis}`;
     return option;
   }));
   const wanted = new URLSearchParams(location.search).get("slide");
