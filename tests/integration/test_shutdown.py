@@ -58,7 +58,8 @@ def test_messages_never_acknowledged_exit_1_and_say_where_they_are(mosquitto, sa
 
     broker = EmbeddedBroker(binary=mosquitto).start()
     recorder = Recorder(broker.host, broker.port, "marrow/v1/lost-box/#")
-    run = _run(samples, "lost-box", broker, {"MARROW_EDGE__MQTT__PUBLISH_TIMEOUT_S": "2"})
+    no_outbox = {"MARROW_EDGE__MQTT__PUBLISH_TIMEOUT_S": "2", "MARROW_EDGE__MQTT__OUTBOX": ""}  # empty: null
+    run = _run(samples, "lost-box", broker, no_outbox)
     try:
         _wait_fields(recorder, 2)
         recorder.close()
@@ -89,13 +90,14 @@ def test_a_retained_stop_slide_never_ends_a_slide(broker, samples):
     assert replies and replies[0]["ok"] is False and "retained command ignored" in replies[0]["error"]
 
 
-def test_two_boxes_with_one_device_id_stop_with_a_clear_error(broker, samples):
+def test_two_boxes_with_one_device_id_stop_with_a_clear_error(broker, samples, tmp_path):
     # issue 13.11: a second box under the same device id mixed its slides into the first one's topics
     recorder = Recorder(broker.host, broker.port, "marrow/v1/twin-box/#")
-    first = _run(samples, "twin-box", broker, fps="0.5")
+    first = _run(samples, "twin-box", broker, {"MARROW_EDGE_STATE": str(tmp_path / "box-a")}, fps="0.5")
     _wait_fields(recorder, 1)  # the first is counting (16 s for its slide)
     recorder.close()
-    second = _run(samples, "twin-box", broker, fps="0.5")
+    # two boxes: each its own disk (one state directory would refuse the second run before MQTT)
+    second = _run(samples, "twin-box", broker, {"MARROW_EDGE_STATE": str(tmp_path / "box-b")}, fps="0.5")
     try:
         _out2, err2 = second.communicate(timeout=90)
         _out1, err1 = first.communicate(timeout=90)
