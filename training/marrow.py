@@ -156,7 +156,7 @@ def _recipe(args) -> Recipe:
         t_max=None,
         weight_decay=args.weight_decay,
         label_smoothing=0.1,
-        resolution=128,
+        resolution=args.size,
         seed=args.seed,
     )
 
@@ -186,8 +186,8 @@ def train_stage2(args) -> dict:
     _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm, **pretrained)
     return train_classifier(
         network,
-        CellDataset(train["images"], stage2_labels(train["codes"]), 128, STAIN_ROBUST, seed=args.seed),
-        CellDataset(val["images"], stage2_labels(val["codes"]), 128, None),
+        CellDataset(train["images"], stage2_labels(train["codes"]), args.size, STAIN_ROBUST, seed=args.seed),
+        CellDataset(val["images"], stage2_labels(val["codes"]), args.size, None),
         CLASS_NAMES,
         recipe,
         args.out,
@@ -246,8 +246,8 @@ def train_stage1(args) -> dict:
     for split in ("val", "test"):  # kept for checkpoint choice (val) and held-back metrics (test)
         images, labels, _ = data[split]
         np.savez_compressed(args.out / f"{split}_set.npz", images=np.stack(images), labels=np.array(labels))
-    train = CellDataset(data["train"][0], data["train"][1], 128, STAIN_ROBUST, seed=args.seed)
-    val = CellDataset(data["val"][0], data["val"][1], 128, None)
+    train = CellDataset(data["train"][0], data["train"][1], args.size, STAIN_ROBUST, seed=args.seed)
+    val = CellDataset(data["val"][0], data["val"][1], args.size, None)
     return train_classifier(network, train, val, names, recipe, args.out)
 
 
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--weight-decay", type=float, default=1e-5)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--size", type=int, default=128, help="input side in px (the crop cache is 184 px)")
         if name == "stage1":
             p.add_argument("--txl", type=Path, default=DATA / "txl_pbc_detection")
         else:
