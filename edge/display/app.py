@@ -26,7 +26,7 @@ from edge.display.review_api import review_router
 from edge.errors import StorageError
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES
 from edge.review.desk import PinError, ReviewDesk, SignedError, StaleError
-from edge.review.store import ReviewError, UnknownSlideError
+from edge.review.records import ReviewError, UnknownSlideError
 
 log = logging.getLogger(__name__)
 

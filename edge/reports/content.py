@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge.mqtt.messages import MessageFactory, Provenance, ReportMessage, RuleOut, SignedReportMessage
+from edge.review.records import NOT_COUNTABLE, ReviewError, SlideRecord, StoredCell
 from edge.review.recount import as_slide, classes_of, recount
-from edge.review.store import NOT_COUNTABLE, ReviewError, SlideRecord, SlideStore, StoredCell
+from edge.review.store import SlideStore
 
 Status = Literal["preliminary", "final", "amended"]
 

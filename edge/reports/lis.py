@@ -23,8 +23,9 @@ from pathlib import Path
 
 from edge.reports.content import load_report
 from edge.reports.hl7v2 import END, START, Parties, control_id, frame, parse_ack, to_oru
+from edge.review.records import now
 from edge.review.schema import has_table
-from edge.review.store import SlideStore, now
+from edge.review.store import SlideStore
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from edge.mqtt.messages import AuditOut, ChangeOut, MessageFactory, Provenance, 
 from edge.mqtt.topics import Topics
 from edge.review import audit, schema
 from edge.review.operators import LOCK_MINUTES, Operators
+from edge.review.records import NOT_COUNTABLE, ReviewError, now
 from edge.review.recount import as_slide, recount, trays
-from edge.review.store import NOT_COUNTABLE, ReviewError, SlideStore, now
+from edge.review.store import SlideStore
 
 log = logging.getLogger(__name__)
 

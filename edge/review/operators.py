@@ -16,7 +16,8 @@ import logging
 import re
 import secrets
 
-from edge.review.store import ReviewError, SlideStore, now
+from edge.review.records import ReviewError, now
+from edge.review.store import SlideStore
 
 log = logging.getLogger(__name__)
 

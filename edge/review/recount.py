@@ -17,7 +17,7 @@ from edge.analysis.field import Cell, FieldResult
 from edge.counting.rules import RulePack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import ClassSpec, DomainGuardSpec
-from edge.review.store import NOT_COUNTABLE, SlideRecord, StoredCell
+from edge.review.records import NOT_COUNTABLE, SlideRecord, StoredCell
 
 
 def slide_setup(

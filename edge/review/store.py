@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,73 +31,11 @@ from edge.analysis.crops import crop_cells
 from edge.analysis.field import FieldResult
 from edge.counting.tally import Slide
 from edge.durable import storage
-from edge.errors import EdgeError, StorageError
-from edge.review import schema
+from edge.errors import StorageError
+from edge.review import retention, schema
+from edge.review.records import SlideRecord, StoredCell, UnknownSlideError, flags_of
 
 log = logging.getLogger(__name__)
-
-# Stage 1's P(countable) this close to its threshold: the countable decision was a near thing.
-STAGE1_BAND = 0.15
-# The reviewed label that takes a cell out of the count in any bundle (with or without such a class).
-NOT_COUNTABLE = "not_countable"
-
-
-class ReviewError(EdgeError):
-    """A review request that cannot be done as asked (unknown slide or cell, a signed slide, a bad label)."""
-
-    exit_code = 2
-
-
-class UnknownSlideError(ReviewError):
-    """No such slide in the store."""
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class StoredCell:
-    cell_id: int
-    field_index: int
-    box: tuple[float, float, float, float]
-    detector_score: float
-    machine_class: str  # what stage 2 said
-    class_probability: float
-    margin: float  # top minus second probability
-    probabilities: list[float]
-    p_countable: float
-    countable: bool  # the machine's decision
-    why_not: str | None
-    colour: list[float] | None
-    label: str | None  # the reviewed class (or NOT_COUNTABLE); None: not changed by a person
-    has_crop: bool
-    flags: list[str]  # why the cell needs a person's look (flags_of), as the count path judged it
-
-    @property
-    def machine_tray(self) -> str:
-        return self.machine_class if self.countable else NOT_COUNTABLE
-
-    @property
-    def tray(self) -> str:
-        """Where the cell sits now: its reviewed label, else the machine's call."""
-        return self.label if self.label is not None else self.machine_tray
-
-
-@dataclass(frozen=True)
-class SlideRecord:
-    slide_id: str
-    specimen_id: str | None
-    device_id: str | None
-    source: str | None
-    started: str
-    ended: str | None
-    state: str  # counting | finished | signed | amended | interrupted
-    setup: dict[str, Any]
-    machine_report: dict[str, Any] | None
-    cells_dropped: int
-    signed_version: int  # 0: never signed
-
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -212,45 +149,8 @@ class SlideStore:
 
     # -- retention ---------------------------------------------------------------------------
     def purge(self, keep_days: float) -> int:
-        """Delete slides started more than ``keep_days`` ago, with everything kept for them; each is
-        first written into ``purged`` (the triggers let only such a slide's audit and sign-offs go).
-
-        Never deleted: a signed slide whose report the broker has not acknowledged or the LIS has not
-        taken, and nothing at all when the clock looks wrong (behind the newest slide, or so far past
-        it that every slide would go: a clock that jumped, not a lab that stopped counting)."""
-        t = dt.datetime.now(dt.timezone.utc)
-        cutoff = (t - dt.timedelta(days=keep_days)).isoformat()
-        with self.transaction() as db:
-            newest = db.execute("SELECT MAX(started) FROM slide").fetchone()[0]
-            if newest is not None and not _clock_plausible(newest, t, keep_days):
-                log.warning(
-                    "slide store %s: the clock (%s) is behind or far past the newest slide (%s): retention "
-                    "deletes nothing until it is right",
-                    self.path, t.isoformat(timespec="seconds"), newest,
-                )  # fmt: skip
-                return 0
-            undelivered = "SELECT slide_id FROM signoff WHERE published = 0"
-            if schema.has_table(db, "lis_outbox"):
-                undelivered += " UNION SELECT slide_id FROM lis_outbox WHERE state != 'delivered'"
-            old = db.execute(
-                f"SELECT slide_id, specimen_id, started, state FROM slide WHERE started < ? "
-                f"AND slide_id NOT IN ({undelivered})",  # fixed SQL text
-                (cutoff,),
-            ).fetchall()
-            for slide_id, specimen_id, started, state in old:
-                db.execute(
-                    "INSERT OR IGNORE INTO purged (slide_id, specimen_id, started, state, time, reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (slide_id, specimen_id, started, state, now(), f"review.keep_days {keep_days:g}"),
-                )
-                for table in ("cell", "field", "audit", "signoff", "slide"):
-                    db.execute(f"DELETE FROM {table} WHERE slide_id = ?", (slide_id,))  # fixed column/table names
-        if old:
-            log.warning(
-                "slide store %s: retention (review.keep_days %g) deleted %d slide(s): %s",
-                self.path, keep_days, len(old), ", ".join(f"{r[0]} ({r[1] or '-'}, {r[3]})" for r in old),
-            )  # fmt: skip
-        return len(old)
+        """Retention (edge/review/retention.py): slides older than ``keep_days`` go, with their crops."""
+        return retention.purge(self, keep_days)
 
     # -- the count path writes ---------------------------------------------------------------
     def begin(self, slide: Slide, setup: dict[str, Any], device_id: str | None = None) -> None:
@@ -470,21 +370,3 @@ class SlideStore:
     def mark_published(self, slide_id: str, version: int) -> None:
         with self.transaction() as db:
             db.execute("UPDATE signoff SET published = 1 WHERE slide_id = ? AND version = ?", (slide_id, version))
-
-
-def _clock_plausible(newest: str, t: dt.datetime, keep_days: float) -> bool:
-    newest_t = dt.datetime.fromisoformat(newest)
-    newest_t = newest_t if newest_t.tzinfo else newest_t.replace(tzinfo=dt.timezone.utc)
-    return newest_t <= t + dt.timedelta(hours=1) and t - newest_t < dt.timedelta(days=keep_days)
-
-
-def flags_of(countable: bool, top: float, margin: float, p_countable: float, setup: dict[str, Any]) -> list[str]:
-    """Why a cell needs a person's look (empty: it does not)."""
-    flags = []
-    if countable and top < setup["review_below"]:
-        flags.append("low_probability")
-    if countable and margin < setup["flag_margin"]:
-        flags.append("close_call")
-    if abs(p_countable - setup["countable_threshold"]) < STAGE1_BAND:
-        flags.append("stage1_borderline")
-    return flags

@@ -17,7 +17,7 @@ from edge.reports.fhir import to_fhir
 from edge.reports.hl7v2 import control_id, escape, parse_ack, to_oru
 from edge.reports.pdf import to_pdf
 from edge.reports.tables import cells_csv, differential_csv
-from edge.review.store import ReviewError
+from edge.review.records import ReviewError
 from tests.unit.review.slides import make_desk
 
 

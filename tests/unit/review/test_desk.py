@@ -12,7 +12,8 @@ from edge.errors import StorageError
 from edge.mqtt.messages import SignedReportMessage
 from edge.mqtt.topics import Topics
 from edge.review.desk import ReviewDesk, SignedError
-from edge.review.store import NOT_COUNTABLE, ReviewError, SlideStore
+from edge.review.records import NOT_COUNTABLE, ReviewError
+from edge.review.store import SlideStore
 from tests.unit.review.slides import count_slide, make_desk
 
 

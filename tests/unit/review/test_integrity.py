@@ -20,8 +20,9 @@ from edge.mqtt.messages import SignedReportMessage
 from edge.review import audit
 from edge.review.cli import verify
 from edge.review.desk import ReviewDesk, SignedError, StaleError
+from edge.review.records import ReviewError
 from edge.review.recount import recount
-from edge.review.store import ReviewError, SlideStore
+from edge.review.store import SlideStore
 from tests.unit.review.slides import count_slide, make_desk
 
 TRAYS = ["blast", "lymphocyte", "monocyte"]
