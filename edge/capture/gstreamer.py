@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from edge.capture.cameras import OpenCVCamera
+from edge.capture.devices import OpenCVCamera
 from edge.capture.source import Frame
 from edge.config import GStreamerSource
 from edge.errors import CameraError

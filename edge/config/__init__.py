@@ -34,7 +34,7 @@ from edge.config.sources import (
     SourceConfig,
     V4L2Source,
 )
-from edge.config.state import with_state_paths
+from edge.config.state import FILES, state_dir
 from edge.errors import ConfigError
 
 __all__ = [
@@ -479,3 +479,14 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
     return with_state_paths(config)
+
+
+def with_state_paths(config: AppConfig) -> AppConfig:
+    """Fill every state path the config left unset (not: set to null) with its file in ``state_dir()``."""
+    base = state_dir()
+    slots = ((config.counting, "journal"), (config.mqtt, "outbox"), (config.review, "store"))
+    for section, name in slots:
+        if name not in section.model_fields_set:
+            setattr(section, name, base / FILES[name])
+            section.model_fields_set.discard(name)  # still "not set by the user" for a later merge
+    return config

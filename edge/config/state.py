@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edge.config.base import CHECKOUT, DATA_DIR
-
-if TYPE_CHECKING:
-    from edge.config import AppConfig
 
 # the same names the installed systemd units give them
 FILES = {"journal": "slides.sqlite", "outbox": "outbox.sqlite", "store": "slides-review.sqlite"}
@@ -31,14 +27,3 @@ def state_dir() -> Path:
         return DATA_DIR
     home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(home) / "marrow-edge"
-
-
-def with_state_paths(config: AppConfig) -> AppConfig:
-    """Fill every state path the config left unset (not: set to null) with its file in ``state_dir()``."""
-    base = state_dir()
-    slots = ((config.counting, "journal"), (config.mqtt, "outbox"), (config.review, "store"))
-    for section, name in slots:
-        if name not in section.model_fields_set:
-            setattr(section, name, base / FILES[name])
-            section.model_fields_set.discard(name)  # still "not set by the user" for a later merge
-    return config

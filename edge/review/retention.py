@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING
+import sqlite3
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
 
 from edge.review import schema
 from edge.review.records import now
 
-if TYPE_CHECKING:
-    from edge.review.store import SlideStore
-
 log = logging.getLogger(__name__)
 
 
-def purge(store: SlideStore, keep_days: float) -> int:
+class Store(Protocol):
+    """What retention needs of the slide store (not the class itself: the store calls retention)."""
+
+    path: Path
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+
+def purge(store: Store, keep_days: float) -> int:
     """Delete slides started more than ``keep_days`` ago, with everything kept for them; each is
     first written into ``purged`` (the triggers let only such a slide's audit and sign-offs go).
 

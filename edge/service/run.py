@@ -178,7 +178,7 @@ class CountingService:
             max_fields = self.request.max_fields
             self.console.total = min(len(source.paths), max_fields) if max_fields else len(source.paths)
         if self.request.fps:
-            from edge.capture.cameras import Paced
+            from edge.capture.devices import Paced
 
             source = Paced(source, self.request.fps)
         return source

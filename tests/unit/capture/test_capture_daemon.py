@@ -8,8 +8,9 @@ import uuid
 import numpy as np
 import pytest
 
-from edge.capture.cameras import OpenCVCamera, Paced, Reconnecting, load_script, open_camera
+from edge.capture.cameras import load_script, open_camera
 from edge.capture.daemon import CaptureThread, GatedRingSource, capture_loop
+from edge.capture.devices import OpenCVCamera, Paced, Reconnecting
 from edge.capture.ring import FrameRing, RingReader
 from edge.capture.simulator import SimulatedMicroscope, build_slide
 from edge.capture.source import Frame

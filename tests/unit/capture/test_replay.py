@@ -56,11 +56,11 @@ def test_unusable_sources(tmp_path):
 
 
 def test_paced_replay_does_not_wait_for_fields_counted_before_a_restart(samples, monkeypatch):
-    from edge.capture import cameras
+    from edge.capture import devices
 
     slept: list[float] = []
-    monkeypatch.setattr(cameras.time, "sleep", slept.append)  # count the waits instead of waiting
-    paced = cameras.Paced(open_replay(samples), fps=2)
+    monkeypatch.setattr(devices.time, "sleep", slept.append)  # count the waits instead of waiting
+    paced = devices.Paced(open_replay(samples), fps=2)
     names = sorted(p.name for p in samples.glob("*.jpg"))
     paced.skip = set(names[:6])
     frames = list(paced.frames())
