@@ -356,8 +356,9 @@ def load_torch_models(bundle: Bundle, weights: Path | None = None) -> tuple[Dete
             "engine.torch_weights is not set: the torch backend needs the checkpoints the bundle was exported from"
         )
     detector, classifier, trained = load_graphs(
-        manifest.profile, len(manifest.classes), tuple(manifest.detector.labels), Path(folder), require_all=True
-    )
+        manifest.profile, len(manifest.classes), tuple(manifest.detector.labels), Path(folder), require_all=True,
+        stage2=tuple(manifest.classifier.stage2),
+    )  # fmt: skip
     if not trained:
         raise EngineError(f"no PyTorch weights found in {folder}")
     return detector, classifier

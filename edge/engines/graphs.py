@@ -283,9 +283,11 @@ def load_graphs(
     weights_dir: Path | None,
     require_all: bool = False,
     seed: int = 0,
+    stage2: tuple[str, ...] | None = None,
 ) -> tuple[DetectorGraph, FusedClassifier, bool]:
     """A profile's two graphs with the state dicts in ``weights_dir``, and whether any weights were
-    loaded (False: untrained).
+    loaded (False: untrained). ``stage2``: the members a bundle's manifest names (a bundle made
+    before its profile changed keeps its own); default the profile's.
 
     ``require_all``: every model must find its weights (a runtime backend must never run a
     half-random ensemble); otherwise a missing file leaves that model random, with a warning.
@@ -294,7 +296,8 @@ def load_graphs(
     torch.manual_seed(seed)
     detector = build_detector(profile, num_classes=len(detector_labels) + 1)
     stage1 = build_classifier(profile.stage1, 2)
-    members = [build_classifier(arch, num_classes) for arch in profile.stage2]
+    archs = stage2 or profile.stage2
+    members = [build_classifier(arch, num_classes) for arch in archs]
     trained = False
     if weights_dir is not None:
         parts: list[tuple[nn.Module, str, str]] = [
@@ -303,7 +306,7 @@ def load_graphs(
         ]
         parts += [
             (m, f"stage2_{i}.pt", f"stage-2 member {arch} ({num_classes} classes)")
-            for i, (m, arch) in enumerate(zip(members, profile.stage2, strict=True))
+            for i, (m, arch) in enumerate(zip(members, archs, strict=True))
         ]
         for module, file, what in parts:
             path = weights_dir / file

@@ -147,3 +147,20 @@ def test_compile_wraps_the_networks_and_says_so(bundle, monkeypatch):
     assert model.name.endswith("-compiled") and model.providers[0].endswith(":compiled")
     config = AppConfig(engine={"type": "torch", "device": "cpu", "precision": "fp32", "compile": True})
     assert config.engine.compile is True
+
+
+def test_a_bundle_keeps_its_own_members_when_its_profile_changes_later(tmp_path):
+    """The manifest names the stage-2 members the bundle was made with: the torch loader builds
+    those, not whatever the profile in the code says today (a one-member bundle of a profile that
+    has two since must still load, with all its weights and none missing)."""
+    from edge.engines.graphs import PROFILES, build_classifier, build_detector, load_graphs
+
+    profile = PROFILES["lite"]
+    torch.save(build_detector(profile, num_classes=2).state_dict(), tmp_path / "detector.pt")
+    torch.save(build_classifier(profile.stage1, 2).state_dict(), tmp_path / "stage1.pt")
+    torch.save(build_classifier("mobilenet_v3_small", 4).state_dict(), tmp_path / "stage2_0.pt")
+    _, classifier, trained = load_graphs("lite", 4, ("WBC",), tmp_path, require_all=True,
+                                         stage2=("mobilenet_v3_small",))  # fmt: skip
+    assert trained and len(classifier.members) == 1
+    with pytest.raises(Exception, match="stage2_0.pt|stage2_1.pt|size mismatch"):
+        load_graphs("lite", 4, ("WBC",), tmp_path, require_all=True)  # the profile's three members: not these
