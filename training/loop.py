@@ -39,6 +39,7 @@ class Recipe:
     resolution: int = 224
     seed: int = 0
     workers: int = 0
+    class_balanced: bool = False  # loss weights 1/frequency (mean 1): a rare class costs as much as a common one
 
 
 def seed_everything(seed: int) -> None:
@@ -152,6 +153,13 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> tuple[n
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Loss weight per class, 1/frequency scaled to mean 1 over the classes present (absent: 0)."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    return torch.tensor(inverse / inverse[counts > 0].mean(), dtype=torch.float32)
+
+
 def train_classifier(
     network: nn.Module,
     train_set: CellDataset,
@@ -170,7 +178,8 @@ def train_classifier(
     model = nn.Sequential(NormalisedInput(), network)
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.t_max or recipe.epochs)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    weight = balanced_weights(train_set.labels, len(class_names)) if recipe.class_balanced else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
     book = RunBook(out_dir, recipe, model, optimiser, scheduler, metric="val_macro_f1")
     generator = torch.Generator().manual_seed(recipe.seed)
     extra = book.resume() if resume else None

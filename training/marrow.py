@@ -158,6 +158,7 @@ def _recipe(args) -> Recipe:
         label_smoothing=0.1,
         resolution=args.size,
         seed=args.seed,
+        class_balanced=getattr(args, "balanced", False),
     )
 
 
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument(
                 "--norm", choices=["batch", "group"], default="batch", help="group: batch norm swapped for group norm"
             )
+            p.add_argument("--balanced", action="store_true", help="class-balanced loss (weights 1/frequency)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "crops":

@@ -39,6 +39,14 @@ def test_classifier_training_lowers_the_loss_and_resumes(tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]  # epochs 1-3 came from the checkpoint
 
 
+def test_class_balanced_weights_make_a_rare_class_cost_as_much_as_a_common_one():
+    from training.loop import balanced_weights
+
+    weights = balanced_weights(np.array([0] * 20 + [1] * 4 + [3] * 4), 4)
+    assert weights[2] == 0 and abs(float(weights[[0, 1, 3]].mean()) - 1.0) < 1e-6
+    assert abs(float(weights[1] / weights[0]) - 5.0) < 1e-5  # 20 vs 4 cells: each rare cell weighs 5 times more
+
+
 def test_detector_steps_lower_the_loss():
     torch.manual_seed(0)
     torch.set_num_threads(1)
