@@ -138,12 +138,14 @@ def test_without_a_gpu_there_is_no_probe(tmp_path, monkeypatch):
     assert find_gpu(tmp_path) is None
 
 
-def _metrics(appliance, samples, tmp_path):
+def _metrics(appliance, samples, tmp_path, stats=None, lis=None):
+    """A box with a (faked Jetson) GPU that counted a slide; ``stats``/``lis``: its run counters and LIS backlog."""
     publisher, topics = MemoryPublisher(), Topics("marrow/v1", "box-1")
     factory = MessageFactory("box-1", appliance.provenance)
     current = CurrentSlide(publisher, topics, factory, keep_slides=5)
     _jetson(tmp_path)
-    health = HealthReporter(publisher, factory, RunStats(), "onnxruntime", 10.0, tmp_path, gpu=find_gpu(tmp_path))
+    health = HealthReporter(publisher, factory, stats or RunStats(), "onnxruntime", 10.0, tmp_path,
+                            gpu=find_gpu(tmp_path), lis=lis)  # fmt: skip
     publisher.outbox, publisher.unconfirmed = None, 0  # what health reads of an MQTT publisher
     run = _count(appliance, samples, publisher, current)
     collector = ApplianceCollector(lambda: health.message(new_window=False), lambda: current.latest, "box-1",

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.config import load_config
 from edge.service.pipeline import build_appliance
-from tests.unit.service.test_dashboards import _count, _jetson
+from tests.unit.service.test_dashboards import _metrics
 
 FLEET = Path(__file__).resolve().parents[3] / "docs" / "fleet"
 METRIC = re.compile(r"\bmarrow_edge_[a-z_]+")
@@ -26,35 +26,21 @@ def appliance():
 
 
 def _exported(appliance, samples, tmp_path) -> set[str]:
-    """Every series name of a box with a GPU, a current slide and a LIS backlog."""
-    from edge.mqtt.memory import MemoryPublisher
-    from edge.mqtt.messages import MessageFactory
-    from edge.mqtt.topics import Topics
+    """Every series name of a box with a GPU, a current slide, stage latencies and a LIS backlog."""
     from edge.reports.lis import lis_backlog
-    from edge.service.current import CurrentSlide
-    from edge.service.gpu import find_gpu
-    from edge.service.health import HealthReporter, RunStats
-    from edge.service.metrics import ApplianceCollector
+    from edge.service.health import RunStats
     from tests.unit.review.slides import make_desk
 
-    publisher, topics = MemoryPublisher(), Topics("marrow/v1", "box-1")
-    publisher.outbox, publisher.unconfirmed = None, 0
-    factory = MessageFactory("box-1", appliance.provenance)
-    current = CurrentSlide(publisher, topics, factory, keep_slides=5)
-    _jetson(tmp_path / "root")
     desk = make_desk(tmp_path / "slides.sqlite")
     stats = RunStats()
     stats.field({"detect": 12.0, "classify": 30.0})  # a box that has counted a field has stage latencies
-    health = HealthReporter(publisher, factory, stats, "onnxruntime", 10.0, tmp_path,
-                            gpu=find_gpu(tmp_path / "root"), lis=lambda: lis_backlog(desk.store))  # fmt: skip
-    _count(appliance, samples, publisher, current)
-    collector = ApplianceCollector(lambda: health.message(new_window=False), lambda: current.latest, "box-1",
-                                   appliance.provenance)  # fmt: skip
+    collector, _, _ = _metrics(appliance, samples, tmp_path / "box", stats, lambda: lis_backlog(desk.store))
     registry = CollectorRegistry()
     registry.register(collector)
     families = text_string_to_metric_families(generate_latest(registry).decode())
+    names = {s.name for f in families for s in f.samples}
     desk.store.close()
-    return {s.name for f in families for s in f.samples}
+    return names
 
 
 def _exprs(node) -> list[str]:
