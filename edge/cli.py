@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from edge import __version__
 from edge.engines.library import add_parser as bundle_parser
 from edge.errors import EdgeError
+from edge.fleet.cli import add_parsers as fleet_parsers
 from edge.reports.cli import add_parser as report_parser
 from edge.review.cli import add_parser as review_parser
+from edge.systemd import serve_until_terminated
 
 if TYPE_CHECKING:
     from edge.config import AppConfig
@@ -109,19 +111,6 @@ def _capture_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exposure", type=float, help="camera exposure (device units)")
 
 
-def _monitor_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "monitor",
-        help="lab side: a live table of every box publishing to a broker",
-        description="Subscribe to the status, tallies and reports of every box under the topic prefix and "
-        "print a table (device, state, slide, cells counted, rule states) whenever it changes.",
-    )
-    p.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
-    p.add_argument("--prefix", default="marrow/v1", help="topic prefix (default: marrow/v1)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until Ctrl-C)")
-    p.add_argument("--config", type=Path, help="YAML config: mqtt credentials and TLS for the lab broker")
-
-
 def _display_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "display",
@@ -148,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub)
     _capture_parser(sub)
-    _monitor_parser(sub)
+    fleet_parsers(sub)
     _display_parser(sub)
     review_parser(sub)
     report_parser(sub)
@@ -295,42 +284,16 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_monitor(args: argparse.Namespace) -> int:
-    from edge.config import parse_mqtt_url
-    from edge.mqtt.monitor import monitor
-
-    try:
-        host, port = parse_mqtt_url(args.broker)
-    except ValueError as exc:
-        raise EdgeError(str(exc)) from None
-    from edge.config import load_config
-
-    mqtt_config = load_config(args.config).mqtt.model_copy(update={"url": args.broker})  # mqtts:// -> TLS
-    monitor(host, port, args.prefix, sys.stdout, args.duration, config=mqtt_config)
-    return 0
-
-
 def _cmd_display(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from edge.config import parse_mqtt_url
     from edge.display.server import Display
 
     where = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     config = _load_config(args, {"display": where} if where else {})
     host, port = parse_mqtt_url(config.mqtt.url) if config.mqtt.url else ("127.0.0.1", 1883)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     display = Display(config, host, port).start()
-    sys.stdout.write(f"display: {display.url} showing {config.device_id} from mqtt://{host}:{port}\n")
-    sys.stdout.flush()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        display.stop()
-    return 0
+    line = f"display: {display.url} showing {config.device_id} from mqtt://{host}:{port}"
+    return serve_until_terminated(line, display.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,7 +307,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {
             "run": _cmd_run,
             "capture": _cmd_capture,
-            "monitor": _cmd_monitor,
             "display": _cmd_display,
         }
         handler = commands.get(args.command) or args.handler

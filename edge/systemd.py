@@ -1,10 +1,14 @@
 """systemd's notify protocol (READY, WATCHDOG, STATUS) without a dependency: the capture daemon
-and the count pipeline are Type=notify units with a watchdog."""
+and the count pipeline are Type=notify units with a watchdog; pages served until SIGTERM."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
+import threading
+from collections.abc import Callable
 
 
 def sd_notify(message: str) -> bool:
@@ -27,3 +31,18 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2e6
+
+
+def serve_until_terminated(line: str, stop: Callable[[], None]) -> int:
+    """A page server already started: say where (``line``, the first line of stdout, which tests and
+    scripts read), then wait for SIGTERM or Ctrl-C and ``stop`` it. Exit status 0."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        stop()
+    return 0

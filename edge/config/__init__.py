@@ -35,6 +35,7 @@ from edge.config.sources import (
     V4L2Source,
 )
 from edge.config.state import FILES, state_dir
+from edge.config.web import DisplayConfig, FleetConfig
 from edge.errors import ConfigError
 
 __all__ = [
@@ -43,7 +44,9 @@ __all__ = [
     "ENGINE_TYPES",
     "PACKAGE_ROOT",
     "AppConfig",
+    "DisplayConfig",
     "EngineConfig",
+    "FleetConfig",
     "GStreamerSource",
     "GenICamSource",
     "OnnxRuntimeEngine",
@@ -206,33 +209,6 @@ class MetricsConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to serve on; 0.0.0.0 lets the lab's Prometheus scrape.")
 
 
-class DisplayConfig(Strict):
-    """``marrow-edge display``: the page at the microscope."""
-
-    host: str = Field(
-        "127.0.0.1", description="Address the page is served on; 0.0.0.0 lets a tablet on the bench reach it."
-    )
-    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (tests).")
-    command_timeout_s: float = Field(5.0, gt=0, description="Longest wait for the box's reply to a button.")
-    login: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="Page login: auto asks for one when the display is served off loopback; never refuses to "
-        "serve off loopback.",
-    )
-    tls_cert: Path | None = Field(None, description="The lab's certificate (PEM) for the display off loopback.")
-    tls_key: Path | None = Field(None, description="Its private key (PEM).")
-    session_hours: float = Field(8.0, gt=0, description="A login lasts this long (one shift).")
-    allowed_hosts: list[str] = Field(
-        default_factory=list,
-        description="Names the page is reached under besides loopback, IP addresses and the box's own host name "
-        "(a request for any other Host is refused: DNS rebinding).",
-    )
-    read_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="A client must send its request (headers and body) within this; else closed."
-    )
-    keep_alive_s: float = Field(5.0, gt=0, le=300, description="An idle kept-alive connection is closed after this.")
-
-
 class ReviewConfig(Strict):
     """The slide store: every cell's crops kept with its slide for the technician's review and sign-off."""
 
@@ -315,6 +291,7 @@ class AppConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     display: DisplayConfig = Field(default_factory=DisplayConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)

@@ -61,7 +61,7 @@ def create_app(state: WebState) -> FastAPI:
     app.include_router(auth_router(state.sessions, operators, LoginThrottle()))
     if state.desk is not None:
         app.include_router(review_router(state.desk, state.sessions, state.config))
-    _errors(app)
+    install_errors(app)
     app.add_middleware(
         Guard,
         sessions=state.sessions,
@@ -74,7 +74,8 @@ def create_app(state: WebState) -> FastAPI:
     return app
 
 
-def _errors(app: FastAPI) -> None:
+def install_errors(app: FastAPI) -> None:
+    """One JSON error shape for every route of an app (the fleet page uses it too)."""
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 

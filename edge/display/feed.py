@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
 from edge.mqtt.messages import (
     StatusMessage,
 )
-from edge.mqtt.publisher import make_client
+from edge.mqtt.publisher import make_client, start_loop
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -207,15 +206,7 @@ class DisplayFeed:
 
     def start(self, wait_s: float = 5.0) -> DisplayFeed:
         """Connect (retrying in the background if the broker is not up yet)."""
-        try:
-            self._client.connect(self.host, self.port, keepalive=self.config.keepalive_s)
-        except OSError as exc:
-            log.warning("display: broker mqtt://%s:%d not reachable yet (%s); retrying", self.host, self.port, exc)
-            self._client.connect_async(self.host, self.port, keepalive=self.config.keepalive_s)
-        self._client.loop_start()
-        deadline = time.monotonic() + wait_s
-        while not self._client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        start_loop(self._client, self.host, self.port, self.config.keepalive_s, wait_s, "display")
         return self
 
     def stop(self) -> None:

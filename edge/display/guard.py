@@ -75,6 +75,8 @@ class Guard:
         max_body_bytes: int,
         read_timeout_s: float,
         command_body_bytes: int | None = None,
+        pages: frozenset[str] | None = None,
+        open_paths: frozenset[str] = OPEN,
     ) -> None:
         self.app = app
         self.sessions = sessions
@@ -83,6 +85,8 @@ class Guard:
         self.max_body = max_body_bytes
         self.command_body = command_body_bytes or max_body_bytes  # a button's body goes to MQTT as it is
         self.read_timeout_s = read_timeout_s
+        self.pages = frozenset(PAGES) if pages is None else pages  # sent to the login page, not answered 401
+        self.open = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,14 +101,14 @@ class Guard:
         path: str = scope["path"]
         session = self.sessions.get(headers.get("cookie"))
         scope.setdefault("state", {})["session"] = session  # the routes' dependencies read it (one lookup)
-        if self.login_required and session is None and path not in OPEN:
-            if path in PAGES:
+        if self.login_required and session is None and path not in self.open:
+            if path in self.pages:
                 await _respond(send, 303, b"", "text/plain", [(b"location", f"/login?next={quote(path)}".encode())])
             else:
                 await _error(send, 401, "sign in first (name and PIN)")
             return
         if scope["method"] == "POST":
-            limit = self.command_body if path.startswith("/api/command/") else self.max_body
+            limit = self.command_body if "/command/" in path else self.max_body
             refusal = self._refuse_post(headers, session, path, limit)
             if refusal is not None:
                 await _error(send, *refusal)

@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from edge.config import AppConfig
+from edge.config import AppConfig, DisplayConfig
 from edge.display.app import WebState, create_app
 from edge.display.auth import Sessions
 from edge.display.feed import DisplayFeed
@@ -153,7 +153,7 @@ class Display:
         topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.feed = DisplayFeed(broker_host, broker_port, topics, config.mqtt)
         where = config.display
-        login_required, tls = _exposure(config)
+        login_required, tls = exposure(config.display)
         self._own_store = store is None and config.review.store is not None
         if store is None and config.review.store is not None:
             store = SlideStore(config.review.store, config.review.keep_days)
@@ -192,27 +192,26 @@ class Display:
             self.store.close()
 
 
-def _exposure(config: AppConfig) -> tuple[bool, tuple[str, str] | None]:
-    """(login required, TLS certificate and key) for where the page is served. Off loopback: both, or refuse."""
-    where = config.display
+def exposure(where: DisplayConfig, section: str = "display") -> tuple[bool, tuple[str, str] | None]:
+    """(login required, TLS certificate and key) for where a page is served. Off loopback: both, or refuse."""
     local = is_loopback(where.host)
     if not local and where.login == "never":
         raise ConfigError(
-            f"display.host {where.host} is off loopback and display.login is never: the page would let anyone on "
-            "the network change counts; serve on 127.0.0.1 or allow the login"
+            f"{section}.host {where.host} is off loopback and {section}.login is never: the page would let anyone on "
+            "the network act on the box; serve on 127.0.0.1 or allow the login"
         )
     tls = None
     if where.tls_cert or where.tls_key:
         if not (where.tls_cert and where.tls_key):
-            raise ConfigError("display.tls_cert and display.tls_key go together")
+            raise ConfigError(f"{section}.tls_cert and {section}.tls_key go together")
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(where.tls_cert, where.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"display TLS: cannot load {where.tls_cert} / {where.tls_key}: {exc}") from None
+            raise ConfigError(f"{section} TLS: cannot load {where.tls_cert} / {where.tls_key}: {exc}") from None
         tls = (str(where.tls_cert), str(where.tls_key))
     elif not local:
         raise ConfigError(
-            f"display.host {where.host} is off loopback: set display.tls_cert and display.tls_key (the lab's "
+            f"{section}.host {where.host} is off loopback: set {section}.tls_cert and {section}.tls_key (the lab's "
             "certificate) so names, PINs and results do not cross the network in clear text"
         )
     return (not local and where.login != "never") or where.login == "always", tls

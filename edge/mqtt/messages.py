@@ -129,6 +129,11 @@ class LisBacklogOut(_Model):
     oldest_s: int | None = Field(description="Age of the oldest undelivered report in seconds; null when none waits.")
 
 
+class CpuOut(_Model):
+    load_percent: float = Field(description="One-minute load average over the cores, in percent.")
+    temperature_c: float | None = Field(description="The hottest thermal zone; null where none is readable.")
+
+
 class HealthMessage(Envelope):
     """Periodic health of the box (``mqtt.health_interval_s``)."""
 
@@ -149,6 +154,10 @@ class HealthMessage(Envelope):
     disk_alarm: bool = Field(False, description="Under 200 MB free there: the journal will soon fail.")
     gpu: GpuOut | None = Field(None, description="The GPU's load, memory and temperature; null without one.")
     lis: LisBacklogOut | None = Field(None, description="The LIS backlog; null when no LIS is configured.")
+    cpu: CpuOut | None = Field(None, description="The CPU's load and temperature; null where not readable.")
+    interval_s: float | None = Field(
+        None, gt=0, description="Seconds to the next health message: a dashboard calls the box offline after it."
+    )
 
 
 class CellOut(_Model):
@@ -302,6 +311,9 @@ class CurrentSlideMessage(Envelope):
     target_count: int | None
     progress: float = Field(ge=0.0, le=1.0)
     percent: dict[str, float] = Field(description="Per class, of the counted cells.")
+    intervals: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Per class, the 95% interval of its percentage (low, high)."
+    )
     rules: dict[str, RuleOutcome] = Field(description="Each rule's state, by rule id.")
     rule_state: RuleOutcome = Field(
         description="The slide's call: positive if any rule is, else indeterminate if any is, else negative "

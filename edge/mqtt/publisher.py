@@ -66,6 +66,20 @@ def make_client(config: MqttConfig, name: str) -> mqtt.Client:
     return client
 
 
+def start_loop(client: mqtt.Client, host: str, port: int, keepalive: int, wait_s: float, who: str) -> None:
+    """A subscriber's connection: connect (or keep trying in the background when the broker is not up
+    yet), start paho's network thread, wait up to ``wait_s`` for the link."""
+    try:
+        client.connect(host, port, keepalive=keepalive)
+    except OSError as exc:
+        log.warning("%s: broker mqtt://%s:%d not reachable yet (%s); retrying", who, host, port, exc)
+        client.connect_async(host, port, keepalive=keepalive)
+    client.loop_start()
+    deadline = time.monotonic() + wait_s
+    while not client.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class Publisher(Protocol):
     def camera_state(self, state: str, detail: str) -> None:
         """The live camera changed state (streaming, reconnecting, absent)."""

@@ -7,7 +7,7 @@
     marrow-edge review verify [--slide ID]                # the audit chain and every sign-off against it
     marrow-edge review import --slide ID [--source PATH]  # a counted slide the store missed, from the journal
 
-The store is the config's ``review.store``.
+The store is ``--store`` or the config's ``review.store``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "as a folder-per-class training set.",
     )
     p.add_argument("--config", type=Path, help="YAML config naming review.store")
+    p.add_argument("--store", type=Path, help="the slide store (overrides review.store; the fleet page's operators)")
     actions = p.add_subparsers(dest="review_command", required=True, metavar="ACTION")
     op = actions.add_parser("operator", help="add, list or remove operators")
     op.add_argument("verb", choices=["add", "list", "remove"])
@@ -55,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace) -> SlideStore:
-    config = load_config(args.config)
+    config = load_config(args.config, overrides={"review": {"store": str(args.store)}} if args.store else None)
     if config.review.store is None:
         raise ConfigError("no review.store in the config: the slide store is where reviewed slides are kept")
     return SlideStore(config.review.store)

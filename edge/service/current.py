@@ -75,6 +75,7 @@ class CurrentSlide:
             started=tally.started, ended=getattr(tally, "ended", None), fields=tally.fields,
             cells_counted=tally.countable, target_count=tally.target_count, progress=tally.progress,
             percent={share.class_name: share.percent for share in tally.shares}, rules=rules,
+            intervals={share.class_name: (share.ci_low, share.ci_high) for share in tally.shares},
             rule_state=slide_call(list(rules.values())),
             domain=tally.domain.state if tally.domain is not None else "not_checked", topic=topic,
         )  # fmt: skip

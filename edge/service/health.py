@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import statistics
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import PublishError, StorageError
-from edge.mqtt.messages import GpuOut, HealthMessage, LisBacklogOut, MessageFactory
+from edge.mqtt.messages import CpuOut, GpuOut, HealthMessage, LisBacklogOut, MessageFactory
 from edge.mqtt.publisher import MqttPublisher
 from edge.service.gpu import GpuProbe
 
@@ -50,6 +51,21 @@ def process_memory_mb(field: str = "VmRSS") -> float | None:
 
 def resident_mb() -> float:
     return process_memory_mb("VmRSS") or 0.0
+
+
+def cpu_sample(root: Path = Path("/")) -> CpuOut | None:
+    """The one-minute load over the cores and the hottest thermal zone (None where neither is readable)."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1) * 100.0
+    except OSError:
+        return None
+    temperatures = []
+    for zone in (root / "sys/class/thermal").glob("thermal_zone*/temp"):
+        try:
+            temperatures.append(int(zone.read_text().strip()) / 1000.0)  # millidegrees
+        except (OSError, ValueError):
+            continue
+    return CpuOut(load_percent=round(load, 1), temperature_c=max(temperatures) if temperatures else None)
 
 
 class HealthReporter:
@@ -104,6 +120,8 @@ class HealthReporter:
             disk_alarm=free is not None and free < self.min_free_mb,
             gpu=GpuOut(**vars(gpu)) if gpu is not None else None,
             lis=self._lis(),
+            cpu=cpu_sample(),
+            interval_s=self.interval,
         )
 
     def _lis(self) -> LisBacklogOut | None:
