@@ -13,6 +13,7 @@ from edge.mqtt.broker import answers, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "systemd").glob("marrow-edge-*.service"))
+LAB_UNITS = [ROOT / "docs" / "fleet" / "marrow-edge-fleet.service"]  # a lab machine's, not a box's
 
 
 def test_every_service_is_there():
@@ -26,7 +27,7 @@ def test_units_verify(tmp_path):
         pytest.skip("systemd-analyze is not installed here")
     # verify checks that ExecStart binaries exist: point them at this checkout's interpreter.
     bin_dir = Path(sys.executable).parent
-    for unit in UNITS:
+    for unit in UNITS + LAB_UNITS:
         text = unit.read_text().replace("/opt/marrow-edge/.venv/bin/python", sys.executable)
         text = text.replace("/opt/marrow-edge/.venv/bin/marrow-edge", str(bin_dir / "marrow-edge"))
         (tmp_path / unit.name).write_text(text)
