@@ -39,13 +39,13 @@ from edge.config import MqttConfig, parse_mqtt_url
 from edge.counting.control import SlideControl
 from edge.counting.tally import Slide
 from edge.mqtt.commands import CommandHandler
+from edge.mqtt.factory import MessageFactory
 from edge.mqtt.messages import (
     BundleRef,
     CpuOut,
     CurrentSlideMessage,
     HealthMessage,
     LisBacklogOut,
-    MessageFactory,
     Provenance,
 )
 from edge.mqtt.publisher import MqttPublisher

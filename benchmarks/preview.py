@@ -35,7 +35,8 @@ from edge import __version__
 from edge.capture.gate import FieldGate
 from edge.capture.simulator import SimulatedMicroscope, build_slide, random_scan
 from edge.config import DEFAULT_SAMPLES, PreviewConfig, load_config
-from edge.mqtt.messages import MessageFactory, PreviewMessage
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import PreviewMessage
 from edge.service.pipeline import build_appliance
 from edge.service.preview import PreviewPublisher
 

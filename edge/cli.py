@@ -177,7 +177,8 @@ def _load_config(args: argparse.Namespace, extra: dict[str, Any]) -> AppConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.service.run import CountingService, RunRequest, live_source
+    from edge.service.endpoints import live_source
+    from edge.service.run import CountingService, RunRequest
 
     _check_run_args(args)
     config = _load_config(args, {"bundle": args.bundle} if args.bundle else {})

@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
 from edge.config.base import BUNDLES_DIR, DEFAULT_BUNDLE, DEFAULT_SAMPLES, PACKAGE_ROOT, Strict
 from edge.config.engines import (
@@ -24,6 +24,8 @@ from edge.config.engines import (
     TensorRTEngine,
     TorchEngine,
 )
+from edge.config.mqtt import MqttConfig, parse_mqtt_url
+from edge.config.records import LisConfig, ReportsConfig, ReviewConfig
 from edge.config.sources import (
     GenICamSource,
     GStreamerSource,
@@ -49,8 +51,12 @@ __all__ = [
     "FleetConfig",
     "GStreamerSource",
     "GenICamSource",
+    "LisConfig",
+    "MqttConfig",
     "OnnxRuntimeEngine",
     "ReplaySource",
+    "ReportsConfig",
+    "ReviewConfig",
     "RingSource",
     "RtspSource",
     "SimSource",
@@ -116,55 +122,6 @@ class CountingConfig(Strict):
     )
 
 
-class MqttConfig(Strict):
-    url: str | None = Field(
-        None,
-        description="mqtt://host:port of the broker. None: use localhost:1883 if it answers, "
-        "else start an embedded mosquitto on loopback.",
-    )
-    topic_prefix: str = Field(
-        "marrow/v1",
-        pattern=r"^[^/+#\s][^+#\s]*[^/+#\s]$|^[^/+#\s]$",
-        description="Root of the topic tree (no wildcards + or #, no leading or trailing /).",
-    )
-    qos: Literal[0, 1, 2] = 1
-    keepalive_s: int = Field(30, ge=5)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    publish_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a PUBACK.")
-    username: str | None = Field(None, description="The box's broker account (the ACL template expects its device_id).")
-    password: SecretStr | None = Field(
-        None, description="From the environment (MARROW_EDGE__MQTT__PASSWORD) only; never in the config file."
-    )
-    password_file: Path | None = Field(
-        None,
-        description="File holding the password (systemd LoadCredential: $CREDENTIALS_DIRECTORY/mqtt-password is "
-        "used when present and this is unset).",
-    )
-    tls_ca: Path | None = Field(None, description="CA certificate: connect with TLS and verify the broker against it.")
-    tls_cert: Path | None = Field(None, description="Client certificate for brokers that require one.")
-    tls_key: Path | None = Field(None, description="Key of the client certificate.")
-    outbox: Path | None = Field(
-        None,
-        description="SQLite outbox: every field, tally and report message is on disk before it is published and "
-        "re-sent after a reconnect or a restart until acknowledged. Unset: outbox.sqlite in the state "
-        "directory (edge/config/state.py); null: memory only.",
-    )
-    outbox_max_mb: int = Field(512, ge=1, description="Outbox size above which the health alarm is raised.")
-    health_interval_s: float = Field(10.0, gt=0, description="Seconds between health messages.")
-    retain_slides: int = Field(
-        20, ge=1, description="Slides whose retained tally and report the broker keeps; older ones are cleared."
-    )
-    home_assistant: bool = Field(False, description="Announce the main sensors by Home Assistant MQTT discovery.")
-    discovery_prefix: str = Field("homeassistant", pattern=r"^[^/+#\s]+$", description="Home Assistant's prefix.")
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_mqtt_url(value)
-        return value
-
-
 class GateConfig(Strict):
     """When a live camera's frame counts as a field (edge.capture.gate); the gate reads these directly."""
 
@@ -207,62 +164,6 @@ class MetricsConfig(Strict):
 
     port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics on this port; None: off.")
     host: str = Field("127.0.0.1", description="Address to serve on; 0.0.0.0 lets the lab's Prometheus scrape.")
-
-
-class ReviewConfig(Strict):
-    """The slide store: every cell's crops kept with its slide for the technician's review and sign-off."""
-
-    store: Path | None = Field(
-        None,
-        description="SQLite slide store (cells, crops, reviews, sign-offs, audit). Unset: slides-review.sqlite in the "
-        "state directory (edge/config/state.py); null: a temporary store for this run only.",
-    )
-    keep_days: float = Field(
-        365.0, gt=0, description="Slides (with their crops, reviews and audit) older than this are deleted."
-    )
-    max_cells_per_slide: int = Field(
-        3000, ge=1, description="Crops kept per slide; beyond it cells are counted but their images not kept."
-    )
-    jpeg_quality: int = Field(85, ge=30, le=95, description="Quality of the stored crops and field images.")
-    context_scale: float = Field(3.0, ge=1.0, le=8.0, description="Context crop side over the cell box's side.")
-    field_width: int = Field(960, ge=160, le=4096, description="Stored field images are scaled down to this width.")
-    flag_margin: float = Field(
-        0.15, ge=0.0, le=1.0, description="A counted cell whose top-two probability margin is under this is flagged."
-    )
-
-
-class LisConfig(Strict):
-    """Where signed reports go as HL7 v2.5.1 ORU^R01: an MLLP listener of the LIS, or a drop folder."""
-
-    host: str | None = Field(None, description="The LIS's MLLP host (with port); or set drop_folder.")
-    port: int = Field(2575, ge=1, le=65535)
-    drop_folder: Path | None = Field(None, description="Write each message as <control id>.hl7 here instead.")
-    timeout_s: float = Field(10.0, gt=0, description="Connect and ACK timeout of one attempt.")
-    retry_s: float = Field(30.0, gt=0, description="Wait between attempts while the LIS is down or answers AE.")
-    sending_application: str = "MARROW-EDGE"
-    sending_facility: str | None = Field(None, description="MSH-4; default: the device id.")
-    receiving_application: str = "LIS"
-    receiving_facility: str = "LAB"
-    processing_id: Literal["P", "T", "D"] = Field("P", description="MSH-11: production, training, debugging.")
-
-    @model_validator(mode="after")
-    def _one_target(self) -> LisConfig:
-        if (self.host is None) == (self.drop_folder is None):
-            raise ValueError("reports.lis: give either host (MLLP) or drop_folder, not both or neither")
-        return self
-
-
-class ReportsConfig(Strict):
-    """Lab reports (``marrow-edge report``, the review page's downloads) and the LIS link."""
-
-    paper: Literal["a4", "letter"] = Field("a4", description="PDF page size.")
-    institution: str | None = Field(None, description="Named in the PDF's title line.")
-    gallery_per_class: int = Field(6, ge=0, le=20, description="Cell images per class in the PDF.")
-    loinc: dict[str, str] = Field(
-        default_factory=dict,
-        description="class -> LOINC code, for the classes the built-in table (docs/reports.md) does not map.",
-    )
-    lis: LisConfig | None = Field(None, description="None: signed reports are not sent to a LIS.")
 
 
 class LoggingConfig(Strict):
@@ -316,34 +217,6 @@ class AppConfig(Strict):
             engine.setdefault("type", "onnxruntime")
             data = {**data, "engine": engine}
         return data
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` or ``mqtts://host:port`` -> (host, port); the port defaults to 1883 / 8883.
-
-    TLS itself is switched on by ``mqtt.tls_ca`` (a CA to verify the broker against).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
-    rest = rest.rstrip("/")
-    default_port = "8883" if scheme == "mqtts" else "1883"
-    if rest.startswith("["):  # IPv6: mqtt://[::1]:1883
-        host, bracket, after = rest[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise ValueError(f"expected mqtt://[IPv6]:PORT, got {url!r}")
-        port_text = after[1:] or default_port
-    else:
-        host, colon, port_text = rest.rpartition(":")
-        if not colon:
-            host, port_text = rest, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"port of {url!r} is not a number") from None
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
-    return host, port
 
 
 def _is_text(path: list[str]) -> bool:

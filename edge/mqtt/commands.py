@@ -16,7 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.counting.control import SlideControl
-from edge.mqtt.messages import Envelope, MessageFactory
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.mqtt.channels import channel_of
-from edge.mqtt.messages import CameraState, MessageFactory, StatusMessage, encode
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import CameraState, StatusMessage, encode
 from edge.mqtt.outbox import Outbox
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.mqtt.messages import MessageFactory, Provenance, ReportMessage, RuleOut, SignedReportMessage
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import Provenance, ReportMessage, RuleOut, SignedReportMessage
 from edge.review.records import NOT_COUNTABLE, ReviewError, SlideRecord, StoredCell
 from edge.review.recount import as_slide, classes_of, recount
 from edge.review.store import SlideStore

@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edge.mqtt.messages import AuditOut, ChangeOut, MessageFactory, Provenance, SignedReportMessage
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import AuditOut, ChangeOut, Provenance, SignedReportMessage
 from edge.mqtt.topics import Topics
 from edge.review import audit, schema
 from edge.review.operators import LOCK_MINUTES, Operators

@@ -9,7 +9,8 @@ from typing import Protocol
 
 from edge.counting.rules import RuleOutcome
 from edge.errors import EdgeError
-from edge.mqtt.messages import CurrentSlideMessage, MessageFactory, ReportMessage, TallyMessage
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import CurrentSlideMessage, ReportMessage, TallyMessage
 from edge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import PublishError, StorageError
-from edge.mqtt.messages import CpuOut, GpuOut, HealthMessage, LisBacklogOut, MessageFactory
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import CpuOut, GpuOut, HealthMessage, LisBacklogOut
 from edge.mqtt.publisher import MqttPublisher
 from edge.service.gpu import GpuProbe
 

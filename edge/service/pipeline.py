@@ -24,7 +24,8 @@ from edge.counting.rules import RulePack, load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import Bundle, load_bundle
 from edge.errors import EdgeError, PublishError
-from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import BundleRef, Provenance
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.topics import Topics
 from edge.review.recount import slide_setup

@@ -26,7 +26,8 @@ from edge.capture.gate import Decision, GateEvent
 from edge.config import PreviewConfig
 from edge.engines.bundle import ClassSpec
 from edge.errors import PublishError
-from edge.mqtt.messages import MessageFactory, PreviewCell
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import PreviewCell
 from edge.mqtt.publisher import Publisher
 
 log = logging.getLogger(__name__)

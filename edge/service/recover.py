@@ -20,7 +20,7 @@ from edge.capture.replay import open_replay
 from edge.config import AppConfig
 from edge.counting.journal import SlideJournal
 from edge.errors import ConfigError
-from edge.mqtt.messages import MessageFactory
+from edge.mqtt.factory import MessageFactory
 from edge.review.store import SlideStore
 from edge.service.pipeline import build_appliance
 

@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from edge import __version__
-from edge.config import AppConfig, SourceConfig, parse_mqtt_url
+from edge.config import AppConfig, SourceConfig
 from edge.counting.control import SlideControl
 from edge.counting.journal import SlideJournal, resolve_open_slide
 from edge.counting.tally import Slide, Tally
-from edge.errors import ConfigError, PublishError
-from edge.mqtt.broker import EmbeddedBroker, answers
+from edge.errors import PublishError
 from edge.mqtt.commands import CommandHandler
-from edge.mqtt.messages import MessageFactory
+from edge.mqtt.factory import MessageFactory
 from edge.mqtt.publisher import MqttPublisher
 from edge.mqtt.topics import Topics
 from edge.review.store import SlideStore
 from edge.service.console import LiveConsole
 from edge.service.current import CurrentSlide
+from edge.service.endpoints import find_broker
 from edge.service.gpu import find_gpu
 from edge.service.health import HealthReporter, RunStats
 from edge.service.pipeline import Appliance, SlideContext, SlideRun, build_appliance, run_slide
@@ -88,24 +88,6 @@ class RunOutcome:
     run: SlideRun | None
     twin: str | None
     undelivered: int
-
-
-def live_source(
-    camera_spec: str | None, ring: str | None, fps: float | None, config: AppConfig
-) -> tuple[SourceConfig | None, str | None]:
-    """(camera, ring) from the command line's --camera/--ring, else from the config's ``source``
-    (the installed appliance)."""
-    from edge.capture.cameras import CameraSettings, source_from_spec
-    from edge.config import RingSource
-
-    camera = source_from_spec(camera_spec, CameraSettings(fps=fps)) if camera_spec else None
-    if camera is None and not ring:
-        if config.source is None:
-            raise ConfigError("nothing to count: give --source, --camera or --ring, or set source: in the config")
-        camera = config.source
-    if isinstance(camera, RingSource):
-        return None, camera.name
-    return camera, ring
 
 
 class CountingService:
@@ -226,21 +208,6 @@ class CountingService:
 
     # -- the run ---------------------------------------------------------------------------------
 
-    def _broker(self) -> tuple[str, int, EmbeddedBroker | None]:
-        """The configured broker; else one answering on localhost:1883; else an embedded mosquitto."""
-        if self.config.mqtt.url:
-            host, port = parse_mqtt_url(self.config.mqtt.url)
-            return host, port, None
-        if answers("127.0.0.1", 1883):
-            self.console.say("mqtt: no broker configured; using the one answering on localhost:1883")
-            return "127.0.0.1", 1883, None
-        broker = EmbeddedBroker().start()
-        self.console.say(
-            f"mqtt: no broker configured and none on localhost:1883: started an embedded mosquitto on "
-            f"{broker.url} for this run (subscribe there to see the messages)"
-        )
-        return broker.host, broker.port, broker
-
     def run(self) -> RunOutcome:
         manifest, request = self.appliance.bundle.manifest, self.request
         self.console.say(
@@ -248,7 +215,7 @@ class CountingService:
             f"({self.appliance.bundle.short_hash}){' UNTRAINED' if manifest.untrained else ''} | "
             f"{self.appliance.provenance.backend} {','.join(self.appliance.provenance.providers)}"
         )
-        host, port, broker = self._broker()
+        host, port, broker = find_broker(self.config, self.console.say)
         display: Display | None = None
         try:
             if request.display:

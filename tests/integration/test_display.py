@@ -283,7 +283,8 @@ def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broke
     from edge.counting.rules import load_rule_pack
     from edge.counting.tally import Slide, Tally
     from edge.engines.bundle import ClassSpec, DomainGuardSpec
-    from edge.mqtt.messages import BundleRef, MessageFactory, Provenance, encode
+    from edge.mqtt.factory import MessageFactory
+    from edge.mqtt.messages import BundleRef, Provenance, encode
     from edge.mqtt.topics import Topics
 
     url, device = display

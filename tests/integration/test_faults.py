@@ -64,7 +64,8 @@ def test_outbox_left_by_a_killed_run_is_sent_first_at_the_next_start(broker, tmp
     import json
 
     from edge.config import MqttConfig
-    from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
+    from edge.mqtt.factory import MessageFactory
+    from edge.mqtt.messages import BundleRef, Provenance
     from edge.mqtt.outbox import Outbox
     from edge.mqtt.publisher import MqttPublisher
     from edge.mqtt.topics import Topics

@@ -8,7 +8,7 @@ import pytest
 from edge.capture.cameras import SOURCES, CameraSettings, open_source, source_from_spec
 from edge.config import AppConfig, RingSource, SourceConfig, load_config
 from edge.errors import ConfigError
-from edge.service.run import live_source
+from edge.service.endpoints import live_source
 
 
 @pytest.mark.parametrize(

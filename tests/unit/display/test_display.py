@@ -19,7 +19,8 @@ from edge.display.app import WebState, create_app
 from edge.display.feed import DisplayFeed
 from edge.display.server import DisplayServer
 from edge.mqtt.commands import CommandHandler
-from edge.mqtt.messages import MessageFactory, encode
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import encode
 from edge.mqtt.topics import Topics
 from tests.unit.mqtt.test_messages import CLASSES, PROVENANCE, _result
 

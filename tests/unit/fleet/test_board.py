@@ -15,7 +15,7 @@ from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.fleet import board as board_module
 from edge.fleet.board import FleetBoard
-from edge.mqtt.messages import MessageFactory
+from edge.mqtt.factory import MessageFactory
 
 P = "marrow/v1"
 

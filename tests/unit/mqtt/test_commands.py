@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from edge.counting.control import SlideControl
 from edge.counting.tally import Slide
 from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandHandler
-from edge.mqtt.messages import MessageFactory
+from edge.mqtt.factory import MessageFactory
 from tests.unit.mqtt.test_messages import PROVENANCE
 
 

@@ -6,11 +6,11 @@ from edge.analysis.field import Cell, FieldResult
 from edge.counting.rules import load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import ClassSpec
+from edge.mqtt.factory import MessageFactory
 from edge.mqtt.messages import (
     SCHEMA_VERSION,
     BundleRef,
     FieldMessage,
-    MessageFactory,
     Provenance,
     ReportMessage,
     TallyMessage,

@@ -12,7 +12,8 @@ import yaml
 from edge.capture.gate import Decision, GateEvent
 from edge.counting.rules import load_rule_pack
 from edge.counting.tally import Slide, Tally
-from edge.mqtt.messages import CameraState, MessageFactory, encode
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import CameraState, encode
 from edge.mqtt.schema import SCHEMAS_DIR, stale
 from tests.unit.mqtt.test_messages import CLASSES, PROVENANCE, _result
 

@@ -11,7 +11,8 @@ from edge.config import AppConfig
 from edge.counting.rules import load_rule_pack
 from edge.counting.tally import Slide, Tally
 from edge.engines.bundle import ClassSpec
-from edge.mqtt.messages import BundleRef, MessageFactory, Provenance
+from edge.mqtt.factory import MessageFactory
+from edge.mqtt.messages import BundleRef, Provenance
 from edge.mqtt.topics import Topics
 from edge.review.desk import ReviewDesk
 from edge.review.recount import slide_setup

@@ -18,8 +18,8 @@ from edge.config import load_config
 from edge.counting.journal import SlideJournal
 from edge.counting.tally import Slide
 from edge.mqtt.discovery import discovery_messages
+from edge.mqtt.factory import MessageFactory
 from edge.mqtt.memory import MemoryPublisher
-from edge.mqtt.messages import MessageFactory
 from edge.mqtt.topics import Topics
 from edge.service.current import CurrentSlide, slide_call
 from edge.service.gpu import JetsonProbe, NvmlProbe, Quiet, find_gpu

@@ -6,8 +6,8 @@ import pytest
 
 from edge.capture.replay import open_replay
 from edge.config import load_config
+from edge.mqtt.factory import MessageFactory
 from edge.mqtt.memory import MemoryPublisher
-from edge.mqtt.messages import MessageFactory
 from edge.mqtt.topics import Topics
 from edge.service.pipeline import SlideContext, build_appliance, run_slide
 

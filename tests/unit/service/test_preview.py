@@ -14,8 +14,9 @@ from edge.analysis.field import Cell, FieldResult
 from edge.capture.gate import Decision, GateEvent
 from edge.config import PreviewConfig
 from edge.engines.bundle import ClassSpec
+from edge.mqtt.factory import MessageFactory
 from edge.mqtt.memory import MemoryPublisher
-from edge.mqtt.messages import MessageFactory, PreviewMessage
+from edge.mqtt.messages import PreviewMessage
 from edge.service.preview import PreviewPublisher
 from tests.unit.mqtt.test_messages import PROVENANCE
 
