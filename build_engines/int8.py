@@ -5,7 +5,7 @@ admitted into the bundle only when they agree with FP32.
     python -m build_engines.int8 --bundle models/marrow-bm --crops /work/exp/crops \\
         --fields ../shared/data/txl_pbc_detection/images/val
 
-Calibration: the classifier on validation crops (``CROPS/val.npz`` from ``training.marrow crops``:
+Calibration: the classifier on validation crops (``CROPS/val.npz`` from ``training.fitting.marrow crops``:
 cells held back from training, never the test split), the detector on validation fields. The
 check, as the appliance's own at start (``engine.int8`` is verified on ``verify_fields`` like any
 engine but FP32): the whole field model against FP32 on the bundled sample fields with the
@@ -125,7 +125,7 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray, classes: list[int]) -> fl
 
 def held_back(bundle: Bundle, crops_dir: Path, fp32: Path, int8: Path, limit: int) -> dict[str, float]:
     """Classes of FP32 and INT8 on the test crops: agreement, and each one's accuracy against the labels."""
-    from training.evaluate import folder_to_class
+    from training.evaluation.evaluate import folder_to_class
 
     data = np.load(crops_dir / "test.npz")
     mapping, _ = folder_to_class(bundle, sorted(set(data["codes"].tolist())))

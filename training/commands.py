@@ -42,8 +42,8 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_cells, evaluate_fields
-    from training.readers import AnnotationError
+    from training.data.readers import AnnotationError
+    from training.evaluation.evaluate import evaluate_cells, evaluate_fields
 
     try:
         if args.what == "cells":
@@ -77,8 +77,8 @@ def register_validate_slides(sub: argparse._SubParsersAction) -> None:
 
 
 def validate_slides(args: argparse.Namespace) -> int:
-    from training.compose import DATA
-    from training.slides import summary, table, validate
+    from training.data.compose import DATA
+    from training.evaluation.slides import summary, table, validate
 
     data = args.data or DATA
     if not (data / "matek_bm").is_dir():

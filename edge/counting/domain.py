@@ -3,7 +3,7 @@
 A classifier trained on one lab's camera and stain can name every cell of another lab's slide
 with confidence and be wrong (issue 12: 7% right on zheng2018 dataset1). The guard watches two
 per-slide statistics, each calibrated on the bundle's validation cells and fields grouped into
-pseudo-slides (``training.guard``) and stored in the bundle:
+pseudo-slides (``training.bundle.guard``) and stored in the bundle:
 
 - colour distance: Mahalanobis distance of the slide's mean stain features (optical density of
   each counted cell's box, ``edge.analysis.colour.cell_colour_features``) from the training

@@ -93,7 +93,7 @@ class ClassifierSpec(ModelSpec):
     training_crops: Literal["whole_image", "central_cell"] = Field(
         "whole_image",
         description="How single-cell training images became crops: whole_image (resized as they are) or "
-        "central_cell (the central cell's box found and cut as the count path cuts: training.cells); "
+        "central_cell (the central cell's box found and cut as the count path cuts: training.data.cells); "
         "evaluate cells scores crops the same way.",
     )
     stage1: str = Field(description="Architecture of the countable head.")

@@ -107,7 +107,7 @@ class StaticSameConv2d(nn.Conv2d):
 
 def build_efficientnet_lite(arch: str, num_classes: int) -> nn.Module:
     """timm's ``tf_efficientnet_lite*`` (the TF network: BN eps 1e-3, ReLU6, "same" padding) with its
-    strided "same" convolutions made static. ImageNet weights: ``training/pretrained.py``."""
+    strided "same" convolutions made static. ImageNet weights: ``training/members/pretrained.py``."""
     import timm  # the train extra's; only these members need it
 
     model = timm.create_model(f"tf_{arch}", pretrained=False, num_classes=num_classes)

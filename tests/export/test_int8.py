@@ -26,7 +26,7 @@ FIELDS = ROOT / "samples" / "fields"  # blood fields: the lite-pbc bundle's own 
 
 
 def _crops(folder, out):
-    """val.npz / test.npz as training.marrow crops writes them, from the bundled blood cells."""
+    """val.npz / test.npz as training.fitting.marrow crops writes them, from the bundled blood cells."""
     paths = sorted((ROOT / "samples" / "cells").glob("*.jpg"))
     images = np.stack([cv2.resize(cv2.imread(str(p))[..., ::-1], (184, 184)) for p in paths])
     codes = np.array([p.name.split("_")[0] for p in paths])

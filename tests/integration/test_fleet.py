@@ -213,4 +213,3 @@ def test_fleet_off_loopback_needs_tls(tmp_path):
         Fleet(AppConfig.model_validate({"fleet": {"host": "0.0.0.0", "port": 0}}))
     with pytest.raises(ConfigError, match="does not exist"):
         Fleet(AppConfig.model_validate({"fleet": {"port": 0, "operators": str(tmp_path / "none.sqlite")}}))
-

@@ -24,7 +24,7 @@ def marrow(bundle_dir):
 def test_the_guard_trips_on_another_lab_and_not_on_held_back_cells(marrow, shared_data):
     if not (shared_data / "zheng2018_wbc").is_dir() or not (shared_data / "matek_bm").is_dir():
         pytest.skip("zheng2018_wbc or matek_bm missing from the shared data")
-    from training.guard import measure
+    from training.bundle.guard import measure
 
     rates = measure(marrow, shared_data, cells=50, slides=40)
     print(json.dumps(rates))

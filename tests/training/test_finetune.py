@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.engines.bundle import load_bundle
-from training import finetune
+from training.fitting import finetune
 
 BASE = Path(__file__).resolve().parents[2] / "models" / "marrow-bm"
 

@@ -3,8 +3,8 @@
 import cv2
 import numpy as np
 
-from training.cells import CYTOPLASM, cell_crop, central_cell_box
-from training.compose import compose_field, cut_patch
+from training.data.cells import CYTOPLASM, cell_crop, central_cell_box
+from training.data.compose import compose_field, cut_patch
 
 
 def _smear(width=160, height=120) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.metrics import (
+from training.evaluation.metrics import (
     average_precision,
     classification_report,
     confusion_matrix,

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from training.evaluate import CellPredictions
-from training.mistakes import confusion_table, contact_sheet, most_confident_wrong
+from training.evaluation.evaluate import CellPredictions
+from training.evaluation.mistakes import confusion_table, contact_sheet, most_confident_wrong
 
 
 def _cells() -> CellPredictions:

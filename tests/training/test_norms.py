@@ -3,8 +3,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs torch")
 
 from edge.engines.graphs import build_classifier  # noqa: E402
-from training.marrow import init_from  # noqa: E402
-from training.norms import group_norm  # noqa: E402
+from training.fitting.marrow import init_from  # noqa: E402
+from training.members.norms import group_norm  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["mobilenet_v3_small", "shufflenet_v2_x1_0"])

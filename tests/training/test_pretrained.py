@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="training needs the train extra (tor
 pytest.importorskip("timm", reason="the EfficientNet-Lite members need the train extra (timm)")
 
 from edge.engines.graphs import PROFILES, NormalisedInput, StaticSameConv2d, build_classifier  # noqa: E402
-from training.pretrained import load_imagenet, map_names, source  # noqa: E402
+from training.members.pretrained import load_imagenet, map_names, source  # noqa: E402
 
 ARCHS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -77,8 +77,9 @@ def test_member_exports_with_constant_pads_and_matches_onnxruntime():
     assert not any(type(m).__name__ == "Conv2dSame" for m in network.modules())
     x = torch.randn(2, 3, 128, 128)
     buffer = io.BytesIO()
-    torch.onnx.export(network, x, buffer, opset_version=17, dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "n"}})
+    torch.onnx.export(
+        network, x, buffer, opset_version=17, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}
+    )
     graph = onnx.load_from_string(buffer.getvalue()).graph
     ops = {node.op_type for node in graph.node}
     pads = [n for n in graph.node if n.op_type == "Pad"]

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.readers import AnnotationError, read_cell_folders, read_coco, read_voc, read_yolo, split_samples
+from training.data.readers import AnnotationError, read_cell_folders, read_coco, read_voc, read_yolo, split_samples
 
 
 def _image(path, w=100, h=80):

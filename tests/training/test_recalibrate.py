@@ -4,7 +4,7 @@ torch = pytest.importorskip("torch", reason="training needs the train extra (tor
 
 from torch import nn  # noqa: E402
 
-from training.recalibrate import choose_checkpoint, recalibrate_batch_norm  # noqa: E402
+from training.bundle.recalibrate import choose_checkpoint, recalibrate_batch_norm  # noqa: E402
 
 
 def _net() -> nn.Module:

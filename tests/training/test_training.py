@@ -6,10 +6,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
 from edge.engines.graphs import PROFILES, build_classifier, build_detector  # noqa: E402
-from training.augment import AugmentConfig  # noqa: E402
-from training.detection import flip_rotate_with_boxes  # noqa: E402
-from training.loop import CellDataset, Recipe, train_classifier  # noqa: E402
-from training.stage1 import cut_by_border, defocus  # noqa: E402
+from training.fitting.augment import AugmentConfig  # noqa: E402
+from training.fitting.detection import flip_rotate_with_boxes  # noqa: E402
+from training.fitting.loop import CellDataset, Recipe, train_classifier  # noqa: E402
+from training.fitting.stage1 import cut_by_border, defocus  # noqa: E402
 
 
 def _two_colour_set(n: int = 24, size: int = 40):
@@ -40,7 +40,7 @@ def test_classifier_training_lowers_the_loss_and_resumes(tmp_path):
 
 
 def test_class_balanced_weights_make_a_rare_class_cost_as_much_as_a_common_one():
-    from training.loop import balanced_weights
+    from training.fitting.loop import balanced_weights
 
     weights = balanced_weights(np.array([0] * 20 + [1] * 4 + [3] * 4), 4)
     assert weights[2] == 0 and abs(float(weights[[0, 1, 3]].mean()) - 1.0) < 1e-6
@@ -92,8 +92,8 @@ def test_not_countable_transforms():
 
 
 def test_detector_training_run_resumes(tmp_path):
-    from training.detection import train_detector
-    from training.readers import Box, FieldAnnotation
+    from training.data.readers import Box, FieldAnnotation
+    from training.fitting.detection import train_detector
 
     torch.set_num_threads(1)
     records = []

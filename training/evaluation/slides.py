@@ -4,7 +4,7 @@ counted by the appliance, the blast rule's call set against the truth.
 The analogue of the seed paper's patient-level table. Every slide is made of matek_bm *test*
 cells only (never trained on, never used to choose a checkpoint): blasts at the slide's share,
 the other countable marrow cells (LYT, MON, EOS, NGS, PMO) for the rest, plus 10% not-countable
-cells (NIF, ART) on top, composed into fields (``training.compose``) and counted through the
+cells (NIF, ART) on top, composed into fields (``training.data.compose``) and counted through the
 appliance's own count path (field analysis with the bundle's backend, tally, rules, guard).
 matek_bm keeps 120 test blasts, so slides above 120 blasts reuse cells (a cell appears at most
 ``ceil(need / 120)`` times per slide, each time scaled, turned and placed anew).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.compose import DATA, compose_field, load_patches, matek_splits
+from training.data.compose import DATA, compose_field, load_patches, matek_splits
 
 log = logging.getLogger(__name__)
 OTHERS = ("LYT", "MON", "EOS", "NGS", "PMO")

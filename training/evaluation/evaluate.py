@@ -18,10 +18,10 @@ from edge.capture.decode import decode_image
 from edge.engines.bundle import Bundle, load_bundle
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from edge.errors import EdgeError
-from training.augment import eval_cell
-from training.cells import cell_crop
-from training.metrics import classification_report, detection_report, plot_classification, plot_detection
-from training.readers import FieldAnnotation, read_cell_folders, read_fields, split_samples
+from training.data.cells import cell_crop
+from training.data.readers import FieldAnnotation, read_cell_folders, read_fields, split_samples
+from training.evaluation.metrics import classification_report, detection_report, plot_classification, plot_detection
+from training.fitting.augment import eval_cell
 
 log = logging.getLogger(__name__)
 

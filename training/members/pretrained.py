@@ -61,8 +61,14 @@ def _block_names(prefix: str, expands: bool) -> dict[str, str]:
     """One block's layers: the package's name -> timm's (a first block without expansion is a
     depthwise-separable block in timm, with fewer layers)."""
     if expands:
-        pairs = [("_expand_conv", "conv_pw"), ("_bn0", "bn1"), ("_depthwise_conv", "conv_dw"), ("_bn1", "bn2"),
-                 ("_project_conv", "conv_pwl"), ("_bn2", "bn3")]
+        pairs = [
+            ("_expand_conv", "conv_pw"),
+            ("_bn0", "bn1"),
+            ("_depthwise_conv", "conv_dw"),
+            ("_bn1", "bn2"),
+            ("_project_conv", "conv_pwl"),
+            ("_bn2", "bn3"),
+        ]
     else:
         pairs = [("_depthwise_conv", "conv_dw"), ("_bn1", "bn1"), ("_project_conv", "conv_pw"), ("_bn2", "bn2")]
     return {f"_blocks.{prefix}.{a}": b for a, b in pairs}

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from edge.engines.graphs import NormalisedInput
-from training.augment import AugmentConfig, augment_cell, eval_cell
-from training.metrics import classification_report
+from training.evaluation.metrics import classification_report
+from training.fitting.augment import AugmentConfig, augment_cell, eval_cell
 
 log = logging.getLogger(__name__)
 

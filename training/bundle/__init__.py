@@ -1,0 +1,1 @@
+"""Assembling a bundle from trained runs: export, the domain guard and thresholds calibrated, the starter bundle."""

@@ -1,0 +1,1 @@
+"""Metrics, held-back and cross-domain evaluation, composed slides, where a bundle errs."""
