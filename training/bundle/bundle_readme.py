@@ -16,7 +16,32 @@ def write_readme(bundle_dir: Path, robustness: Path | None) -> None:
     size_mb = sum(f.stat().st_size for f in bundle_dir.rglob("*") if f.is_file() and f.name != "README.md") / 1e6
     notes = robustness.read_text(encoding="utf-8").strip() if robustness else ""
     text = readme(bundle.manifest, size_mb, bundle.manifest.provenance["slides_table"], notes)
+    errs = bundle_dir / f"{ERRORS}-confusion.md"  # written by python -m training.mistakes --out <bundle>/matek-test
+    if errs.is_file():
+        head, sep, tail = text.partition("## Domain-shift guard")
+        text = head + where_it_errs(errs.read_text(encoding="utf-8")) + sep + tail
     (bundle_dir / "README.md").write_text(text, encoding="utf-8")
+
+
+ERRORS = "matek-test"
+
+
+def where_it_errs(confusion: str) -> str:
+    return "\n".join(
+        [
+            "## Where it errs (matek_bm test, held back)",
+            "",
+            confusion.strip(),
+            "",
+            f"![confusion matrix]({ERRORS}-confusion.png)",
+            "",
+            f"The ten cells it is most confidently wrong about, per true class (file name, call, probability): "
+            f"[{ERRORS}-wrong.jpg]({ERRORS}-wrong.jpg) (matek_bm cells, CC BY 4.0, Matek et al. 2021). A confident "
+            "mistake is a model error or a label worth a second look: a haematologist tells which.",
+            "",
+            "",
+        ]
+    )
 
 
 def _pct(v: float) -> str:

@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         help="recalibrate and remeasure the guard of --out, rerun the slide validation, rewrite the README",
     )
     parser.add_argument(
-        "--keep", type=Path, help="an assembled bundle whose detector and stage 1 are kept (only --stage2 is new)"
+        "--keep",
+        type=Path,
+        help="an assembled bundle whose detector (and stage 1, unless --stage1 names a new run) is kept",
     )
     parser.add_argument("--detector", type=Path)
     parser.add_argument("--stage1", type=Path)
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if kept and profile != kept.manifest.profile and "keep" in map(str, args.stage2):
         parser.error("a member can be kept only within the kept bundle's own profile")
     # each part's weights and record: a training run, or (None / 'keep') the --keep bundle's own
-    runs = {"detector": None if args.keep else args.detector, "stage1": None if args.keep else args.stage1}
+    runs = {"detector": None if args.keep else args.detector, "stage1": args.stage1}
     runs |= {f"stage2_{i}": None if str(run) == "keep" else run for i, run in enumerate(args.stage2)}
     sources = {part: _part_source(part, run, kept) for part, run in runs.items()}
     records = {part: record for part, (_, record) in sources.items()}
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     guard = calibrate(bundle, args.data, fields=validation_fields(args.fields, args.data))
     _mark(args.out, guard, args.colour_normalisation)
     metrics = measure_all(args.out, args.fields, args.data)
-    if kept:  # the same stage-1 weights on the same test set: its figures stand
+    if kept and args.stage1 is None:  # the same stage-1 weights on the same test set: its figures stand
         metrics["stage1_test"] = kept.manifest.provenance["metrics"]["stage1_test"]
     else:
         metrics["stage1_test"] = stage1_test(args.out, args.stage1)

