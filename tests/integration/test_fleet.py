@@ -196,6 +196,12 @@ def test_three_boxes_counting_stopped_killed(broker, fleet, page, tmp_path):
         )
         assert answer[0] == 400 and "start_slide and stop_slide only" in answer[1]
         assert took <= HEALTH_S and card_c["state"] == "offline"
+
+        # the lab broker goes away: the page says so and keeps every card's last known state
+        broker.stop()
+        page.wait_for_function("() => document.getElementById('link').dataset.connected === 'false'", timeout=10_000)
+        assert "NO BROKER" in page.inner_text("#link")
+        assert page.locator(".card").count() == 4
     finally:
         recorder.close()
         for proc in boxes.values():
