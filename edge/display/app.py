@@ -76,6 +76,7 @@ def create_app(state: WebState) -> FastAPI:
 
 def install_errors(app: FastAPI) -> None:
     """One JSON error shape for every route of an app (the fleet page uses it too)."""
+
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from edge.config import MqttConfig
 from edge.errors import PublishError
 from edge.mqtt.channels import BY_NAME, DEVICE_KINDS, SLIDE_KINDS
-from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply
+from edge.mqtt.commands import MAX_PAYLOAD_BYTES, VERBS, CommandReply, ReplyWaiter
 from edge.mqtt.messages import (
     StatusMessage,
 )
@@ -44,12 +43,6 @@ class Change:
     payload: str  # JSON text, as the page receives it
 
 
-@dataclass
-class _Pending:
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: dict[str, Any] | None = None
-
-
 class DisplayFeed:
     """Subscribes to one box's topics; ``changes`` hands page clients what is new."""
 
@@ -61,7 +54,7 @@ class DisplayFeed:
         self._latest: dict[str, Change] = {}
         self._version = 0
         self._slide: str | None = None  # id of the newest slide seen
-        self._pending: dict[str, _Pending] = {}
+        self._replies = ReplyWaiter()
         self.rejected = 0
         self.on_connected: list[Any] = []  # called (no arguments) after every (re)connect: re-send what waits
         client = make_client(config, f"marrow-display-{topics.device_id}")
@@ -141,7 +134,7 @@ class DisplayFeed:
         if kind in SLIDE_KINDS and not self._is_current_slide(model.slide_id):  # type: ignore[attr-defined]
             return
         if isinstance(model, CommandReply):
-            self._answer(model)
+            self._replies.answer(model)
         self._set(kind, model.model_dump_json(by_alias=True))  # re-encoded: compact, only the model's fields
         if isinstance(model, StatusMessage) and model.state != "online":
             self._set("gate", "null")  # the run ended: its last gate decision no longer describes the stage
@@ -160,35 +153,21 @@ class DisplayFeed:
             self._slide = slide_id
             return True
 
-    def _answer(self, reply: CommandReply) -> None:
-        with self._cond:
-            pending = self._pending.get(reply.request_id or "")
-        if pending is not None:
-            pending.reply = reply.model_dump(mode="json", by_alias=True)
-            pending.done.set()
-
     # -- commands -----------------------------------------------------------------------------
     def command(self, verb: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Publish ``cmd/<verb>`` and wait for the box's reply (raises PublishError without one)."""
         if verb not in VERBS:
             raise ValueError(f"unknown verb {verb!r}; verbs: {', '.join(sorted(VERBS))}")
-        request_id = uuid.uuid4().hex
-        payload = json.dumps({**body, "request_id": request_id}).encode()
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"command over {MAX_PAYLOAD_BYTES} bytes")
-        pending = _Pending()
-        with self._cond:
-            self._pending[request_id] = pending
-        try:
+        with self._replies.expect() as (request_id, pending):
+            payload = json.dumps({**body, "request_id": request_id}).encode()
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"command over {MAX_PAYLOAD_BYTES} bytes")
             if not self._client.is_connected():
                 raise PublishError(f"the display has no connection to the broker mqtt://{self.host}:{self.port}")
             self._client.publish(f"{self.topics.root}/cmd/{verb}", payload, qos=1)
             if not pending.done.wait(timeout):
                 raise PublishError(f"the box did not answer {verb} within {timeout:g} s: is it online?")
             return pending.reply  # type: ignore[return-value]
-        finally:
-            with self._cond:
-                self._pending.pop(request_id, None)
 
     def publish(self, topic: str, message: BaseModel, retain: bool = False, timeout: float = 5.0) -> bool:
         """Send one of the display's own messages (review events, signed reports) at QoS 1; True once the

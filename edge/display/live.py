@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -23,7 +23,7 @@ from fastapi import APIRouter, Body, HTTPException
 from fastapi.responses import Response, StreamingResponse
 
 from edge.display.api_models import ErrorOut
-from edge.display.feed import DisplayFeed
+from edge.display.feed import Change, DisplayFeed
 from edge.errors import PublishError
 from edge.mqtt.commands import VERBS
 
@@ -71,7 +71,7 @@ def live_router(feed: DisplayFeed, command_timeout_s: float, stopping: threading
 
     @router.get("/events", response_class=StreamingResponse)
     async def events() -> StreamingResponse:
-        return StreamingResponse(_stream(feed, stopping, streams), media_type="text/event-stream")
+        return StreamingResponse(event_stream(feed.changes, stopping, streams), media_type="text/event-stream")
 
     @router.post(
         "/api/command/{verb}",
@@ -91,10 +91,16 @@ def live_router(feed: DisplayFeed, command_timeout_s: float, stopping: threading
     return router
 
 
-async def _stream(feed: DisplayFeed, stopping: threading.Event, streams: anyio.CapacityLimiter) -> AsyncIterator[str]:
+async def event_stream(
+    changes: Callable[[int, float], tuple[int, list[Change]]],
+    stopping: threading.Event,
+    streams: anyio.CapacityLimiter,
+) -> AsyncIterator[str]:
+    """Server-Sent Events from a ``changes(since, timeout)`` source (the display's feed, the fleet's board):
+    one event per changed kind, newest only, and a keep-alive comment when nothing changes."""
     since, quiet_s = 0, 0.0
     while not stopping.is_set():  # waits in short slices: a stopping server ends every stream within one
-        version, news = await run_sync(feed.changes, since, WAIT_S, abandon_on_cancel=True, limiter=streams)
+        version, news = await run_sync(changes, since, WAIT_S, abandon_on_cancel=True, limiter=streams)
         if news:
             yield "".join(f"event: {c.kind}\ndata: {c.payload}\n\n" for c in news)
             since, quiet_s = version, 0.0

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
 import anyio
-from anyio.to_thread import run_sync
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
 from fastapi.responses import Response, StreamingResponse
 
@@ -30,7 +29,9 @@ from edge.config import AppConfig, parse_mqtt_url
 from edge.display.api_models import ErrorOut
 from edge.display.app import install_errors
 from edge.display.auth import LoginThrottle, Session, Sessions, auth_router, operator_session
+from edge.display.feed import Change
 from edge.display.guard import Guard, own_names
+from edge.display.live import event_stream
 from edge.display.server import DisplayServer, exposure
 from edge.errors import ConfigError, PublishError
 from edge.fleet.board import FleetBoard
@@ -53,8 +54,6 @@ PAGES = {"/": "fleet.html", "/index.html": "fleet.html", "/login": "login.html"}
 OPEN = frozenset(
     {"/login", "/static/login.js", "/static/style.css", "/static/review.css", "/api/login", "/api/session"}
 )
-HEARTBEAT_S = 10.0
-WAIT_S = 0.5
 MAX_STREAMS = 64
 
 
@@ -83,7 +82,7 @@ def fleet_router(board: FleetBoard, command_timeout_s: float, stopping: threadin
 
     @router.get("/events", response_class=StreamingResponse)
     async def events() -> StreamingResponse:
-        return StreamingResponse(_stream(board, stopping, streams), media_type="text/event-stream")
+        return StreamingResponse(event_stream(_changes(board), stopping, streams), media_type="text/event-stream")
 
     @router.post(
         "/api/boxes/{device_id}/command/{verb}",
@@ -117,23 +116,17 @@ def fleet_router(board: FleetBoard, command_timeout_s: float, stopping: threadin
     return router
 
 
-async def _stream(board: FleetBoard, stopping: threading.Event, streams: anyio.CapacityLimiter) -> AsyncIterator[str]:
-    since, quiet_s = 0, 0.0
-    while not stopping.is_set():  # short waits: a stopping server ends every stream within one
-        version, news = await run_sync(board.changes, since, WAIT_S, abandon_on_cancel=True, limiter=streams)
-        if news:
-            yield "".join(
-                f"event: link\ndata: {json.dumps(n['link'])}\n\n"
-                if "link" in n
-                else f"event: box\ndata: {json.dumps(n)}\n\n"
-                for n in news
-            )
-            since, quiet_s = version, 0.0
-        else:
-            quiet_s += WAIT_S
-            if quiet_s >= HEARTBEAT_S:
-                yield ": keep-alive\n\n"
-                quiet_s = 0.0
+def _changes(board: FleetBoard) -> Callable[[int, float], tuple[int, list[Change]]]:
+    """The board's changed boxes as page events: ``box`` (a card's data) and ``link`` (the page's own link)."""
+
+    def changes(since: int, timeout: float) -> tuple[int, list[Change]]:
+        version, news = board.changes(since, timeout)
+        return version, [
+            Change("link", version, json.dumps(n["link"])) if "link" in n else Change("box", version, json.dumps(n))
+            for n in news
+        ]
+
+    return changes
 
 
 def create_fleet_app(

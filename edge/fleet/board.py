@@ -17,7 +17,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from edge.config import MqttConfig
 from edge.errors import PublishError
-from edge.mqtt.commands import VERBS, CommandReply
+from edge.mqtt.commands import VERBS, CommandReply, ReplyWaiter
 from edge.mqtt.messages import CurrentSlideMessage, HealthMessage, StatusMessage
 from edge.mqtt.publisher import make_client, start_loop
 
@@ -47,12 +46,6 @@ class Box:
     state: str = "unknown"
     why: str = ""
     version: int = 0
-
-
-@dataclass
-class _Pending:
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: dict[str, Any] | None = None
 
 
 class FleetBoard:
@@ -80,7 +73,8 @@ class FleetBoard:
         self._warned: set[tuple[str, str]] = set()
         self._cond = threading.Condition()
         self._version = 0
-        self._pending: dict[str, _Pending] = {}
+        self._replies = ReplyWaiter()
+        self._link_version = 0
         self._stop = threading.Event()
         self._clock = threading.Thread(target=self._watch, name="fleet-clock", daemon=True)
         client = make_client(config, "marrow-fleet")
@@ -127,8 +121,6 @@ class FleetBoard:
         else:
             box.version = self._version
         self._cond.notify_all()
-
-    _link_version = 0
 
     # -- state of each box ------------------------------------------------------------------------
     def _derive(self, box: Box, now: float) -> tuple[str, str]:
@@ -226,11 +218,7 @@ class FleetBoard:
         except ValidationError:
             self.invalid += 1
             return
-        with self._cond:
-            pending = self._pending.get(reply.request_id or "")
-        if pending is not None:
-            pending.reply = reply.model_dump(mode="json", by_alias=True)
-            pending.done.set()
+        self._replies.answer(reply)
 
     # -- commands -------------------------------------------------------------------------------------
     def command(self, device_id: str, verb: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -245,21 +233,14 @@ class FleetBoard:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-        request_id = uuid.uuid4().hex
-        payload = checked.model_copy(update={"request_id": request_id}).model_dump_json(exclude_none=True)
-        pending = _Pending()
-        with self._cond:
-            self._pending[request_id] = pending
-        try:
+        with self._replies.expect() as (request_id, pending):
+            payload = checked.model_copy(update={"request_id": request_id}).model_dump_json(exclude_none=True)
             if not self._client.is_connected():
                 raise PublishError(f"the fleet page has no connection to the broker mqtt://{self.host}:{self.port}")
             self._client.publish(f"{self.prefix}/{device_id}/cmd/{verb}", payload, qos=1)
             if not pending.done.wait(timeout):
                 raise PublishError(f"{device_id} did not answer {verb} within {timeout:g} s: is it online?")
             return pending.reply  # type: ignore[return-value]
-        finally:
-            with self._cond:
-                self._pending.pop(request_id, None)
 
     # -- life -----------------------------------------------------------------------------------------
     def start(self, wait_s: float = 5.0) -> FleetBoard:

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,6 +76,41 @@ class CommandReply(Envelope):
     slide_id: str | None = None
     specimen_id: str | None = None
     target_count: int | None = None
+
+
+@dataclass
+class PendingReply:
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: dict | None = None
+
+
+class ReplyWaiter:
+    """Commands sent and not yet answered, by request_id: a sender waits, the MQTT thread answers.
+    The display and the fleet page both send commands this way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, PendingReply] = {}
+
+    @contextmanager
+    def expect(self) -> Iterator[tuple[str, PendingReply]]:
+        """A fresh request_id and what its reply will fill; forgotten on leaving the block."""
+        request_id, pending = uuid.uuid4().hex, PendingReply()
+        with self._lock:
+            self._waiting[request_id] = pending
+        try:
+            yield request_id, pending
+        finally:
+            with self._lock:
+                self._waiting.pop(request_id, None)
+
+    def answer(self, reply: CommandReply) -> None:
+        """A box's reply: wakes the sender waiting for its request_id (others are ignored)."""
+        with self._lock:
+            pending = self._waiting.get(reply.request_id or "")
+        if pending is not None:
+            pending.reply = reply.model_dump(mode="json", by_alias=True)
+            pending.done.set()
 
 
 def _first_error(exc: ValidationError) -> str:
