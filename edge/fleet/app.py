@@ -130,10 +130,14 @@ def _changes(board: FleetBoard) -> Callable[[int, float], tuple[int, list[Change
 
 
 def create_fleet_app(
-    board: FleetBoard, config: AppConfig, sessions: Sessions, operators: Operators | None, stopping: threading.Event
+    board: FleetBoard,
+    config: AppConfig,
+    sessions: Sessions,
+    operators: Operators | None,
+    stopping: threading.Event,
+    login_required: bool,
 ) -> FastAPI:
     where = config.fleet
-    login_required, _ = exposure(where, "fleet")
     app = FastAPI(
         title="marrow-edge fleet",
         summary="Every box on the lab broker: online, counting, health, LIS backlog.",
@@ -163,7 +167,7 @@ class Fleet:
 
     def __init__(self, config: AppConfig) -> None:
         where = config.fleet
-        _, tls = exposure(where, "fleet")
+        login_required, tls = exposure(where, "fleet")
         host, port = parse_mqtt_url(config.mqtt.url) if config.mqtt.url else ("127.0.0.1", 1883)
         review_url = where.review_url
         self.board = FleetBoard(
@@ -180,7 +184,7 @@ class Fleet:
         if where.operators is not None and not where.operators.is_file():
             raise ConfigError(
                 f"fleet.operators {where.operators} does not exist: add the first with "
-                f"`marrow-edge review operator add --store {where.operators} NAME`"
+                f"`marrow-edge review --store {where.operators} operator add NAME`"
             )
         self.store = SlideStore(where.operators) if where.operators is not None else None
         operators = Operators(self.store) if self.store is not None else None
@@ -188,7 +192,7 @@ class Fleet:
             where.session_hours, secure=tls is not None, stamp_of=operators.stamp if operators else None
         )
         stopping = threading.Event()
-        app = create_fleet_app(self.board, config, sessions, operators, stopping)
+        app = create_fleet_app(self.board, config, sessions, operators, stopping, login_required)
         self.server = DisplayServer(
             app, where.host, where.port, tls, where.read_timeout_s, where.keep_alive_s, stopping
         )
