@@ -357,7 +357,7 @@ def load_torch_models(bundle: Bundle, weights: Path | None = None) -> tuple[Dete
         )
     detector, classifier, trained = load_graphs(
         manifest.profile, len(manifest.classes), tuple(manifest.detector.labels), Path(folder), require_all=True,
-        stage2=tuple(manifest.classifier.stage2),
+        stage2=tuple(manifest.classifier.stage2), stage1=manifest.classifier.stage1,
     )  # fmt: skip
     if not trained:
         raise EngineError(f"no PyTorch weights found in {folder}")

@@ -283,10 +283,11 @@ def load_graphs(
     require_all: bool = False,
     seed: int = 0,
     stage2: tuple[str, ...] | None = None,
+    stage1: str | None = None,
 ) -> tuple[DetectorGraph, FusedClassifier, bool]:
     """A profile's two graphs with the state dicts in ``weights_dir``, and whether any weights were
-    loaded (False: untrained). ``stage2``: the members a bundle's manifest names (a bundle made
-    before its profile changed keeps its own); default the profile's.
+    loaded (False: untrained). ``stage1``/``stage2``: the architectures a bundle's manifest names (a
+    bundle made before its profile changed keeps its own); default the profile's.
 
     ``require_all``: every model must find its weights (a runtime backend must never run a
     half-random ensemble); otherwise a missing file leaves that model random, with a warning.
@@ -294,14 +295,15 @@ def load_graphs(
     profile = PROFILES[profile_name]
     torch.manual_seed(seed)
     detector = build_detector(profile, num_classes=len(detector_labels) + 1)
-    stage1 = build_classifier(profile.stage1, 2)
+    stage1_arch = stage1 or profile.stage1
+    stage1_net = build_classifier(stage1_arch, 2)
     archs = stage2 or profile.stage2
     members = [build_classifier(arch, num_classes) for arch in archs]
     trained = False
     if weights_dir is not None:
         parts: list[tuple[nn.Module, str, str]] = [
             (detector, "detector.pt", f"{profile.detector} detector with labels {detector_labels}"),
-            (stage1, "stage1.pt", f"stage-1 {profile.stage1} (2 outputs)"),
+            (stage1_net, "stage1.pt", f"stage-1 {stage1_arch} (2 outputs)"),
         ]
         parts += [
             (m, f"stage2_{i}.pt", f"stage-2 member {arch} ({num_classes} classes)")
@@ -316,5 +318,5 @@ def load_graphs(
                 raise BundleError(f"{path} is missing: the {what} has no weights")
             else:
                 log.warning("no %s in %s: that model keeps random weights", file, weights_dir)
-    graphs = DetectorGraph(detector).eval(), FusedClassifier(stage1, members).eval()
+    graphs = DetectorGraph(detector).eval(), FusedClassifier(stage1_net, members).eval()
     return graphs[0], graphs[1], trained

@@ -175,8 +175,16 @@ def _write_run(out: Path, args, recipe: Recipe, names: list[str], counts: dict, 
     (out / "run.json").write_text(json.dumps(record, indent=1))
 
 
+def _check_side(images: np.ndarray, size: int) -> None:
+    """The smallest random crop (0.7 of the cache) must not be upsampled: finer input would add no detail."""
+    if size > 0.7 * images.shape[1] + 1:
+        need = round(size / 0.7)
+        raise SystemExit(f"--size {size} needs crops cached at {need} px or more (these: {images.shape[1]})")
+
+
 def train_stage2(args) -> dict:
     train, val = load_crops(args.crops, "train"), load_crops(args.crops, "val")
+    _check_side(train["images"], args.size)
     recipe = _recipe(args)
     network = build_classifier(args.arch, len(CLASS_NAMES))
     if args.norm == "group":
@@ -241,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     crops = sub.add_parser("crops", help="cut every cell of pbc_cells and matek_bm once")
     crops.add_argument("--data", type=Path, default=DATA)
     crops.add_argument("--out", type=Path, required=True)
+    crops.add_argument(
+        "--side", type=int, default=CACHE_SIDE, help="cached crop side: input size / 0.7 (184: 128 px, 229: 160 px)"
+    )
     for name in ("stage2", "stage1"):
         p = sub.add_parser(name)
         p.add_argument("--crops", type=Path, required=True)
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--weight-decay", type=float, default=1e-5)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--size", type=int, default=128, help="input side in px (the crop cache is 184 px)")
+        p.add_argument("--size", type=int, default=128, help="input side in px (at most 0.7 x the crops' cached side)")
         if name == "stage1":
             p.add_argument("--txl", type=Path, default=DATA / "txl_pbc_detection")
         else:
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "crops":
-        build_crops(args.data, args.out)
+        build_crops(args.data, args.out, side=args.side)
         return
     torch.set_num_threads(args.threads)
     result = train_stage2(args) if args.command == "stage2" else train_stage1(args)

@@ -167,3 +167,19 @@ def test_a_bundle_keeps_its_own_members_when_its_profile_changes_later(tmp_path)
     assert trained and len(classifier.members) == 1
     with pytest.raises(Exception, match=r"stage2_[01]\.pt|size mismatch"):
         load_graphs("lite", 4, ("WBC",), tmp_path, require_all=True)  # the profile's three members: not these
+
+
+def test_a_bundle_keeps_its_own_stage1_when_its_profile_changes_later(tmp_path):
+    """Likewise for stage 1: a bundle whose manifest names a stage 1 other than the profile's today
+    (marrow-bm 2.0.0: mobilenet_v3_small, before efflite moved to EfficientNet-Lite0) loads with it."""
+    from edge.engines.graphs import PROFILES, build_classifier, build_detector, load_graphs
+
+    profile = PROFILES["lite"]
+    torch.save(build_detector(profile, num_classes=2).state_dict(), tmp_path / "detector.pt")
+    torch.save(build_classifier("shufflenet_v2_x1_0", 2).state_dict(), tmp_path / "stage1.pt")
+    for i, arch in enumerate(profile.stage2):
+        torch.save(build_classifier(arch, 4).state_dict(), tmp_path / f"stage2_{i}.pt")
+    _, classifier, trained = load_graphs("lite", 4, ("WBC",), tmp_path, require_all=True, stage1="shufflenet_v2_x1_0")
+    assert trained and type(classifier.stage1).__name__ == "ShuffleNetV2"
+    with pytest.raises(Exception, match=r"stage1\.pt|size mismatch|Missing key|Unexpected key"):
+        load_graphs("lite", 4, ("WBC",), tmp_path, require_all=True)  # the profile's mobilenet: not this file
