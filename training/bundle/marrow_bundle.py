@@ -212,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"profile {profile} has {len(members)} stage-2 members ({', '.join(members)}): give as many runs")
     if kept and profile != kept.manifest.profile and "keep" in map(str, args.stage2):
         parser.error("a member can be kept only within the kept bundle's own profile")
+    if kept and args.stage1 is None and kept.manifest.classifier.stage1 != PROFILES[profile].stage1:
+        parser.error(
+            f"the kept bundle's stage 1 is {kept.manifest.classifier.stage1}, profile {profile}'s is "
+            f"{PROFILES[profile].stage1}: give --stage1 RUN"
+        )
     # each part's weights and record: a training run, or (None / 'keep') the --keep bundle's own
     runs = {"detector": None if args.keep else args.detector, "stage1": args.stage1}
     runs |= {f"stage2_{i}": None if str(run) == "keep" else run for i, run in enumerate(args.stage2)}

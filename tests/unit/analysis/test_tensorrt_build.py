@@ -274,7 +274,8 @@ def test_fp32_pinning_goes_by_layer_type_not_name(bundle):
         for i in fp32_layers(network, trt):
             pinned[layers[i][0]] = nodes[i].op_type
         hard += sum(n.op_type == "HardSigmoid" for n in nodes)
-    assert hard >= 18 and "HardSigmoid" not in pinned.values()  # the MobileNetV3 stage 1 and detector backbone
+    # the MobileNetV3 detector backbone's 9 squeeze-excitation gates (and stage 1's, where it is a MobileNetV3)
+    assert hard >= 9 and "HardSigmoid" not in pinned.values()
     assert sorted(set(pinned.values())) == ["Exp", "Sigmoid", "Softmax"]
     members = len(bundle.manifest.classifier.stage2)
     assert sum(v == "Softmax" for v in pinned.values()) == 1 + members  # stage 1 and each member
