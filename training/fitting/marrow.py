@@ -175,16 +175,16 @@ def _write_run(out: Path, args, recipe: Recipe, names: list[str], counts: dict, 
     (out / "run.json").write_text(json.dumps(record, indent=1))
 
 
-def _check_side(images: np.ndarray, size: int) -> None:
-    """The smallest random crop (0.7 of the cache) must not be upsampled: finer input would add no detail."""
-    if size > 0.7 * images.shape[1] + 1:
-        need = round(size / 0.7)
-        raise SystemExit(f"--size {size} needs crops cached at {need} px or more (these: {images.shape[1]})")
+def _check_side(side: int, size: int) -> None:
+    """The smallest random crop must not be upsampled: finer input would add no detail."""
+    smallest = STAIN_ROBUST.crop_scale[0]
+    if size > smallest * side + 1:
+        raise SystemExit(f"--size {size} needs crops cached at {round(size / smallest)} px or more (these: {side})")
 
 
 def train_stage2(args) -> dict:
     train, val = load_crops(args.crops, "train"), load_crops(args.crops, "val")
-    _check_side(train["images"], args.size)
+    _check_side(train["images"].shape[1], args.size)
     recipe = _recipe(args)
     network = build_classifier(args.arch, len(CLASS_NAMES))
     if args.norm == "group":
@@ -202,9 +202,11 @@ def train_stage2(args) -> dict:
     )
 
 
-def stage1_set(crops: dict[str, np.ndarray], txl_records, rng: np.random.Generator, side: int) -> tuple:
+def stage1_set(crops: dict[str, np.ndarray], txl_records, rng: np.random.Generator) -> tuple:
     """Countable: white cells of both sets. Not countable: NIF, ART, platelets, white cells cut
-    by the border or defocused (every fourth each), up to three RBC and platelet boxes per TXL field."""
+    by the border or defocused (every fourth each), up to three RBC and platelet boxes per TXL field,
+    cut at the cells' cached side so every crop of the set has one scale."""
+    side = crops["images"].shape[1]
     built = Stage1Set()
     for image, code, name in zip(crops["images"], crops["codes"], crops["sets"], strict=True):
         if str(code) in NOT_COUNTABLE_CODES:
@@ -227,7 +229,9 @@ def train_stage1(args) -> dict:
     data, sources = {}, {}
     for split in ("train", "val", "test"):
         records = [r for r in txl if r.split == split]
-        data[split] = stage1_set(load_crops(args.crops, split), records, rng, CACHE_SIDE)
+        crops = load_crops(args.crops, split)
+        _check_side(crops["images"].shape[1], args.size)  # before the TXL fields are read
+        data[split] = stage1_set(crops, records, rng)
         sources[split] = data[split][2]
         log.info("stage 1 %s: %s", split, sources[split])
     recipe = _recipe(args)
