@@ -48,6 +48,20 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
+def _countable_line(threshold: float, record: dict | None) -> str:
+    """The stage-1 threshold, how it was chosen, and what it costs on validation against 0.5."""
+    if not record or "validation_scan" not in record:
+        return f"Stage-1 countable threshold {threshold:.2f} ({record['rule'] if record else 'the export default'})."
+    rows = {r["threshold"]: r for r in record["validation_scan"]}
+    at, base = rows[threshold], rows[0.5]
+    return (
+        f"Stage-1 countable threshold {threshold:.2f}, chosen on validation cells ({record['rule']}): "
+        f"NIF + ART counted {_pct(base['junk_counted'])} at 0.50 -> {_pct(at['junk_counted'])}, white cells lost "
+        f"{_pct(base['white_lost'])} -> {_pct(at['white_lost'])}, blasts lost {_pct(base['blast_lost'])} -> "
+        f"{_pct(at['blast_lost'])} (`python -m training.countable --bundle DIR` prints the scan)."
+    )
+
+
 def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
     """The bundle's README: what it is for and not for, how its crops are made, every held-back and
     foreign figure, the guard's rates, the slide table, and the recipe."""
@@ -124,6 +138,8 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         f"{db['ap50']:.3f} | >= 0.90 |",
         f"| stage-1 test set, {s1['n']} crops | yes | sensitivity countable / not countable | "
         f"{s1['countable_sensitivity']:.3f} / {s1['not_countable_sensitivity']:.3f} | |",
+        "",
+        _countable_line(manifest.classifier.countable_threshold, m.get("countable_threshold")),
         "",
         "Per-class (matek_bm test): "
         + ", ".join(f"{c} F1 {v['f1']:.2f}" for c, v in mk["per_class"].items() if "f1" in v),

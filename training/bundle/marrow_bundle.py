@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from build_engines.export import ExportRequest, export_bundle
 from edge.engines.bundle import Bundle, load_bundle, write_manifest
 from edge.engines.graphs import PROFILES
 from training.bundle.bundle_readme import write_readme
+from training.bundle.countable import RULE, choose, validation_cells
 from training.bundle.guard import calibrate, measure
 from training.bundle.starter import _recipe_record, _run_info, stage1_test, tune_score_threshold
 from training.data.compose import DATA
@@ -186,6 +188,11 @@ def main(argv: list[str] | None = None) -> None:
         default="none",
         help="white-balance each field in the count path (background) or not (none; see the bundle README)",
     )
+    parser.add_argument(
+        "--countable-threshold",
+        default="auto",
+        help="stage-1 cut-off: 'auto' chooses it on validation cells (training.bundle.countable), or a number",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.readme_only:
@@ -244,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
             request.score_threshold = round(tune_score_threshold(args.out, args.det_data), 4)
             export_bundle(request)
     _mark(args.out, None, args.colour_normalisation)
+    countable = countable_threshold(args.out, args.data, args.countable_threshold)
+    _mark(args.out, None, args.colour_normalisation, countable["chosen"])
     bundle = load_bundle(args.out)
     guard = calibrate(bundle, args.data, fields=validation_fields(args.fields, args.data))
     _mark(args.out, guard, args.colour_normalisation)
@@ -254,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["stage1_test"] = stage1_test(args.out, args.stage1)
     metrics["matek_nif_art_test"] = not_countable_counted(args.out, args.data)
     metrics["guard"] = measure(load_bundle(args.out), args.data)
+    metrics["countable_threshold"] = countable
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -322,10 +332,22 @@ def redo_guard(bundle_dir: Path, data: Path, robustness: Path | None, fields: Pa
     write_readme(bundle_dir, robustness)
 
 
-def _mark(bundle_dir: Path, guard, colour: str) -> None:
-    """The marrow bundle's own settings, over what export writes."""
+def countable_threshold(bundle_dir: Path, data: Path, given: str) -> dict:
+    """The stage-1 threshold and how it was chosen: by the validation rule ('auto') or given."""
+    if given != "auto":
+        return {"chosen": float(given), "rule": "given at assembly"}
+    chosen, scan = choose(validation_cells(load_bundle(bundle_dir), data))
+    log.info("countable threshold %.2f (validation scan: %s)", chosen, scan)
+    return {"chosen": chosen, "rule": RULE, "validation_scan": [asdict(row) for row in scan]}
+
+
+def _mark(bundle_dir: Path, guard, colour: str, countable_threshold: float | None = None) -> None:
+    """The marrow bundle's own settings, over what export writes (the countable threshold: kept unless given)."""
     bundle = load_bundle(bundle_dir)
-    classifier = bundle.manifest.classifier.model_copy(update={"training_crops": "central_cell"})
+    update = {"training_crops": "central_cell"}
+    if countable_threshold is not None:
+        update["countable_threshold"] = countable_threshold
+    classifier = bundle.manifest.classifier.model_copy(update=update)
     update = {
         "colour_normalisation": colour,
         "classifier": classifier,
