@@ -70,3 +70,26 @@ def test_composed_fields_keep_every_box_inside_and_apart():
     # every box holds its nucleus: the densest pixels sit inside it
     x1, y1, x2, y2 = boxes[0].astype(int)
     assert field[y1:y2, x1:x2, 1].min() < 80
+
+
+def test_stage1_cuts_field_boxes_at_the_cells_cached_side(tmp_path):
+    """Crops cached at 229 px (160 px input): the TXL red-cell and platelet boxes are cut at 229 too,
+    so one stage-1 set holds one scale (they were cut at a fixed 184 px)."""
+    import pytest
+
+    from training.data.readers import Box, FieldAnnotation
+    from training.fitting.marrow import _check_side, stage1_set
+
+    side = 229
+    images = np.full((4, side, side, 3), 200, np.uint8)
+    crops = {"images": images, "codes": np.array(["BLA", "NIF", "SNE", "LYT"]), "sets": np.array(["m"] * 4)}
+    field = _smear(320, 240)
+    cv2.imwrite(str(tmp_path / "field.jpg"), field)
+    boxes = [Box(20, 20, 44, 44, "RBC"), Box(200, 100, 212, 112, "Platelets"), Box(100, 100, 160, 160, "WBC")]
+    record = FieldAnnotation(tmp_path / "field.jpg", 320, 240, boxes, "train")
+    built, _, sources = stage1_set(crops, [record], np.random.default_rng(0))
+    assert {b.shape for b in built} == {(side, side, 3)}
+    assert sum(v for k, v in sources.items() if k.startswith("txl")) == 2  # the white cell's box is not one
+    _check_side(side, 160)
+    with pytest.raises(SystemExit, match="--size 160 needs crops cached at 229 px"):
+        _check_side(184, 160)
