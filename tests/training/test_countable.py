@@ -43,3 +43,14 @@ def test_the_class_a_cell_is_called_counts_too() -> None:
     row = called_not_countable.row(0.5)
     assert row.junk_counted == 0.0 and row.white_lost == 0.0 and row.blast_lost == 0.0
     assert mixed.row(0.5).junk_counted == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "abc", "nan"])
+def test_marrow_bundle_refuses_a_threshold_that_is_no_probability_before_any_work(bad, tmp_path, capsys) -> None:
+    from training.bundle.marrow_bundle import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--countable-threshold", bad, "--out", str(tmp_path / "b")])
+    assert stop.value.code == 2
+    assert "give 'auto' or a number from 0 to 1" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--countable-threshold",
         default="auto",
+        type=_threshold_arg,
         help="stage-1 cut-off: 'auto' chooses it on validation cells (training.bundle.countable), or a number",
     )
     args = parser.parse_args(argv)
@@ -330,6 +331,18 @@ def redo_guard(bundle_dir: Path, data: Path, robustness: Path | None, fields: Pa
     provenance["slides_table"] = slide_table(outcomes)
     write_manifest(bundle_dir, bundle.manifest.model_copy(update={"provenance": provenance}))
     write_readme(bundle_dir, robustness)
+
+
+def _threshold_arg(text: str) -> str:
+    """'auto' or a probability, checked when the command line is read (not after minutes of export)."""
+    if text != "auto":
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give 'auto' or a number from 0 to 1")
+    return text
 
 
 def countable_threshold(bundle_dir: Path, data: Path, given: str) -> dict:
