@@ -93,3 +93,23 @@ def test_stage1_cuts_field_boxes_at_the_cells_cached_side(tmp_path):
     _check_side(side, 160)
     with pytest.raises(SystemExit, match="--size 160 needs crops cached at 229 px"):
         _check_side(184, 160)
+
+
+def test_every_split_of_a_subset_of_codes_is_the_classifiers_split():
+    """The guard, the countable threshold and the held-back NIF+ART figure read subsets of a set's codes;
+    split apart from the other codes they drew other cells (84 of the 180 'test' NIF+ART cells were training cells)."""
+    import pytest
+
+    from training.bundle.guard import _split_paths
+    from training.data.compose import DATA
+    from training.data.splits import cell_split, cell_splits
+
+    if not (DATA / "matek_bm").is_dir() or not (DATA / "pbc_cells").is_dir():
+        pytest.skip(f"needs ../shared/data (matek_bm, pbc_cells) at {DATA}")
+    for name, codes in (("matek_bm", ["NIF", "ART"]), ("matek_bm", ["BLA", "LYT"]), ("pbc_cells", ["SNE", "PMY"])):
+        trained = {s.image for s in cell_splits(DATA, name)["train"]}
+        for split in ("val", "test"):
+            wanted = [s.image for s in cell_splits(DATA, name)[split] if s.label in codes]
+            assert [s.image for s in cell_split(DATA, name, split, codes)] == wanted
+            assert set(_split_paths(DATA, name, codes, split)) == set(wanted)
+            assert not trained & set(wanted)

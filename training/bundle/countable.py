@@ -27,8 +27,9 @@ from edge.analysis.classify import Classifier
 from edge.capture.decode import decode_image
 from edge.engines.bundle import Bundle, load_bundle
 from edge.engines.onnxruntime import OnnxRuntimeBackend
+from training.bundle.guard import WHITE_CODES
 from training.data.compose import DATA
-from training.data.readers import read_cell_folders, split_samples
+from training.data.splits import cell_split
 from training.evaluation.evaluate import bundle_crops
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ RULE = (
     "counting the fewest NIF + ART"
 )
 BLAST = "BLA"
-WHITE = {
-    "matek_bm": ["BLA", "LYT", "MON", "EOS", "NGS", "PMO"],
-    "pbc_cells": ["BA", "BNE", "EO", "ERB", "LY", "MMY", "MO", "MY", "PMY", "SNE"],
-}
 
 
 @dataclass(frozen=True)
@@ -78,8 +75,8 @@ class ValidationCells:
 
 
 def validation_cells(bundle: Bundle, data: Path = DATA) -> ValidationCells:
-    samples = split_samples(read_cell_folders(data / "matek_bm", [*WHITE["matek_bm"], *JUNK]), seed=0)["val"]
-    samples += split_samples(read_cell_folders(data / "pbc_cells", WHITE["pbc_cells"]), seed=0)["val"]
+    samples = cell_split(data, "matek_bm", "val", [*WHITE_CODES["matek_bm"], *JUNK])
+    samples += cell_split(data, "pbc_cells", "val", WHITE_CODES["pbc_cells"])
     spec = bundle.manifest.classifier
     classifier = Classifier(OnnxRuntimeBackend(bundle.path(spec.file)), len(bundle.class_names), max_batch=32)
     images = [decode_image(s.image.read_bytes(), s.image.name) for s in samples]

@@ -25,13 +25,14 @@ from edge.counting.domain import DomainGuard
 from edge.engines.bundle import Bundle, DomainGuardSpec, load_bundle
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from training.data.cells import central_cell_box
-from training.data.readers import IMAGE_SUFFIXES, read_cell_folders, split_samples
+from training.data.readers import IMAGE_SUFFIXES
+from training.data.splits import cell_split
 from training.evaluation.evaluate import bundle_crops
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
-SETS = {
+WHITE_CODES = {  # the white cells of each set (the guard and the countable threshold read these)
     "pbc_cells": ["BA", "BNE", "EO", "ERB", "LY", "MMY", "MO", "MY", "PMY", "SNE"],
     "matek_bm": ["BLA", "LYT", "MON", "EOS", "NGS", "PMO"],
 }
@@ -109,7 +110,9 @@ def calibrate(
     validation pseudo-slide (x 1.15 distance, - 0.05 confidence). ``fields``: validation fields
     counted through the count path as well (detector boxes differ a little from the boxes the
     single-cell images get), so the thresholds hold for both."""
-    per_set = {name: cell_statistics(bundle, _split_paths(data, name, codes, "val")) for name, codes in SETS.items()}
+    per_set = {
+        name: cell_statistics(bundle, _split_paths(data, name, codes, "val")) for name, codes in WHITE_CODES.items()
+    }
     if fields:
         per_set["validation fields"] = field_statistics(bundle, fields)
     feats = np.concatenate([st[0] for st in per_set.values()])
@@ -153,7 +156,7 @@ def calibrate(
 
 
 def _split_paths(data: Path, name: str, codes: list[str], split: str) -> list[Path]:
-    return [s.image for s in split_samples(read_cell_folders(data / name, codes), seed=0)[split]]
+    return [s.image for s in cell_split(data, name, split, codes)]
 
 
 def _folder_paths(folder: Path) -> list[Path]:
@@ -166,7 +169,7 @@ def measure(bundle: Bundle, data: Path = DATA, cells: int = 50, slides: int = 20
     if spec is None:
         raise ValueError(f"bundle {bundle.manifest.name} has no domain guard")
     sources: dict[str, list[Path]] = {
-        f"{name} test": _split_paths(data, name, codes, "test") for name, codes in SETS.items()
+        f"{name} test": _split_paths(data, name, codes, "test") for name, codes in WHITE_CODES.items()
     }
     for part in ("dataset1", "dataset2"):
         folder = data / "zheng2018_wbc" / part

@@ -79,9 +79,9 @@ SOURCES = {
 def not_countable_counted(bundle_dir: Path, data: Path) -> dict:
     """matek_bm test NIF + ART cells: the share the appliance would count (stage 1 and class both let it)."""
     from training.bundle.guard import cell_statistics
-    from training.data.readers import read_cell_folders, split_samples
+    from training.data.splits import cell_split
 
-    test = split_samples(read_cell_folders(data / "matek_bm", ["NIF", "ART"]), seed=0)["test"]
+    test = cell_split(data, "matek_bm", "test", ["NIF", "ART"])
     _, _, counted, _ = cell_statistics(load_bundle(bundle_dir), [s.image for s in test])
     per_code = {code: float(counted[[s.label == code for s in test]].mean()) for code in ("NIF", "ART")}
     return {"n": len(test), "counted_rate": round(float(counted.mean()), 4)} | {

@@ -26,12 +26,13 @@ import numpy as np
 
 from edge.analysis.colour import white_balance
 from training.data.cells import central_cell_box
-from training.data.readers import CellSample, read_cell_folders, split_samples
+from training.data.readers import CellSample, read_cell_folders
+from training.data.splits import SETS, cell_splits
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
-MATEK_CODES = ["BLA", "LYT", "MON", "EOS", "NGS", "PMO", "NIF", "ART"]
+MATEK_CODES = SETS["matek_bm"]
 FIELD_SIZE = (640, 480)  # width, height
 GROUND = np.array([232, 230, 236], np.float32)  # a balanced marrow smear's background
 
@@ -155,7 +156,7 @@ def load_patches(samples: Sequence[CellSample]) -> list[CellPatch]:
 
 def matek_splits(data: Path = DATA) -> dict[str, list[CellSample]]:
     """matek_bm's 70/10/20 split, the same one the classifiers' crops use (seed 0)."""
-    return split_samples(read_cell_folders(data / "matek_bm", MATEK_CODES), seed=0)
+    return cell_splits(data, "matek_bm")
 
 
 def write_fields(data: Path, out: Path, counts: dict[str, int], seed: int = 0, per_field=(4, 9)) -> dict[str, int]:

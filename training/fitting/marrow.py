@@ -26,7 +26,8 @@ import torch
 from edge.engines.bundle import ClassSpec
 from edge.engines.graphs import build_classifier
 from training.data.cells import cell_crop
-from training.data.readers import read_cell_folders, read_yolo, split_samples
+from training.data.readers import read_yolo
+from training.data.splits import SETS, cell_splits
 from training.fitting.augment import STAIN_ROBUST
 from training.fitting.loop import CellDataset, Recipe, train_classifier
 from training.fitting.stage1 import NOT_COUNTABLE, Stage1Set
@@ -64,10 +65,6 @@ MARROW_CLASSES: list[ClassSpec] = [
 ]
 CLASS_NAMES = [c.name for c in MARROW_CLASSES]
 CODE_TO_CLASS = {alias: i for i, c in enumerate(MARROW_CLASSES) for alias in c.aliases}
-SETS = {
-    "pbc_cells": ["BA", "BNE", "EO", "ERB", "LY", "MMY", "MO", "MY", "PMY", "SNE", "PLATELET"],
-    "matek_bm": ["BLA", "LYT", "MON", "EOS", "NGS", "PMO", "NIF", "ART"],
-}
 NOT_COUNTABLE_CODES = {"NIF", "ART", "PLATELET"}
 CACHE_SIDE = 184  # 128 px model input / 0.7 (the smallest random crop)
 CROP_MARGIN = 0.5  # side = 1.5 x box: the cell at 128 px, little of a set-specific surround
@@ -79,8 +76,8 @@ def build_crops(data: Path, out: Path, side: int = CACHE_SIDE, margin: float = C
     per_split: dict[str, dict[str, list]] = {
         s: {"images": [], "codes": [], "sets": [], "paths": []} for s in ("train", "val", "test")
     }
-    for name, codes in SETS.items():
-        splits = split_samples(read_cell_folders(data / name, codes), seed=0)
+    for name in SETS:
+        splits = cell_splits(data, name)
         for split, samples in splits.items():
 
             def one(sample):
