@@ -59,6 +59,24 @@ class LabClient:
         self.client.loop_stop()
 
 
+def _story(app: subprocess.Popen, dashboard: LabClient, logs: tuple[Path, Path]) -> str:
+    """What a failure needs to be read after the fact (a CI run keeps nothing else): the service's
+    exit and output, every status the lab saw, both brokers' logs."""
+    if app.poll() is None:
+        app.send_signal(signal.SIGTERM)
+    try:
+        out, err = app.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        app.kill()
+        out, err = app.communicate()
+    statuses = [(s["state"], s.get("instance"), s.get("camera"), s["time"]) for s in dashboard.on("/status")]
+    box, lab = (log.read_text(errors="replace")[-4000:] for log in logs)
+    return (
+        f"service exit {app.returncode}\nstdout: {out[-2000:]}\nstderr: {err[-4000:]}\n"
+        f"statuses at the lab: {statuses}\nbox broker log:\n{box}\nlab broker log:\n{lab}"
+    )
+
+
 @pytest.fixture
 def brokers(mosquitto, tmp_path):
     """(box broker url, lab broker port, CA file): the lab with TLS, passwords and the ACL template."""
@@ -86,20 +104,22 @@ def brokers(mosquitto, tmp_path):
     user = "user root\n" if os.geteuid() == 0 else ""
     conf = box_dir / "mosquitto.conf"
     conf.write_text(f"{user}persistence_location {box_dir}/\n{shipped}\n{bridge}")
-    box = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = box_dir / "mosquitto.log"
+    with log.open("wb") as sink:
+        box = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while not answers("127.0.0.1", port, 0.2):
-        assert box.poll() is None, box.stdout.read().decode()  # type: ignore[union-attr]
+        assert box.poll() is None, log.read_text()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    yield f"mqtt://127.0.0.1:{port}", lab.port, ca
+    yield f"mqtt://127.0.0.1:{port}", lab.port, ca, (log, lab.log)
     box.terminate()
     box.wait(5)
     lab.stop()
 
 
 def test_a_slide_and_a_command_cross_the_bridge_and_other_boxes_are_refused(brokers, samples, tmp_path):
-    box_url, lab_port, ca = brokers
+    box_url, lab_port, ca, logs = brokers
     dashboard = LabClient(lab_port, ca, "lab-dashboard", "lab-pw", "marrow/v1/#")
     intruder = LabClient(lab_port, ca, "scope-b", "pw-b", f"marrow/v1/{BOX}/#")  # another box, reading scope-a
     try:
@@ -118,17 +138,21 @@ def test_a_slide_and_a_command_cross_the_bridge_and_other_boxes_are_refused(brok
         assert len(dashboard.wait_for("/field")) == 2 and dashboard.on("/status")
 
         # a command from the lab: the box (service mode, simulated camera) answers, the reply reaches the lab
-        seen = len(dashboard.on("/status"))
+        earlier = {s.get("instance") for s in dashboard.on("/status")}
         app = _spawn("run", "--camera", "sim", "--fps", "4", "--wait-for-start", "--device-id", BOX,
                      "--broker", box_url)  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while not any(s["state"] == "online" for s in dashboard.on("/status")[seen:]):  # listening now
-                assert time.monotonic() < deadline and app.poll() is None
+            # this process's own birth (not the first run's late 'stopped'): online means listening
+            while not [s for s in dashboard.on("/status") if s["state"] == "online" and s["instance"] not in earlier]:
+                assert time.monotonic() < deadline and app.poll() is None, _story(app, dashboard, logs)
                 time.sleep(0.1)
             request = uuid.uuid4().hex[:12]
             dashboard.client.publish(f"marrow/v1/{BOX}/cmd/ping", json.dumps({"request_id": request}), qos=1)
-            replies = [r for r in dashboard.wait_for("/cmd/ping/reply", timeout=30) if r["request_id"] == request]
+            try:
+                replies = [r for r in dashboard.wait_for("/cmd/ping/reply", timeout=30) if r["request_id"] == request]
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_story(app, dashboard, logs)}") from None
             assert replies and replies[0]["ok"]
             time.sleep(2)  # previews flow on the box at 4 frames/s meanwhile
             assert not [t for t, _, _ in dashboard.messages if t.endswith("/preview")]  # never bridged

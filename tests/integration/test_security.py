@@ -23,10 +23,13 @@ class SecureBroker:
         conf = folder / "mosquitto.conf"
         user = "user root\n" if os.geteuid() == 0 else ""  # read our files as the user that wrote them
         conf.write_text(f"{user}per_listener_settings false\nlistener {self.port} 127.0.0.1\n{extra}")
-        self.proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # the log goes to a file: an unread pipe would stall the broker once 64 KiB of log filled it
+        self.log = folder / "mosquitto.log"
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not answers("127.0.0.1", self.port, 0.2):
-            assert self.proc.poll() is None, self.proc.stdout.read().decode()
+            assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
