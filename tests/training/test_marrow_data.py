@@ -113,3 +113,45 @@ def test_every_split_of_a_subset_of_codes_is_the_classifiers_split():
             assert [s.image for s in cell_split(DATA, name, split, codes)] == wanted
             assert set(_split_paths(DATA, name, codes, split)) == set(wanted)
             assert not trained & set(wanted)
+
+
+def test_stain_moderate_keeps_the_colour_that_stain_robust_may_take_away():
+    """A deep-blue (blast-like) patch: under the moderate preset its hue and saturation stay
+    near the original in every draw; the robust preset desaturates or turns some draws far."""
+    from training.fitting.augment import AUGMENTS, colour_and_blur
+
+    blue = np.zeros((32, 32, 3), np.uint8)
+    blue[:] = (60, 70, 170)  # RGB
+
+    def hue_sat(image):
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(float)
+        return hsv[:, 0].mean(), hsv[:, 1].mean()
+
+    hue0, sat0 = hue_sat(blue)
+    worst = {}
+    for name in ("stain-moderate", "stain-robust"):
+        rng = np.random.default_rng(0)
+        draws = [hue_sat(colour_and_blur(blue, rng, AUGMENTS[name])) for _ in range(200)]
+        worst[name] = (max(abs(h - hue0) for h, _ in draws), min(s for _, s in draws) / sat0)
+    assert worst["stain-moderate"][0] <= 12 and worst["stain-moderate"][1] >= 0.5, worst
+    assert worst["stain-robust"][0] > 20 or worst["stain-robust"][1] < 0.4, worst
+
+
+def test_stage2_records_the_augmentation_it_trained_with(tmp_path):
+    """``--augment`` picks the preset by name and run.json says which (with its parameters)."""
+    import json
+
+    from training.fitting.augment import STAIN_MODERATE
+    from training.fitting.marrow import main
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 6)):
+        codes = np.array(["BLA", "LYT", "MON"] * (n // 3))
+        images = rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)
+        np.savez(tmp_path / f"{split}.npz", images=images, codes=codes, sets=np.array(["matek_bm"] * n))
+    out = tmp_path / "run"
+    main(["stage2", "--crops", str(tmp_path), "--arch", "mobilenet_v3_small", "--epochs", "1", "--size", "32",
+          "--threads", "1", "--augment", "stain-moderate", "--out", str(out)])  # fmt: skip
+    augment = json.loads((out / "run.json").read_text())["augment"]
+    assert augment["name"] == "stain-moderate" and augment["grey_p"] == STAIN_MODERATE.grey_p == 0.0
+    assert augment["hue"] == STAIN_MODERATE.hue

@@ -49,6 +49,24 @@ STAIN_ROBUST = AugmentConfig(
     grey_p=0.3,
 )
 
+# The same kinds of jitter, narrower, and no greyscale: a monocyte's grey-blue cytoplasm against a
+# blast's deep blue is a colour cue that STAIN_ROBUST's hue turns and greyscale crops take away.
+STAIN_MODERATE = AugmentConfig(
+    hue=6.0,
+    saturation=0.25,
+    value=0.2,
+    channel_gain=0.1,
+    blur_p=0.3,
+    blur_sigma=(0.4, 1.6),
+    crop_scale=(0.7, 1.0),
+    crop_jitter=0.06,
+    gamma=(0.8, 1.25),
+    jpeg_p=0.3,
+    grey_p=0.0,
+)
+
+AUGMENTS = {"stain-robust": STAIN_ROBUST, "stain-moderate": STAIN_MODERATE}
+
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     height, width = image.shape[:2]

@@ -28,7 +28,7 @@ from edge.engines.graphs import build_classifier
 from training.data.cells import cell_crop
 from training.data.readers import read_yolo
 from training.data.splits import SETS, cell_splits
-from training.fitting.augment import STAIN_ROBUST
+from training.fitting.augment import AUGMENTS, STAIN_ROBUST
 from training.fitting.loop import CellDataset, Recipe, train_classifier
 from training.fitting.stage1 import NOT_COUNTABLE, Stage1Set
 from training.members.norms import group_norm
@@ -166,7 +166,7 @@ def _write_run(out: Path, args, recipe: Recipe, names: list[str], counts: dict, 
         "data": str(args.crops),
         "init": str(args.init) if args.init else "random",
         "recipe": asdict(recipe),
-        "augment": asdict(STAIN_ROBUST),
+        "augment": {"name": args.augment} | asdict(AUGMENTS[args.augment]),
         "counts": counts,
     } | extra
     (out / "run.json").write_text(json.dumps(record, indent=1))
@@ -191,7 +191,7 @@ def train_stage2(args) -> dict:
     _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm, **pretrained)
     return train_classifier(
         network,
-        CellDataset(train["images"], stage2_labels(train["codes"]), args.size, STAIN_ROBUST, seed=args.seed),
+        CellDataset(train["images"], stage2_labels(train["codes"]), args.size, AUGMENTS[args.augment], seed=args.seed),
         CellDataset(val["images"], stage2_labels(val["codes"]), args.size, None),
         CLASS_NAMES,
         recipe,
@@ -239,7 +239,7 @@ def train_stage1(args) -> dict:
     for split in ("val", "test"):  # kept for checkpoint choice (val) and held-back metrics (test)
         images, labels, _ = data[split]
         np.savez_compressed(args.out / f"{split}_set.npz", images=np.stack(images), labels=np.array(labels))
-    train = CellDataset(data["train"][0], data["train"][1], args.size, STAIN_ROBUST, seed=args.seed)
+    train = CellDataset(data["train"][0], data["train"][1], args.size, AUGMENTS[args.augment], seed=args.seed)
     val = CellDataset(data["val"][0], data["val"][1], args.size, None)
     return train_classifier(network, train, val, names, recipe, args.out)
 
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--size", type=int, default=128, help="input side in px (at most 0.7 x the crops' cached side)")
+        p.add_argument("--augment", choices=sorted(AUGMENTS), default="stain-robust", help="training augmentation")
         if name == "stage1":
             p.add_argument("--txl", type=Path, default=DATA / "txl_pbc_detection")
         else:
