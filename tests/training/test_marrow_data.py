@@ -155,3 +155,30 @@ def test_stage2_records_the_augmentation_it_trained_with(tmp_path):
     augment = json.loads((out / "run.json").read_text())["augment"]
     assert augment["name"] == "stain-moderate" and augment["grey_p"] == STAIN_MODERATE.grey_p == 0.0
     assert augment["hue"] == STAIN_MODERATE.hue
+
+
+def test_a_bundle_names_each_models_augmentation(tmp_path):
+    """The recipe a bundle records says which preset trained each model, also for runs from before
+    presets had names (their parameters match one), and a warm start's earlier phase keeps its own."""
+    import json
+    from dataclasses import asdict
+
+    from training.bundle.starter import _recipe_record, _run_info, recipe_lines
+    from training.fitting.augment import STAIN_ROBUST
+
+    recipe = {"epochs": 1}
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, init, augment in (
+        (first, "imagenet", asdict(STAIN_ROBUST)),  # an old run.json: parameters, no name
+        (second, str(first / "best.pt"), {"name": "stain-moderate"}),
+    ):
+        folder.mkdir()
+        run = {"arch": "efficientnet_lite0", "init": init, "recipe": recipe, "augment": augment}
+        (folder / "run.json").write_text(json.dumps(run))
+        (folder / "history.json").write_text(json.dumps({"history": [{"seconds": 10}]}))
+    record = _recipe_record(_run_info(second))
+    assert record["augment"] == "stain-moderate" and record["continued_from"]["augment"] == "stain-robust"
+    lines = recipe_lines({"stage2_0": record})
+    assert "augmentation stain-moderate" in lines[0] and "augmentation stain-robust" in lines[1]
+    custom = _recipe_record(_run_info(first) | {"augment": {"hue": 1.0}})
+    assert custom["augment"] == "custom"

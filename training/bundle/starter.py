@@ -72,9 +72,25 @@ def _recipe_record(run: dict) -> dict:
     }
     if "pretrained" in run:
         record["pretrained"] = run["pretrained"]
+    if "augment" in run:
+        record["augment"] = augment_name(run["augment"])
     if "continued_from" in run:
         record["continued_from"] = _recipe_record(run["continued_from"])
     return record
+
+
+def augment_name(recorded: dict) -> str:
+    """The preset a run trained with: its recorded name, or for runs from before presets had names
+    the preset whose parameters it recorded (JSON turned the tuples into lists), else 'custom'."""
+    from dataclasses import asdict
+
+    from training.fitting.augment import AUGMENTS
+
+    if "name" in recorded:
+        return recorded["name"]
+    as_json = json.loads(json.dumps(recorded))
+    same = [name for name, preset in AUGMENTS.items() if json.loads(json.dumps(asdict(preset))) == as_json]
+    return same[0] if same else "custom"
 
 
 def tune_score_threshold(bundle_dir: Path, txl: Path, split: str = "val") -> float:
@@ -177,7 +193,9 @@ def recipe_lines(recipes: dict) -> list[str]:
         while r:
             lines.append(
                 f"- {name}: {r['arch']}, {r['epochs_run']} epochs, {r['train_seconds']} s, init {r['init']}, "
-                f"recipe {json.dumps(r['recipe'])}" + (f" (kept from {r['kept_from']})" if "kept_from" in r else "")
+                f"recipe {json.dumps(r['recipe'])}"
+                + (f", augmentation {r['augment']}" if "augment" in r else "")
+                + (f" (kept from {r['kept_from']})" if "kept_from" in r else "")
             )
             if "pretrained" in r:
                 w = r["pretrained"]
