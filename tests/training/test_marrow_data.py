@@ -138,7 +138,8 @@ def test_stain_moderate_keeps_the_colour_that_stain_robust_may_take_away():
 
 
 def test_stage2_records_the_augmentation_it_trained_with(tmp_path):
-    """``--augment`` picks the preset by name and run.json says which (with its parameters)."""
+    """``--augment`` picks the preset by name and run.json says which (with its parameters);
+    ``--leave-out`` drops a code's cells from stage 2's training and validation, and says so."""
     import json
 
     from training.fitting.augment import STAIN_MODERATE
@@ -151,8 +152,10 @@ def test_stage2_records_the_augmentation_it_trained_with(tmp_path):
         np.savez(tmp_path / f"{split}.npz", images=images, codes=codes, sets=np.array(["matek_bm"] * n))
     out = tmp_path / "run"
     main(["stage2", "--crops", str(tmp_path), "--arch", "mobilenet_v3_small", "--epochs", "1", "--size", "32",
-          "--threads", "1", "--augment", "stain-moderate", "--out", str(out)])  # fmt: skip
-    augment = json.loads((out / "run.json").read_text())["augment"]
+          "--threads", "1", "--augment", "stain-moderate", "--leave-out", "MON", "--out", str(out)])  # fmt: skip
+    run = json.loads((out / "run.json").read_text())
+    assert run["left_out_codes"] == ["MON"] and run["counts"] == {"train": 8, "val": 4}
+    augment = run["augment"]
     assert augment["name"] == "stain-moderate" and augment["grey_p"] == STAIN_MODERATE.grey_p == 0.0
     assert augment["hue"] == STAIN_MODERATE.hue
 

@@ -180,7 +180,7 @@ def _check_side(side: int, size: int) -> None:
 
 
 def train_stage2(args) -> dict:
-    train, val = load_crops(args.crops, "train"), load_crops(args.crops, "val")
+    train, val = (without_codes(load_crops(args.crops, s), args.leave_out) for s in ("train", "val"))
     _check_side(train["images"].shape[1], args.size)
     recipe = _recipe(args)
     network = build_classifier(args.arch, len(CLASS_NAMES))
@@ -188,7 +188,8 @@ def train_stage2(args) -> dict:
         group_norm(network)
     pretrained = initialise(network, args.arch, args.init)
     counts = {"train": len(train["codes"]), "val": len(val["codes"])}
-    _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm, **pretrained)
+    extra = {"left_out_codes": args.leave_out} if args.leave_out else {}
+    _write_run(args.out, args, recipe, CLASS_NAMES, counts, norm=args.norm, **pretrained, **extra)
     return train_classifier(
         network,
         CellDataset(train["images"], stage2_labels(train["codes"]), args.size, AUGMENTS[args.augment], seed=args.seed),
@@ -197,6 +198,12 @@ def train_stage2(args) -> dict:
         recipe,
         args.out,
     )
+
+
+def without_codes(crops: dict[str, np.ndarray], codes: list[str]) -> dict[str, np.ndarray]:
+    """The crops minus those of ``codes`` (e.g. NIF: left to stage 1 alone, not taught to stage 2)."""
+    keep = ~np.isin(crops["codes"], codes)
+    return {k: v[keep] for k, v in crops.items()}
 
 
 def stage1_set(crops: dict[str, np.ndarray], txl_records, rng: np.random.Generator) -> tuple:
@@ -273,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
                 "--norm", choices=["batch", "group"], default="batch", help="group: batch norm swapped for group norm"
             )
             p.add_argument("--balanced", action="store_true", help="class-balanced loss (weights 1/frequency)")
+            p.add_argument(
+                "--leave-out", nargs="*", default=[], metavar="CODE", help="dataset codes stage 2 never sees (e.g. NIF)"
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "crops":
