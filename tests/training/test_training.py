@@ -39,6 +39,33 @@ def test_classifier_training_lowers_the_loss_and_resumes(tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]  # epochs 1-3 came from the checkpoint
 
 
+def test_a_weight_average_is_what_is_validated_kept_and_resumed(tmp_path):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    images, labels = _two_colour_set()
+    train = CellDataset(images, labels, 32, AugmentConfig(), seed=0)
+    val = CellDataset(images, labels, 32, None)
+    network = build_classifier("mobilenet_v3_small", 2)
+    start = {k: v.clone() for k, v in network.state_dict().items()}
+    # decay 1: the average never moves, so what is kept must be the starting weights, not the trained ones
+    frozen = Recipe(epochs=2, lr=3e-3, batch_size=8, t_max=None, resolution=32, ema=1.0)
+    train_classifier(network, train, val, ["red", "blue"], frozen, tmp_path / "frozen")
+    kept = torch.load(tmp_path / "frozen" / "best.pt", weights_only=True)
+    moved = [k for k in start if not torch.equal(kept[k], start[k])]
+    assert moved and all(k.endswith("num_batches_tracked") for k in moved)  # counters are copied, not averaged
+    assert not all(torch.equal(network.state_dict()[k], start[k]) for k in start)  # the network itself trained
+    averaged = Recipe(epochs=2, lr=3e-3, batch_size=8, t_max=None, resolution=32, ema=0.9)
+    train_classifier(build_classifier("mobilenet_v3_small", 2), train, val, ["red", "blue"], averaged, tmp_path / "a")
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["extra"]["ema"]
+    more = Recipe(epochs=3, lr=3e-3, batch_size=8, t_max=None, resolution=32, ema=0.9)
+    resumed = train_classifier(
+        build_classifier("mobilenet_v3_small", 2), train, val, ["red", "blue"], more, tmp_path / "a"
+    )
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    after = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["extra"]["ema"]
+    assert saved.keys() == after.keys() and not all(torch.equal(saved[k], after[k]) for k in saved)
+
+
 def test_class_balanced_weights_make_a_rare_class_cost_as_much_as_a_common_one():
     from training.fitting.loop import balanced_weights
 

@@ -40,6 +40,7 @@ class Recipe:
     seed: int = 0
     workers: int = 0
     class_balanced: bool = False  # loss weights 1/frequency (mean 1): a rare class costs as much as a common one
+    ema: float | None = None  # decay of an exponential moving average of the weights; validated and kept instead
 
 
 def seed_everything(seed: int) -> None:
@@ -160,6 +161,15 @@ def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(inverse / inverse[counts > 0].mean(), dtype=torch.float32)
 
 
+def _ema(model: nn.Module, decay: float | None):
+    """timm's weight average (parameters and batch-norm buffers); its copy is what is validated and kept."""
+    if decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
 def train_classifier(
     network: nn.Module,
     train_set: CellDataset,
@@ -172,7 +182,8 @@ def train_classifier(
     """Train ``network`` (raw logits on normalised NCHW) on uint8 NHWC batches.
 
     Writes ``last.pt`` (everything needed to resume) after every epoch, ``best.pt`` (the
-    network's state dict, best validation macro-F1) and ``history.json``.
+    network's state dict, best validation macro-F1; the averaged weights when ``recipe.ema``)
+    and ``history.json``.
     """
     seed_everything(recipe.seed)
     model = nn.Sequential(NormalisedInput(), network)
@@ -182,10 +193,13 @@ def train_classifier(
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
     book = RunBook(out_dir, recipe, model, optimiser, scheduler, metric="val_macro_f1")
     generator = torch.Generator().manual_seed(recipe.seed)
+    ema = _ema(model, recipe.ema)
     extra = book.resume() if resume else None
     if extra is not None:
         train_set.rng = extra["data_rng"]
         generator.set_state(extra["shuffle_rng"])
+        if ema is not None:
+            ema.module.load_state_dict(extra["ema"])
     for epoch in range(book.start, recipe.epochs):
         model.train()
         t0 = time.time()
@@ -199,11 +213,14 @@ def train_classifier(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if ema is not None:
+                ema.update(model)
             running += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         scheduler.step()
-        probs, labels = predict(model, val_set)
+        scored = model if ema is None else ema.module
+        probs, labels = predict(scored, val_set)
         report = classification_report(labels, probs, class_names)
         entry = {
             "epoch": epoch + 1,
@@ -213,5 +230,8 @@ def train_classifier(
             "lr": scheduler.get_last_lr()[0],
             "seconds": time.time() - t0,
         }
-        book.end_epoch(entry, network, {"data_rng": train_set.rng, "shuffle_rng": generator.get_state()})
+        state = {"data_rng": train_set.rng, "shuffle_rng": generator.get_state()}
+        if ema is not None:
+            state["ema"] = ema.module.state_dict()
+        book.end_epoch(entry, scored[1], state)
     return {"best_val_macro_f1": book.best, "history": book.history}

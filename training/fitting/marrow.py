@@ -155,6 +155,7 @@ def _recipe(args) -> Recipe:
         resolution=args.size,
         seed=args.seed,
         class_balanced=getattr(args, "balanced", False),
+        ema=args.ema,
     )
 
 
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--size", type=int, default=128, help="input side in px (at most 0.7 x the crops' cached side)")
         p.add_argument("--augment", choices=sorted(AUGMENTS), default="stain-robust", help="training augmentation")
+        p.add_argument(
+            "--ema", type=float, help="validate and keep a moving average of the weights with this decay (e.g. 0.998)"
+        )
         if name == "stage1":
             p.add_argument("--txl", type=Path, default=DATA / "txl_pbc_detection")
         else:
