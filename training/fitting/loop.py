@@ -161,7 +161,7 @@ def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(inverse / inverse[counts > 0].mean(), dtype=torch.float32)
 
 
-def _ema(model: nn.Module, decay: float | None):
+def _ema(model: nn.Module, decay: float | None) -> nn.Module | None:
     """timm's weight average (parameters and batch-norm buffers); its copy is what is validated and kept."""
     if decay is None:
         return None
