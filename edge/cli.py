@@ -49,6 +49,13 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--ring", metavar="NAME", help="read the frame ring of a running `marrow-edge capture`")
     p.add_argument("--fps", type=float, help="camera frame rate (replays are paced to it)")
     p.add_argument(
+        "--um-per-px",
+        type=float,
+        metavar="UM",
+        help="the camera's scale in micrometres per pixel (overrides the source's and analysis.um_per_px; "
+        "`marrow-edge calibrate-scale` measures it): fields are brought to the bundle's scale",
+    )
+    p.add_argument(
         "--wait-for-start",
         action="store_true",
         help="with --camera/--ring: serve slides one after another, each begun by a start_slide command "
@@ -177,13 +184,15 @@ def _load_config(args: argparse.Namespace, extra: dict[str, Any]) -> AppConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.service.endpoints import live_source
+    from edge.service.endpoints import field_scale, live_source
     from edge.service.run import CountingService, RunRequest
 
     _check_run_args(args)
     config = _load_config(args, {"bundle": args.bundle} if args.bundle else {})
     camera, ring = (None, None) if args.source else live_source(args.camera, args.ring, args.fps, config)
+    named = bool(args.source or args.camera or args.ring)
     request = RunRequest(
+        um_per_px=field_scale(args.um_per_px, camera, named, config),
         source=args.source,
         camera=camera,
         ring=ring,
@@ -249,6 +258,8 @@ def _check_run_args(args: argparse.Namespace) -> None:
 
     if args.max_fields is not None and args.max_fields < 1:
         raise ConfigError("--max-fields must be at least 1")
+    if args.um_per_px is not None and not 0 < args.um_per_px <= 10:
+        raise ConfigError(f"--um-per-px {args.um_per_px}: a scale is micrometres per pixel, above 0 and at most 10")
     if args.wait_for_start and args.source:
         raise ConfigError(
             "--wait-for-start needs a live source: --camera, --ring or the config's (a --source folder is one slide)"

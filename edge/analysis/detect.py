@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.analysis.scale import FieldPlan, Tile, fitted_size, in_core, plan_field
 from edge.engines.backend import InferenceBackend
 from edge.engines.bundle import DetectorSpec
 
@@ -36,14 +37,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.nda
     return np.asarray(keep, dtype=np.int64)
 
 
-def fitted_size(height: int, width: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
-    """(h, w) a field is fitted to: short side ``min_size``, long side at most ``max_size``."""
-    if min_size is None:
-        return height, width
-    scale = min(min_size / min(height, width), (max_size or 10**9) / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> tuple[np.ndarray, float]:
     """Resize so the short side is ``min_size`` and the long side at most ``max_size``.
 
@@ -61,15 +54,44 @@ def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> 
 
 
 class Detector:
+    """The bundle's detector on a whole field: fitted to its input size, or, with ``factor`` set
+    (detector pixels per field pixel, from the camera's scale against the bundle's), resized to the
+    scale it learned and run tile by tile (``edge.analysis.scale``)."""
+
     def __init__(self, backend: InferenceBackend, spec: DetectorSpec, score_threshold: float | None = None):
         self.backend = backend
         self.spec = spec
         self.score_threshold = spec.score_threshold if score_threshold is None else score_threshold
         self._cell_columns = np.array([spec.labels.index(name) for name in spec.cell_labels])
+        self.factor: float | None = None  # None: fit each field to the input, as before scales were known
+        self.overlap = 0  # tile overlap at the detector's scale (edge.analysis.scale.tile_overlap)
+        self.last_plan: FieldPlan | None = None
 
     def __call__(self, field: np.ndarray) -> Detections:
-        resized, scale = fit_field(field, self.spec.input_min_size, self.spec.input_max_size)
-        out = self.backend.run({"images": resized[None]})
+        height, width = field.shape[:2]
+        plan = plan_field(height, width, self.spec, self.factor, self.overlap)
+        self.last_plan = plan
+        resized = field
+        if (plan.height, plan.width) != (height, width):
+            shrink = plan.width < width or plan.height < height
+            # INTER_AREA anti-aliases a large camera frame where a bilinear resize would not
+            resized = cv2.resize(
+                field, (plan.width, plan.height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            )
+        found = [self._tile(resized, tile) for tile in plan.tiles]
+        boxes = np.concatenate([f[0] for f in found])
+        scores = np.concatenate([f[1] for f in found])
+        columns = np.concatenate([f[2] for f in found])
+        if plan.tiled:  # a cell seen whole by two tiles is owned by one; NMS catches what straddles a core edge
+            kept = nms(boxes, scores, self.spec.nms_iou, self.spec.max_detections * len(plan.tiles))
+            boxes, scores, columns = boxes[kept], scores[kept], columns[kept]
+        names = [self.spec.cell_labels[c] for c in columns]
+        return Detections((boxes / np.float32(plan.factor)).astype(np.float32), scores.astype(np.float32), names)
+
+    def _tile(self, resized: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (in the resized field), scores and label columns of the cells this tile owns."""
+        image = resized[tile.y0 : tile.y1, tile.x0 : tile.x1]
+        out = self.backend.run({"images": np.ascontiguousarray(image)[None]})
         cell_scores = out["scores"][:, self._cell_columns]
         scores = cell_scores.max(axis=1)
         columns = cell_scores.argmax(axis=1)
@@ -77,8 +99,9 @@ class Detector:
         if candidates.size > self.spec.pre_nms_top_k:
             top = np.argpartition(-scores[candidates], self.spec.pre_nms_top_k)[: self.spec.pre_nms_top_k]
             candidates = candidates[top]
-        boxes = out["boxes"][candidates]
-        kept = candidates[nms(boxes, scores[candidates], self.spec.nms_iou, self.spec.max_detections)]
-        names = [self.spec.cell_labels[c] for c in columns[kept]]
-        boxes = out["boxes"][kept].astype(np.float32) / np.float32(scale)
-        return Detections(boxes, scores[kept].astype(np.float32), names)
+        kept = candidates[
+            nms(out["boxes"][candidates], scores[candidates], self.spec.nms_iou, self.spec.max_detections)
+        ]
+        boxes = out["boxes"][kept].astype(np.float32) + np.float32([tile.x0, tile.y0, tile.x0, tile.y0])
+        owned = in_core(boxes, tile.core)
+        return boxes[owned], scores[kept][owned], columns[kept][owned]

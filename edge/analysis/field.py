@@ -8,6 +8,7 @@ path here runs two backends with crops cut on the CPU; the fused GPU path
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,7 +19,10 @@ from edge.analysis.classify import Classifier
 from edge.analysis.colour import cell_colour_features, white_balance
 from edge.analysis.crops import crop_cells
 from edge.analysis.detect import Detector
+from edge.analysis.scale import plan_field, scale_factor, tile_overlap
 from edge.engines.bundle import Bundle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class FieldModel(Protocol):
         """``boxes`` given: classify those instead of the detector's (benchmarks fix the cell count so)."""
         ...
 
+    def set_scale(self, factor: float | None, overlap: int = 0) -> None:
+        """Detector pixels per field pixel (``edge.analysis.scale``); None: fit each field to the input."""
+        ...
+
 
 class HostFieldModel:
     """Detector and classifier backends with the crops cut on the host (ONNX Runtime on the CPU)."""
@@ -58,6 +66,9 @@ class HostFieldModel:
     @property
     def providers(self) -> list[str]:
         return self.detector.backend.providers
+
+    def set_scale(self, factor: float | None, overlap: int = 0) -> None:
+        self.detector.factor, self.detector.overlap = factor, overlap
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None) -> FieldOutputs:
         return self.classify(self.detect(image, boxes))
@@ -107,6 +118,15 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class FieldScale:
+    """The scale one field was detected at: its camera's, the factor to the detector's, the tiles."""
+
+    um_per_px: float | None  # the camera's (config or calibrate-scale); None: not known
+    factor: float  # detector pixels per field pixel
+    tiles: int  # detector inputs the field was cut into
+
+
+@dataclass(frozen=True)
 class FieldResult:
     index: int
     source: str
@@ -114,6 +134,7 @@ class FieldResult:
     height: int
     cells: list[Cell]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    scale: FieldScale | None = None
 
     @property
     def countable_cells(self) -> list[Cell]:
@@ -129,16 +150,30 @@ class FieldAnalyzer:
         model: FieldModel,
         countable_threshold: float | None = None,
         colour_features: bool | None = None,
+        um_per_px: float | None = None,
     ) -> None:
         """``colour_features``: take each cell's stain features (None: when the bundle has a domain
-        guard to feed; True: always, as the guard's calibration needs them before it exists)."""
+        guard to feed; True: always, as the guard's calibration needs them before it exists).
+        ``um_per_px``: the camera's scale; with the bundle's (``scale`` in bundle.json) every field is
+        brought to the scale the detector learned, in tiles where large (``edge.analysis.scale``)."""
         spec = bundle.manifest.classifier
         self.model = model
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
+        self._detector_spec = bundle.manifest.detector
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])
         self.colour_normalisation = bundle.manifest.colour_normalisation
         self._guarded = bundle.manifest.domain_guard is not None if colour_features is None else colour_features
+        self.bundle_scale = bundle.manifest.scale
+        self.um_per_px = um_per_px
+        self.factor = scale_factor(um_per_px, self.bundle_scale)
+        if um_per_px is not None and self.bundle_scale is None:
+            log.warning(
+                "bundle %s records no scale: the camera's %.4f um/px is not used, fields are fitted to the "
+                "detector's input as before", bundle.manifest.name, um_per_px,
+            )  # fmt: skip
+        self._overlap = tile_overlap(self.bundle_scale)
+        model.set_scale(self.factor, self._overlap)
 
     def _why_not(self, p_countable: float, winner: int) -> str | None:
         """Why a cell is left out of the count, in the technician's words; None: it counts."""
@@ -156,6 +191,7 @@ class FieldAnalyzer:
             image = white_balance(image)
             timings["colour"] = (time.perf_counter() - t0) * 1e3
         out = self.model(image)
+        plan = plan_field(image.shape[0], image.shape[1], self._detector_spec, self.factor, self._overlap)
         colours = cell_colour_features(image, out.boxes) if self._guarded and len(out.boxes) else None
         winners = out.probs.argmax(axis=1) if len(out.probs) else np.empty(0, np.int64)
         why_not = [self._why_not(float(out.p_countable[i]), int(winners[i])) for i in range(len(winners))]
@@ -173,4 +209,5 @@ class FieldAnalyzer:
             )
             for i in range(len(winners))
         ]
-        return FieldResult(index, source, image.shape[1], image.shape[0], cells, timings | dict(out.timings_ms))
+        scale = FieldScale(self.um_per_px, round(plan.factor, 5), len(plan.tiles))
+        return FieldResult(index, source, image.shape[1], image.shape[0], cells, timings | dict(out.timings_ms), scale)

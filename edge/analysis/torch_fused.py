@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms, roi_align
 
-from edge.analysis.detect import fitted_size
 from edge.analysis.field import FieldOutputs
+from edge.analysis.scale import in_core, plan_field
 from edge.engines.bundle import Bundle, ClassifierSpec, DetectorSpec
 from edge.engines.graphs import IMAGE_MEAN, IMAGE_STD, DetectorGraph, FusedClassifier, load_graphs
 from edge.errors import EngineError
@@ -124,6 +124,8 @@ class TorchFusedFieldModel:
         self.score_threshold = detector_spec.score_threshold if score_threshold is None else score_threshold
         self.crop_margin = classifier_spec.crop_margin if crop_margin is None else crop_margin
         self.max_batch = max_batch
+        self.factor: float | None = None  # detector pixels per field pixel (set_scale); None: fit the field
+        self.overlap = 0
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         # The ensemble's networks run side by side on their own streams inside the classifier's
         # CUDA graph: at a field's batch size one network leaves most of a large GPU idle.
@@ -175,14 +177,39 @@ class TorchFusedFieldModel:
         host = torch.from_numpy(np.ascontiguousarray(image))
         return host.to(self.device).permute(2, 0, 1)[None].float()
 
-    def _detector_input(self, frame: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def set_scale(self, factor: float | None, overlap: int = 0) -> None:
+        """Detector pixels per field pixel (None: fit the field), as ``Detector.factor``."""
+        self.factor, self.overlap = factor, overlap
+
+    def _detect(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The field's cells as the host ``Detector`` finds them: resized by the plan, tile by tile,
+        each tile keeping the cells whose centre is in its core; boxes in field pixels."""
         height, width = frame.shape[-2:]
-        size = fitted_size(height, width, self.det_spec.input_min_size, self.det_spec.input_max_size)
-        small = frame
-        if size != (height, width):
+        plan = plan_field(height, width, self.det_spec, self.factor, self.overlap)
+        resized = frame
+        if (plan.height, plan.width) != (height, width):
             # antialias: a large camera frame shrunk without it aliases (INTER_AREA on the host path)
-            small = F.interpolate(frame, size=size, mode="bilinear", antialias=True, align_corners=False)
-        x = (small - self._mean) / self._std
+            resized = F.interpolate(
+                frame, size=(plan.height, plan.width), mode="bilinear", antialias=True, align_corners=False
+            )
+        found, scores = [], []
+        for tile in plan.tiles:
+            x, size = self._detector_input(resized[..., tile.y0 : tile.y1, tile.x0 : tile.x1])
+            boxes, tile_scores = self._select(*self._run_detector(x, size))
+            boxes = boxes + torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0], device=boxes.device, dtype=boxes.dtype)
+            owned = torch.from_numpy(in_core(boxes.cpu().numpy(), tile.core)).to(boxes.device) if plan.tiled else None
+            found.append(boxes if owned is None else boxes[owned])
+            scores.append(tile_scores if owned is None else tile_scores[owned])
+        boxes, cell_scores = torch.cat(found), torch.cat(scores)
+        if plan.tiled:
+            kept = nms(boxes, cell_scores, self.det_spec.nms_iou)[: self.det_spec.max_detections * len(plan.tiles)]
+            boxes, cell_scores = boxes[kept], cell_scores[kept]
+        return boxes / plan.factor, cell_scores
+
+    def _detector_input(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A resized field (or one tile of it), normalised and padded as RetinaNet's transform pads."""
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        x = (image - self._mean) / self._std
         pad_h = -size[0] % SIZE_DIVISIBLE
         pad_w = -size[1] % SIZE_DIVISIBLE
         if pad_h or pad_w:
@@ -317,10 +344,7 @@ class TorchFusedFieldModel:
         with torch.no_grad():
             t0 = time.perf_counter()
             frame = self._upload(image)
-            x, size = self._detector_input(frame)
-            all_boxes, all_scores = self._run_detector(x, size)
-            found, scores = self._select(all_boxes, all_scores)
-            found = found * torch.tensor([image.shape[1] / size[1], image.shape[0] / size[0]] * 2, device=self.device)
+            found, scores = self._detect(frame)
             if boxes is not None:
                 found = torch.as_tensor(np.asarray(boxes, np.float32), device=self.device).reshape(-1, 4)
                 scores = torch.ones(len(found), device=self.device)

@@ -86,6 +86,14 @@ class AnalysisConfig(Strict):
         "None takes the bundle's (what its classifiers were trained with).",
     )
     max_batch: int = Field(32, ge=1, le=64, description="Crops per classifier call.")
+    um_per_px: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="The microscope camera's scale, micrometres per pixel, for any source that states none of its "
+        "own (a ring, a replayed folder): `marrow-edge calibrate-scale` measures it. None: fields are fitted to "
+        "the detector's input size whatever the camera, and cells of a large field shrink.",
+    )
     max_field_pixels: int = Field(
         50_000_000,
         ge=1024,

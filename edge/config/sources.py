@@ -11,7 +11,18 @@ from pydantic import Field
 from edge.config.base import DEFAULT_SAMPLES, Strict
 
 
-class _Camera(Strict):
+class _Scaled(Strict):
+    um_per_px: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="This source's optical scale, micrometres per pixel (`marrow-edge calibrate-scale` measures and "
+        "writes it): each field is brought to the scale the bundle's detector learned, in tiles where large. "
+        "None: analysis.um_per_px, else each field is fitted to the detector's input size as before.",
+    )
+
+
+class _Camera(_Scaled):
     width: int | None = Field(None, gt=0, description="Frame width asked of the camera.")
     height: int | None = Field(None, gt=0, description="Frame height asked of the camera.")
     fps: float | None = Field(None, gt=0, description="Frame rate asked of the camera.")
@@ -75,7 +86,7 @@ class GStreamerSource(_Camera):
         return f"gst:{self.pipeline}" if self.pipeline else f"csi:{self.csi_sensor}"
 
 
-class SimSource(Strict):
+class SimSource(_Scaled):
     """The simulated microscope over the bundled sample fields."""
 
     type: Literal["sim"] = "sim"
@@ -87,7 +98,7 @@ class SimSource(Strict):
         return f"sim:{self.script}" if self.script else "sim"
 
 
-class ReplaySource(Strict):
+class ReplaySource(_Scaled):
     """A folder of fields, an image or a video, replayed as a camera (paced to ``fps`` if given)."""
 
     type: Literal["replay"] = "replay"
@@ -99,7 +110,7 @@ class ReplaySource(Strict):
         return str(self.path)
 
 
-class RingSource(Strict):
+class RingSource(_Scaled):
     """The frame ring a running ``marrow-edge capture`` writes (the appliance's two-service layout)."""
 
     type: Literal["ring"] = "ring"

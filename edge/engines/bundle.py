@@ -71,6 +71,12 @@ class DetectorSpec(ModelSpec):
         "input_max_size) before the graph, with OpenCV; the graph then runs at scale 1. None: the graph resizes.",
     )
     input_max_size: int | None = Field(None, ge=32)
+    graph_resizes: bool = Field(
+        True,
+        description="True: the graph fits its input to input_min_size itself (torchvision's transform), so the "
+        "appliance fits each field first and the graph runs at scale 1. False: the graph runs at the size it is "
+        "given, so a field brought to the bundle's scale, or one tile of it, reaches it as it is.",
+    )
 
     @model_validator(mode="after")
     def _cell_labels_known(self) -> DetectorSpec:
@@ -159,6 +165,33 @@ class DomainGuardSpec(_Strict):
         return self
 
 
+class ScaleSpec(_Strict):
+    """The optical scale the detector learned its cells at, so the appliance can bring every camera's
+    fields to it (``edge.analysis.scale``) and see when a slide's cells are not that size."""
+
+    um_per_px: float = Field(gt=0.0, description="Micrometres per pixel of the detector's input for the cells "
+                             "it learned (the middle of its training range).")  # fmt: skip
+    range_um_per_px: tuple[float, float] = Field(
+        description="The finest and the coarsest scale among its training fields (um per pixel)."
+    )
+    cell_side_px_p10: float = Field(gt=0.0, description="White-cell box side at that scale, 10th percentile (px).")
+    cell_side_px_median: float = Field(gt=0.0, description="... median (px): what calibrate-scale matches.")
+    cell_side_px_p90: float = Field(gt=0.0, description="... 90th percentile (px).")
+    cell_side_px_max: float = Field(gt=0.0, description="... largest (px): tiles overlap by more than this.")
+    cells: int = Field(ge=1, description="Training boxes measured.")
+    how: str = Field(description="How the scale was measured, with its assumptions.")
+    choice: dict[str, Any] = Field(default_factory=dict, description="The figures the working scale was chosen on.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScaleSpec:
+        sides = (self.cell_side_px_p10, self.cell_side_px_median, self.cell_side_px_p90, self.cell_side_px_max)
+        if list(sides) != sorted(sides):
+            raise ValueError("cell_side_px p10 <= median <= p90 <= max")
+        if not self.range_um_per_px[0] <= self.um_per_px <= self.range_um_per_px[1]:
+            raise ValueError("um_per_px must lie within range_um_per_px")
+        return self
+
+
 class Int8Graphs(_Strict):
     """INT8 (QDQ) graphs of the detector and the fused classifier for ONNX Runtime on the CPU,
     made by ``build_engines.int8`` and kept only when they agreed with FP32 (see ``verification``)."""
@@ -206,6 +239,11 @@ class BundleManifest(_Strict):
     )
     clinical_use: bool = Field(False, description="Validated for clinical use (never for a public-data bundle).")
     int8: Int8Graphs | None = Field(None, description="INT8 graphs for the CPU (engine.int8); None: none built.")
+    scale: ScaleSpec | None = Field(
+        None,
+        description="The scale the detector learned (training.bundle.scale); None: fields are fitted to "
+        "input_min_size whatever the camera, as before scales were recorded.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
@@ -215,6 +253,8 @@ class BundleManifest(_Strict):
         for spec in (self.detector, self.classifier):
             if spec.file not in self.files:
                 raise ValueError(f"model file {spec.file} has no entry in files")
+        if self.scale is not None and self.detector.graph_resizes:
+            raise ValueError("a scale needs a detector graph that runs at the size it is given (graph_resizes false)")
         return self
 
 

@@ -19,6 +19,7 @@ from torchvision import models
 from torchvision.models.detection import RetinaNet, retinanet_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -227,19 +228,29 @@ class DetectorGraph(nn.Module):
     time without a re-export.
     """
 
-    def __init__(self, detector: RetinaNet) -> None:
+    def __init__(self, detector: RetinaNet, resize: bool = True) -> None:
+        """``resize`` False: the graph runs at the size it is given (no fit to ``min_size``), so the
+        appliance can hand it a field brought to the bundle's scale, or one tile of it (issue 46)."""
         super().__init__()
         self.detector = detector
+        self.resize = resize
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         det = self.detector
         x = image.float()[0].permute(2, 0, 1) / 255.0  # cast first, as NormalisedInput
-        images, _ = det.transform([x])
+        if self.resize:
+            images, _ = det.transform([x])
+        else:  # the transform's normalisation and padding to its size divisor, without its resize
+            x = det.transform.normalize(x)
+            size = (x.shape[-2], x.shape[-1])
+            images = ImageList(det.transform.batch_images([x], size_divisible=det.transform.size_divisible), [size])
         features = list(det.backbone(images.tensors).values())
         head = det.head(features)
         anchors = det.anchor_generator(images, features)[0]
         resized_h, resized_w = images.image_sizes[0]
         boxes, scores = self.decode(head, anchors, (resized_h, resized_w))
+        if not self.resize:
+            return boxes, scores  # already in the input's pixels
         scale = torch.stack(
             [
                 image.shape[2] / torch.tensor(resized_w, dtype=torch.float32, device=image.device),

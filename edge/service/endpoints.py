@@ -29,6 +29,19 @@ def live_source(
     return camera, ring
 
 
+def field_scale(
+    um_per_px: float | None, camera: SourceConfig | None, named: bool, config: AppConfig
+) -> float | None:
+    """The run's camera scale (um per pixel): the command line's, else the live source's own, else the
+    config's source when the command line named no source (``named`` False), else ``analysis.um_per_px``."""
+    if um_per_px is not None:
+        return um_per_px
+    for source in (camera, None if named else config.source):
+        if source is not None and source.um_per_px is not None:
+            return source.um_per_px
+    return config.analysis.um_per_px
+
+
 def find_broker(config: AppConfig, say: Callable[[str], None]) -> tuple[str, int, EmbeddedBroker | None]:
     """The configured broker; else one answering on localhost:1883; else an embedded mosquitto (returned: the
     run stops it)."""

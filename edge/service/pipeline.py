@@ -76,12 +76,13 @@ class Appliance:
         )
 
 
-def build_appliance(config: AppConfig) -> Appliance:
+def build_appliance(config: AppConfig, um_per_px: float | None = None) -> Appliance:
+    """The verified bundle, its models and rules; ``um_per_px`` the camera's scale (None: fields are fitted)."""
     bundle = load_bundle(config.bundle)
     manifest = bundle.manifest
     fields = verification_fields(config.engine.verify_fields) if needs_verification(config) else None
     model, _ = build_field_model(bundle, config, fields)
-    analyzer = FieldAnalyzer(bundle, model, config.analysis.countable_threshold)
+    analyzer = FieldAnalyzer(bundle, model, config.analysis.countable_threshold, um_per_px=um_per_px)
     # Warm up: the first run of a session allocates and plans; keep that out of the first field.
     analyzer(np.full((256, 256, 3), 200, np.uint8))
     provenance = Provenance(

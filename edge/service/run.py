@@ -65,6 +65,7 @@ class RunRequest:
     display: bool = False
     display_hold: float | None = None  # after a replayed slide, keep the page up this long (None: until Ctrl-C)
     quiet: bool = False
+    um_per_px: float | None = None  # the camera's scale (edge.service.endpoints.field_scale); None: fields fitted
 
     @property
     def live(self) -> bool:
@@ -106,7 +107,7 @@ class CountingService:
         # a bad folder fails before the models load
         replay = self._open_replay() if request.source is not None else None
         self._camera = self._open_camera(request.camera) if request.camera is not None else None
-        self.appliance: Appliance = build_appliance(config)
+        self.appliance: Appliance = build_appliance(config, request.um_per_px)
         self.source: CameraSource = replay if replay is not None else self._gated_ring()
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.factory = MessageFactory(config.device_id, self.appliance.provenance)
