@@ -34,9 +34,9 @@ def _other_sizes(fields: list[np.ndarray]) -> list[np.ndarray]:
     return [np.ascontiguousarray(cv2.resize(fields[0], (w, h))) for h, w in ((640, 640), (300, 212), (517, 333))]
 
 
-def reexport_detector(bundle_dir: Path, version: str, fields_dir: Path = DEFAULT_SAMPLES) -> Path:
+def reexport_detector(bundle_dir: Path, fields_dir: Path = DEFAULT_SAMPLES) -> Path:
     """The bundle's detector from its own PyTorch weights, running at the size it is given; the
-    manifest says so (``graph_resizes: false``) under ``version``. Nothing changes unless every check passes."""
+    manifest says so (``graph_resizes: false``). Nothing changes unless every check passes."""
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
     if manifest.torch_weights is None:
@@ -83,19 +83,17 @@ def reexport_detector(bundle_dir: Path, version: str, fields_dir: Path = DEFAULT
         f"{len(fitted)} fitted fields and 3 other sizes; old vs new graph on fitted fields within {AGREEMENT}",
     }
     files = dict(manifest.files) | {det.file: file_entry(bundle.path(det.file))}
-    updated = manifest.model_copy(
-        update={"detector": spec, "version": version, "files": files, "provenance": provenance}
-    )
+    updated = manifest.model_copy(update={"detector": spec, "files": files, "provenance": provenance})
     write_manifest(bundle_dir, updated)
     load_bundle(bundle_dir)  # validates the manifest and the new hashes
-    log.info("%s %s: detector re-exported to run at the size it is given", manifest.name, version)
+    log.info("%s: detector re-exported to run at the size it is given", manifest.name)
     return bundle_dir
 
 
-def record_scale(bundle_dir: Path, scale: ScaleSpec) -> Path:
-    """Write ``scale`` into the manifest of a bundle whose detector runs as given."""
+def record_scale(bundle_dir: Path, scale: ScaleSpec, version: str) -> Path:
+    """Write ``scale`` into the manifest of a bundle whose detector runs as given, as ``version``."""
     manifest = load_bundle(bundle_dir).manifest
-    write_manifest(bundle_dir, manifest.model_copy(update={"scale": scale}))
+    write_manifest(bundle_dir, manifest.model_copy(update={"scale": scale, "version": version}))
     load_bundle(bundle_dir)  # the validator refuses a scale beside a resizing graph
-    log.info("%s %s: scale %.4f um/px recorded", manifest.name, manifest.version, scale.um_per_px)
+    log.info("%s %s: scale %.4f um/px recorded", manifest.name, version, scale.um_per_px)
     return bundle_dir

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import __version__
+from edge.analysis.cli import add_parser as calibrate_parser
 from edge.engines.library import add_parser as bundle_parser
 from edge.errors import EdgeError
 from edge.fleet.cli import add_parsers as fleet_parsers
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     review_parser(sub)
     report_parser(sub)
     bundle_parser(sub)
+    calibrate_parser(sub)
     _plugin_commands(sub)
     return parser
 

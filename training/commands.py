@@ -73,6 +73,13 @@ def register_validate_slides(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shares", default="0,5,10,20,30,40,50", help="blast percentages, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="slides per share")
     p.add_argument("--cells", type=int, default=200, help="countable cells composed per slide")
+    p.add_argument(
+        "--grids",
+        help="instead: fields of n x n held-back cells (e.g. 2,3,4,6) at each --optical scale, counted fitted, at the "
+        "true scale and at the scale calibrate-scale measures; per-class detected / counted rates",
+    )
+    p.add_argument("--optical", default="0.5,1,2", help="with --grids: optical scales (2: twice the pixels per um)")
+    p.add_argument("--fields", type=int, help="with --grids: at most this many fields per row (default: every cell)")
     p.set_defaults(handler=validate_slides)
 
 
@@ -83,10 +90,30 @@ def validate_slides(args: argparse.Namespace) -> int:
     data = args.data or DATA
     if not (data / "matek_bm").is_dir():
         raise EdgeError(f"{data}/matek_bm is missing: the slides are composed from its held-back cells")
+    if args.grids:
+        return validate_grids(args, data)
     try:
         shares = [float(v) for v in args.shares.split(",")]
     except ValueError:
         raise EdgeError(f"--shares must be numbers, got {args.shares!r}") from None
     outcomes = validate(args.bundle, shares, args.repeats, args.cells, data)
     sys.stdout.write(table(outcomes) + "\n" + json.dumps(summary(outcomes)) + "\n")
+    return 0
+
+
+def validate_grids(args: argparse.Namespace, data: Path) -> int:
+    from training.evaluation import scales
+
+    try:
+        grids = [int(v) for v in args.grids.split(",")]
+        opticals = [float(v) for v in args.optical.split(",")]
+    except ValueError:
+        raise EdgeError(
+            f"--grids takes whole numbers and --optical numbers, got {args.grids!r} / {args.optical!r}"
+        ) from None
+    if min(grids) < 1 or min(opticals) <= 0:
+        raise EdgeError("--grids and --optical must be positive")
+    outcomes, checks = scales.validate_grids(args.bundle, grids, opticals, data, args.fields)
+    sys.stdout.write(scales.table(outcomes) + "\n\n" + scales.calibration_table(checks) + "\n")
+    sys.stdout.write(json.dumps(scales.summary(outcomes, checks)) + "\n")
     return 0

@@ -16,11 +16,12 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from edge.analysis.field import Cell, FieldResult
+from edge.analysis.field import Cell, FieldResult, FieldScale
 from edge.counting.tally import Slide, Tally
 from edge.durable import open_durable, storage
 from edge.errors import ConfigError
@@ -136,6 +137,8 @@ class SlideJournal:
             for c in result.cells
         ]
         payload = {"index": result.index, "width": result.width, "height": result.height, "cells": cells}
+        if result.scale is not None:
+            payload["scale"] = asdict(result.scale)
         self._db.execute(
             "INSERT INTO field (slide_id, source, result) VALUES (?, ?, ?)",
             (slide.slide_id, result.source, json.dumps(payload)),
@@ -178,7 +181,8 @@ class SlideJournal:
                 )
                 for c in data["cells"]
             ]
-            result = FieldResult(data["index"], source, data["width"], data["height"], cells)
+            scale = FieldScale(**data["scale"]) if data.get("scale") else None
+            result = FieldResult(data["index"], source, data["width"], data["height"], cells, scale=scale)
             tally.add(result)
             results.append(result)
         return results

@@ -11,7 +11,8 @@ from edge.analysis.field import FieldResult
 from edge.counting.domain import DomainCheck, DomainGuard
 from edge.counting.intervals import wilson
 from edge.counting.rules import RulePack, RuleState, evaluate
-from edge.engines.bundle import ClassSpec, DomainGuardSpec
+from edge.counting.size import SizeWatch
+from edge.engines.bundle import ClassSpec, DomainGuardSpec, ScaleSpec
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class Tally:
         denominator_roles: tuple[str, ...] = ("wbc", "key", "other"),
         domain_guard: DomainGuardSpec | None = None,
         review_below: float = 0.0,
+        scale: ScaleSpec | None = None,
+        um_per_px: float | None = None,
     ) -> None:
+        """``scale``: the bundle's (its detector's working scale); ``um_per_px``: the camera's in use."""
         self.classes = classes
         self.review_below = review_below
         self.flagged = 0  # counted cells whose top class probability is under review_below: look at them
@@ -65,11 +69,14 @@ class Tally:
         self.not_countable = 0
         self.skipped: list[SkippedField] = []
         self.guard = DomainGuard(domain_guard)
+        self.size = SizeWatch(scale, um_per_px)
         self._class_index = {c.name: i for i, c in enumerate(classes)}
 
     def add(self, result: FieldResult) -> None:
         self.fields += 1
         self.cells_detected += len(result.cells)
+        if result.scale is not None:  # every box, as the bundle's cell sizes were measured
+            self.size.add([c.box for c in result.cells], result.scale.factor)
         for cell in result.cells:
             if cell.countable:
                 self.counts[cell.class_name] += 1
@@ -116,4 +123,9 @@ class Tally:
         ]
 
     def domain(self) -> DomainCheck:
-        return self.guard.check()
+        """The colour guard's verdict, shifted too when the cells are not the size the detector works at."""
+        check = self.guard.check()
+        size = self.size.check()
+        if not size.changed:
+            return check
+        return replace(check, state="shifted", reasons=(*check.reasons, size.reason()))

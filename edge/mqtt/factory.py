@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import uuid
+from dataclasses import asdict
 from typing import Literal
 
 from edge.analysis.field import FieldResult
@@ -17,6 +18,7 @@ from edge.mqtt.messages import (
     CellOut,
     DomainOut,
     FieldMessage,
+    FieldScaleOut,
     GateMessage,
     PreviewMessage,
     Provenance,
@@ -97,6 +99,7 @@ class MessageFactory:
             cells=cells,
             countable_in_field=len(result.countable_cells),
             timings_ms={k: round(v, 2) for k, v in result.timings_ms.items()},
+            scale=FieldScaleOut(**asdict(result.scale)) if result.scale is not None else None,
             provenance=self.provenance,
         )
 
@@ -148,13 +151,16 @@ class MessageFactory:
 
     @staticmethod
     def _domain(tally: Tally) -> DomainOut:
-        check = tally.domain()
+        check, size = tally.domain(), tally.size.check()
         return DomainOut(
             state=check.state,
             colour_distance=None if check.colour_distance is None else round(check.colour_distance, 3),
             mean_confidence=None if check.mean_confidence is None else round(check.mean_confidence, 4),
             cells=check.cells,
             message=check.sentence(),
+            um_per_px=size.um_per_px,
+            cell_size_ratio=size.ratio,
+            scale=size.scale_sentence() + (f"; {size.reason()}" if size.ratio is not None else ""),
         )
 
     def tally(self, slide: Slide, tally: Tally) -> TallyMessage:

@@ -153,6 +153,11 @@ class HealthMessage(Envelope):
     interval_s: float | None = Field(
         None, gt=0, description="Seconds to the next health message: a dashboard calls the box offline after it."
     )
+    scale: str | None = Field(
+        None,
+        description="The camera scale in use and, once a slide has cells, whether they are the size the detector "
+        "works at (an objective or camera changed, or no scale set), in words; null before the first field.",
+    )
 
 
 class CellOut(_Model):
@@ -163,6 +168,12 @@ class CellOut(_Model):
     p_countable: float
     countable: bool
     probabilities: dict[str, float] = Field(description="Stage-2 ensemble mean, per class.")
+
+
+class FieldScaleOut(_Model):
+    um_per_px: float | None = Field(description="The camera's scale in use; None: not set, the field was fitted.")
+    factor: float = Field(description="Detector pixels per field pixel: how the field was resized for the detector.")
+    tiles: int = Field(ge=1, description="Detector inputs the field was cut into at that scale.")
 
 
 class FieldMessage(Envelope):
@@ -176,6 +187,7 @@ class FieldMessage(Envelope):
     cells: list[CellOut]
     countable_in_field: int
     timings_ms: dict[str, float]
+    scale: FieldScaleOut | None = Field(None, description="The scale the field was detected at (issue 46).")
     provenance: Provenance
 
 
@@ -214,6 +226,13 @@ class DomainOut(_Model):
     mean_confidence: float | None
     cells: int = Field(description="Counted cells judged (too_few_cells: cells still needed).")
     message: str
+    um_per_px: float | None = Field(None, description="The camera's scale in use (None: not set, fields fitted).")
+    cell_size_ratio: float | None = Field(
+        None,
+        description="The slide's median cell box side at the detector over the one the bundle's detector works at; "
+        "beyond 1.35x either way the slide is shifted (objective or camera changed, or no scale set).",
+    )
+    scale: str = Field("", description="The scale in words, for the display and reports.")
 
 
 class TallyMessage(Envelope):

@@ -171,7 +171,7 @@ def to_fhir(report: LabReport, loinc: dict[str, str] | None = None) -> dict[str,
                         "coding": [{"system": LOCAL_OUTCOME, "code": r.domain.state}],
                         "text": r.domain.state,
                     },
-                    "note": [{"text": r.domain.message}],
+                    "note": [{"text": r.domain.message}] + ([{"text": r.domain.scale}] if r.domain.scale else []),
                 },
             )
         )

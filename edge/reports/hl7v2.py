@@ -162,6 +162,8 @@ def to_oru(report: LabReport, parties: Parties | None = None, loinc: dict[str, s
     notes += [rule_sentence(rule) for rule in applicable_rules(report)]
     if skipped := not_applicable_note(report):
         notes.append(skipped)
+    if r.domain is not None and r.domain.scale:
+        notes.append(f"Counted at {r.domain.scale}")
     if report.status == "preliminary":
         notes.append("Preliminary: not reviewed and signed.")
     elif report.reason:

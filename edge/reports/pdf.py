@@ -142,6 +142,8 @@ def to_pdf(
         story.append(Paragraph(escape(skipped), small))
     if r.domain is not None:
         story.append(Paragraph(f"Domain-shift guard: {escape(r.domain.state)}. {escape(r.domain.message)}", small))
+        if r.domain.scale:
+            story.append(Paragraph(f"Counted at {escape(r.domain.scale)}", small))
 
     story.append(Paragraph("Cells per class (most confident, after review)", styles["Heading2"]))
     side = 17 * mm

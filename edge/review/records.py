@@ -46,6 +46,7 @@ class StoredCell:
     label: str | None  # the reviewed class (or NOT_COUNTABLE); None: not changed by a person
     has_crop: bool
     flags: list[str]  # why the cell needs a person's look (flags_of), as the count path judged it
+    factor: float | None = None  # detector pixels per field pixel when it was found (the size check)
 
     @property
     def machine_tray(self) -> str:

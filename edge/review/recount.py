@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.analysis.field import Cell, FieldResult
+from edge.analysis.field import Cell, FieldResult, FieldScale
 from edge.counting.rules import RulePack
 from edge.counting.tally import Slide, Tally
-from edge.engines.bundle import ClassSpec, DomainGuardSpec
+from edge.engines.bundle import ClassSpec, DomainGuardSpec, ScaleSpec
 from edge.review.records import NOT_COUNTABLE, SlideRecord, StoredCell
 
 
@@ -29,6 +29,8 @@ def slide_setup(
     crop_margin: float,
     countable_threshold: float,
     flag_margin: float,
+    scale: ScaleSpec | None = None,
+    um_per_px: float | None = None,
 ) -> dict[str, Any]:
     """What a slide keeps so that it can be recounted later (``counting``: the CountingConfig)."""
     return {
@@ -43,6 +45,8 @@ def slide_setup(
         "crop_margin": crop_margin,
         "countable_threshold": countable_threshold,
         "flag_margin": flag_margin,
+        "scale": scale.model_dump() if scale is not None else None,
+        "um_per_px": um_per_px,
     }
 
 
@@ -78,9 +82,12 @@ def recount(record: SlideRecord, cells: list[StoredCell], reviewed: bool = True)
         tuple(setup["denominator_roles"]),
         DomainGuardSpec.model_validate(guard) if guard else None,
         setup["review_below"],
+        ScaleSpec.model_validate(setup["scale"]) if setup.get("scale") else None,
+        setup.get("um_per_px"),
     )
     never = {c.name for c in classes if c.role == "not_countable"}
     by_field: dict[int, list[Cell]] = defaultdict(list)
+    factors: dict[int, float] = {}
     still_flagged = 0
     for c in cells:
         label = c.label if reviewed and c.label is not None else None
@@ -89,6 +96,8 @@ def recount(record: SlideRecord, cells: list[StoredCell], reviewed: bool = True)
         else:
             countable = label != NOT_COUNTABLE and label not in never
             name = label if label != NOT_COUNTABLE else c.machine_class
+        if c.factor is not None:
+            factors[c.field_index] = c.factor
         by_field[c.field_index].append(
             Cell(
                 box=c.box,
@@ -103,7 +112,8 @@ def recount(record: SlideRecord, cells: list[StoredCell], reviewed: bool = True)
         )
         still_flagged += countable and label is None and c.class_probability < setup["review_below"]
     for index in sorted(by_field):
-        tally.add(FieldResult(index, str(index), 0, 0, by_field[index]))
+        scale = FieldScale(setup.get("um_per_px"), factors[index], 1) if index in factors else None
+        tally.add(FieldResult(index, str(index), 0, 0, by_field[index], scale=scale))
     if reviewed:
         tally.flagged = still_flagged  # a cell a person placed needs no further look
     fields_without_cells = (record.machine_report or {}).get("fields", tally.fields) - tally.fields

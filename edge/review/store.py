@@ -206,6 +206,7 @@ class SlideStore:
                 "why_not": cell.why_not,
                 "colour": [float(v) for v in cell.colour] if cell.colour is not None else None,
                 "flags": flags_of(cell.countable, cell.class_probability, margin_, cell.p_countable, setup),
+                "factor": result.scale.factor if result.scale is not None else None,  # for the size check
             }
             crop = _jpeg(crops[i], self.quality) if i < len(crops) else None
             context = _jpeg(contexts[i], self.quality) if i < len(contexts) else None
@@ -304,6 +305,7 @@ class SlideStore:
                     countable=d["countable"],
                     why_not=d["why_not"],
                     colour=d["colour"],
+                    factor=d.get("factor"),
                     label=label,
                     has_crop=bool(has_crop),
                     flags=d.get("flags", []),

@@ -32,6 +32,7 @@ class RunStats:
     ring_skipped: int = 0
     publish_failures: int = 0
     stages: dict[str, deque[float]] = field(default_factory=dict)
+    scale: str | None = None  # the camera scale in use and whether the slide's cells fit it, in words
 
     def field(self, timings_ms: dict[str, float]) -> None:
         self.fields += 1
@@ -123,6 +124,7 @@ class HealthReporter:
             lis=self._lis(),
             cpu=cpu_sample(),
             interval_s=self.interval,
+            scale=s.scale,
         )
 
     def _lis(self) -> LisBacklogOut | None:

@@ -59,6 +59,8 @@ class Appliance:
             tuple(counting.denominator_roles),
             self.bundle.manifest.domain_guard,
             counting.review_below,
+            self.bundle.manifest.scale,
+            self.analyzer.um_per_px,
         )
 
     def slide_setup(self) -> dict:
@@ -73,6 +75,8 @@ class Appliance:
             self.config.analysis.crop_margin or manifest.classifier.crop_margin,
             self.analyzer.countable_threshold,
             self.config.review.flag_margin,
+            manifest.scale,
+            self.analyzer.um_per_px,
         )
 
 

@@ -130,7 +130,8 @@ def measure_scale(bundle_dir: Path, fields: Path, data: Path = DATA, factors: Se
     worst = [min(o.detected.get(c, 0.0) for c in WHITE) for o in rungs]
     best = max(range(len(rungs)), key=lambda i: (round(worst[i], 2), np.mean([rungs[i].detected[c] for c in WHITE])))
     factor = factors[best]
-    sides = np.asarray(rungs[best].sides) * factor
+    # every box found, as calibrate-scale sees a lab's fields (partial neighbours at the crops' edges too)
+    sides = np.asarray(rungs[best].all_sides) * factor
     p10, median, p90 = (float(v) for v in np.percentile(sides, [10, 50, 90]))
     labelled = training_box_sides(fields)
     how = (
@@ -141,7 +142,7 @@ def measure_scale(bundle_dir: Path, fields: Path, data: Path = DATA, factors: Se
         f"({len(labelled)} boxes, median side {np.median(labelled):.0f} px) and TXL-PBC's PBC fields at "
         f"{txl:.3f}; on 4x4 grids of matek_bm validation cells its worst white-cell class is detected most "
         f"often at {factor:g}x matek's pixel: {matek / factor:.4f} um/px. Cell sides: the {len(sides)} "
-        "detected validation cells there."
+        "boxes the detector found on those grids there."
     )
     return ScaleSpec(
         um_per_px=round(matek / factor, 5),
@@ -172,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from build_engines.rescale import record_scale, reexport_detector
 
-    reexport_detector(args.bundle, args.version)
+    if load_bundle(args.bundle).manifest.detector.graph_resizes:
+        reexport_detector(args.bundle)
     scale = measure_scale(args.bundle, args.fields, args.data)
     log.info("%s", scale.model_dump_json(indent=1))
-    record_scale(args.bundle, scale)
+    record_scale(args.bundle, scale, args.version)
     return 0
 
 

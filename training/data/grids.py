@@ -54,6 +54,7 @@ class GridOutcome:
     tiles: int = 1
     ms_per_field: float = 0.0
     sides: list[float] = field(default_factory=list)  # box sides of the matched detections, field pixels
+    all_sides: list[float] = field(default_factory=list)  # of every detection (neighbours cut by the crops too)
 
 
 def load_cells(data: Path = DATA, codes: Sequence[str] = CLASSES, split: str = "test") -> list[GridCell]:
@@ -121,7 +122,7 @@ def measure(
     detected: dict[str, int] = defaultdict(int)
     counted: dict[str, int] = defaultdict(int)
     counted_blasts = counted_white = 0
-    tiles, seconds, sides = 1, 0.0, []
+    tiles, seconds, sides, all_sides = 1, 0.0, [], []
     for f in range(total):
         chosen = [cells[i] for i in order[f * per_field : (f + 1) * per_field]]
         image, centres, codes = grid_field(chosen, grid, optical)
@@ -130,6 +131,7 @@ def measure(
         seconds += time.perf_counter() - t0
         tiles = result.scale.tiles if result.scale else 1
         found = np.array([c.box for c in result.cells], np.float32).reshape(-1, 4)
+        all_sides += np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]).tolist()
         matched = match(centres, found, CENTRE_RADIUS * TILE * optical)
         for code, m in zip(codes, matched, strict=True):
             seen[code] += 1
@@ -154,4 +156,5 @@ def measure(
         tiles,
         1e3 * seconds / max(total, 1),
         sides,
+        all_sides,
     )

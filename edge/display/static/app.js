@@ -134,6 +134,7 @@ function renderCount() {
     $("progress").dataset.reached = "false";
     $("rules").replaceChildren();
     $("domain").hidden = true;
+    $("scale").textContent = "";
     $("flagged").hidden = true;
     body.replaceChildren();
     return;
@@ -167,6 +168,13 @@ function renderCount() {
   $("domain").hidden = !shifted;
   $("domain").textContent = shifted ? `⚠ ${t.domain.message}. Rules held at indeterminate; review every cell.` : "";
   $("domain").dataset.state = t.domain ? t.domain.state : "none";
+  // The scale the fields are counted at: unset or off the cells' size is worth a look before the count goes on.
+  const scale = t.domain && t.domain.scale ? t.domain.scale : "";
+  const ratio = t.domain ? t.domain.cell_size_ratio : null;
+  const scaleState = !t.domain ? "none" : (t.domain.um_per_px == null ? "unset" : (ratio != null && (ratio > 1.35 || ratio < 1 / 1.35) ? "changed" : "set"));
+  $("scale").textContent = scale;
+  $("scale").dataset.state = scaleState;
+  $("scale").classList.toggle("warn", scaleState === "unset" || scaleState === "changed");
   // Cells the classifier was unsure of: the count is provisional until someone looks at them.
   const flagged = t.flagged || 0;
   $("flagged").hidden = !flagged;

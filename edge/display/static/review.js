@@ -70,6 +70,8 @@ function render() {
   const domain = slide.domain;
   $("domain").hidden = !(domain && domain.state === "shifted");
   if (domain) $("domain").textContent = domain.message;
+  // the scale the slide was counted at, and whether its cells were the size the detector works at
+  $("scale").textContent = domain && domain.scale ? domain.scale : "";
   renderLis(slide.lis);
   const flagged = view.reviewed.flagged;
   $("provisional").hidden = !flagged;
