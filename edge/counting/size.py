@@ -7,7 +7,10 @@ side at the detector's scale; the slide's median over the bundle's is the size r
 from 1 means the scale in use is wrong for these fields: an objective changed (50x instead of 100x
 halves every cell), another camera, or no scale set on a camera whose fields shrink cells on the
 fit. Slides differ in their mix of cells (small lymphocytes, large blasts), so only a ratio beyond
-``LIMIT`` either way counts as changed: half or double a cell is far outside it.
+``LIMIT`` either way counts as changed: half or double a cell is far outside it. With no scale set
+the fields are fitted, and the bundle's training fields themselves spanned a range of sizes
+(``range_um_per_px``): only a size outside that range, by ``LIMIT`` again, counts as changed (a
+large sensor's field shrunk to the detector's input); inside it the size is said, not judged.
 """
 
 from __future__ import annotations
@@ -72,5 +75,13 @@ class SizeWatch:
         if len(self._sides) < MIN_CELLS:
             return SizeCheck("too_few_cells", None, MIN_CELLS - len(self._sides), self.um_per_px)
         ratio = float(np.median(self._sides)) / self.scale.cell_side_px_median
-        state: SizeState = "changed" if not 1 / LIMIT <= ratio <= LIMIT else "ok"
+        low, high = self.limits()
+        state: SizeState = "changed" if not low <= ratio <= high else "ok"
         return SizeCheck(state, round(ratio, 3), len(self._sides), self.um_per_px)
+
+    def limits(self) -> tuple[float, float]:
+        """The size ratios judged the same scale: around 1 with a scale set, the training range without."""
+        if self.um_per_px is not None or self.scale is None:
+            return 1 / LIMIT, LIMIT
+        finest, coarsest = self.scale.range_um_per_px
+        return self.scale.um_per_px / coarsest / LIMIT, self.scale.um_per_px / finest * LIMIT

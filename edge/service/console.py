@@ -61,6 +61,8 @@ class LiveConsole:
                 f"domain check: {domain.sentence()} (colour distance {domain.colour_distance:.2f}, "
                 f"mean confidence {domain.mean_confidence:.2f})\n"
             )
+        size = tally.size.check()
+        w(size.scale_sentence() + (f"; {size.reason()}" if size.ratio is not None else "") + "\n")
         for s in tally.skipped:
             w(f"skipped {s.reason}\n")
         w(f"{tally.rules.disclaimer}\n")

@@ -51,7 +51,7 @@ def test_cells_of_the_bundles_size_pass_and_the_scale_is_said():
     [
         (0.0875, 75, 1.0, "0.50x the size .* at the set scale 0.0875 um/px: objective or camera changed"),
         (0.0875, 300, 1.0, "2.00x the size"),
-        (None, 300, 0.2, "0.40x the size .*: no scale is set for this camera"),  # a big camera's field, fitted
+        (None, 300, 0.1, "0.20x the size .*: no scale is set for this camera"),  # a big camera's field, fitted
     ],
 )
 def test_cells_of_another_size_shift_the_slide_and_hold_its_rules(um, side, factor, words):
@@ -62,6 +62,16 @@ def test_cells_of_another_size_shift_the_slide_and_hold_its_rules(um, side, fact
     assert any(re.search(words, r) for r in domain.reasons), domain.reasons
     rule = next(r for r in tally.rule_states() if r.id == "acute_leukaemia")
     assert rule.state == "indeterminate" and "not reliable" in rule.note
+
+
+def test_without_a_scale_a_size_within_the_bundles_training_range_is_said_not_judged():
+    tally = _tally(None)
+    tally.add(_field(300, 0.325, None))  # the demo's composed fields, fitted: cells at 0.65x the working size
+    size = tally.size.check()
+    assert size.state == "ok" and size.ratio == pytest.approx(0.65)
+    assert size.reason() == "cells 0.65x the size the detector works at"
+    assert size.scale_sentence().startswith("scale: not set")
+    assert next(r for r in tally.rule_states() if r.id == "acute_leukaemia").state == "positive"
 
 
 def test_too_few_cells_or_no_bundle_scale_judge_nothing():
