@@ -17,10 +17,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
 from build_engines.export import _check_detector, _export, _parity_fields
 from edge.config import DEFAULT_SAMPLES
-from edge.engines.bundle import ScaleSpec, file_entry, load_bundle, write_manifest
+from edge.engines.bundle import BundleManifest, ScaleSpec, file_entry, load_bundle, write_manifest
 from edge.engines.graphs import DetectorGraph, load_graphs
 from edge.engines.onnxruntime import OnnxRuntimeBackend
 from edge.errors import BundleError
@@ -90,10 +91,29 @@ def reexport_detector(bundle_dir: Path, fields_dir: Path = DEFAULT_SAMPLES) -> P
     return bundle_dir
 
 
+def _checked(manifest: BundleManifest, update: dict) -> BundleManifest:
+    """The updated manifest, validated before anything is written (a scale beside a refitting graph is refused)."""
+    try:
+        return BundleManifest.model_validate(manifest.model_copy(update=update).model_dump())
+    except ValidationError as exc:
+        raise BundleError(f"bundle {manifest.name} not changed: {exc.errors()[0]['msg']}") from None
+
+
 def record_scale(bundle_dir: Path, scale: ScaleSpec, version: str) -> Path:
     """Write ``scale`` into the manifest of a bundle whose detector runs as given, as ``version``."""
     manifest = load_bundle(bundle_dir).manifest
-    write_manifest(bundle_dir, manifest.model_copy(update={"scale": scale, "version": version}))
-    load_bundle(bundle_dir)  # the validator refuses a scale beside a resizing graph
+    write_manifest(bundle_dir, _checked(manifest, {"scale": scale, "version": version}))
     log.info("%s %s: scale %.4f um/px recorded", manifest.name, version, scale.um_per_px)
+    return bundle_dir
+
+
+def record_margin(bundle_dir: Path, margin: float, how: dict, version: str) -> Path:
+    """The count path's crop margin (``classifier.field_crop_margin``) and how it was chosen, as ``version``."""
+    manifest = load_bundle(bundle_dir).manifest
+    classifier = manifest.classifier.model_copy(update={"field_crop_margin": margin})
+    provenance = dict(manifest.provenance) | {"field_crop_margin": how}
+    write_manifest(
+        bundle_dir, _checked(manifest, {"classifier": classifier, "provenance": provenance, "version": version})
+    )
+    log.info("%s %s: count-path crop margin %.2f recorded", manifest.name, version, margin)
     return bundle_dir

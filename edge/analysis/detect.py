@@ -65,11 +65,12 @@ class Detector:
         self._cell_columns = np.array([spec.labels.index(name) for name in spec.cell_labels])
         self.factor: float | None = None  # None: fit each field to the input, as before scales were known
         self.overlap = 0  # tile overlap at the detector's scale (edge.analysis.scale.tile_overlap)
+        self.tile: int | None = None  # largest detector input side (None: the bundle's input_max_size)
         self.last_plan: FieldPlan | None = None
 
     def __call__(self, field: np.ndarray) -> Detections:
         height, width = field.shape[:2]
-        plan = plan_field(height, width, self.spec, self.factor, self.overlap)
+        plan = plan_field(height, width, self.spec, self.factor, self.overlap, self.tile)
         self.last_plan = plan
         resized = field
         if (plan.height, plan.width) != (height, width):

@@ -48,8 +48,9 @@ class FieldModel(Protocol):
         """``boxes`` given: classify those instead of the detector's (benchmarks fix the cell count so)."""
         ...
 
-    def set_scale(self, factor: float | None, overlap: int = 0) -> None:
-        """Detector pixels per field pixel (``edge.analysis.scale``); None: fit each field to the input."""
+    def set_scale(self, factor: float | None, overlap: int = 0, tile: int | None = None) -> None:
+        """Detector pixels per field pixel (``edge.analysis.scale``); None: fit each field to the input.
+        ``tile``: the largest detector input side (None: the bundle's input_max_size)."""
         ...
 
 
@@ -67,8 +68,8 @@ class HostFieldModel:
     def providers(self) -> list[str]:
         return self.detector.backend.providers
 
-    def set_scale(self, factor: float | None, overlap: int = 0) -> None:
-        self.detector.factor, self.detector.overlap = factor, overlap
+    def set_scale(self, factor: float | None, overlap: int = 0, tile: int | None = None) -> None:
+        self.detector.factor, self.detector.overlap, self.detector.tile = factor, overlap, tile
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None) -> FieldOutputs:
         return self.classify(self.detect(image, boxes))
@@ -151,11 +152,13 @@ class FieldAnalyzer:
         countable_threshold: float | None = None,
         colour_features: bool | None = None,
         um_per_px: float | None = None,
+        tile: int | None = None,
     ) -> None:
         """``colour_features``: take each cell's stain features (None: when the bundle has a domain
         guard to feed; True: always, as the guard's calibration needs them before it exists).
         ``um_per_px``: the camera's scale; with the bundle's (``scale`` in bundle.json) every field is
-        brought to the scale the detector learned, in tiles where large (``edge.analysis.scale``)."""
+        brought to the scale the detector learned, in tiles of at most ``tile`` px where large
+        (``edge.analysis.scale``)."""
         spec = bundle.manifest.classifier
         self.model = model
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
@@ -173,7 +176,8 @@ class FieldAnalyzer:
                 "detector's input as before", bundle.manifest.name, um_per_px,
             )  # fmt: skip
         self._overlap = tile_overlap(self.bundle_scale)
-        model.set_scale(self.factor, self._overlap)
+        self._tile = tile
+        model.set_scale(self.factor, self._overlap, tile)
 
     def _why_not(self, p_countable: float, winner: int) -> str | None:
         """Why a cell is left out of the count, in the technician's words; None: it counts."""
@@ -191,7 +195,7 @@ class FieldAnalyzer:
             image = white_balance(image)
             timings["colour"] = (time.perf_counter() - t0) * 1e3
         out = self.model(image)
-        plan = plan_field(image.shape[0], image.shape[1], self._detector_spec, self.factor, self._overlap)
+        plan = plan_field(image.shape[0], image.shape[1], self._detector_spec, self.factor, self._overlap, self._tile)
         colours = cell_colour_features(image, out.boxes) if self._guarded and len(out.boxes) else None
         winners = out.probs.argmax(axis=1) if len(out.probs) else np.empty(0, np.int64)
         why_not = [self._why_not(float(out.p_countable[i]), int(winners[i])) for i in range(len(winners))]

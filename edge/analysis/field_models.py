@@ -143,7 +143,7 @@ def onnxruntime_model(
         backends.append(backend)
     detector = Detector(backends[0], manifest.detector, analysis.score_threshold)
     classifier = Classifier(backends[1], len(manifest.classes), analysis.max_batch)
-    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, analysis))
+    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, crop_margin_for(bundle, analysis))
 
 
 def reference_model(bundle: Bundle, analysis: AnalysisConfig) -> HostFieldModel:
@@ -151,9 +151,10 @@ def reference_model(bundle: Bundle, analysis: AnalysisConfig) -> HostFieldModel:
     return onnxruntime_model(bundle, analysis, OnnxRuntimeEngine(providers=["cpu"]))
 
 
-def _margin(bundle: Bundle, analysis: AnalysisConfig) -> float:
+def crop_margin_for(bundle: Bundle, analysis: AnalysisConfig) -> float:
+    """The context cut around each detector box: the config's, else the bundle's for the count path."""
     margin = analysis.crop_margin
-    return bundle.manifest.classifier.crop_margin if margin is None else margin
+    return bundle.manifest.classifier.count_margin if margin is None else margin
 
 
 def torch_model(
@@ -172,7 +173,7 @@ def torch_model(
         cuda_graphs=engine.cuda_graphs,
         max_batch=max(analysis.max_batch, 1),
         score_threshold=analysis.score_threshold,
-        crop_margin=_margin(bundle, analysis),
+        crop_margin=crop_margin_for(bundle, analysis),
         compile=engine.compile,
     )
 
@@ -189,7 +190,7 @@ def tensorrt_model(
     manifest = bundle.manifest
     detector = Detector(TensorRTBackend(plans["detector"]), manifest.detector, analysis.score_threshold)
     classifier = Classifier(TensorRTBackend(plans["classifier"]), len(manifest.classes), min(analysis.max_batch, 64))
-    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, _margin(bundle, analysis))
+    return HostFieldModel(detector, classifier, manifest.classifier.crop_size, crop_margin_for(bundle, analysis))
 
 
 # engine type -> builder(bundle, analysis settings, engine settings, verification fields)

@@ -76,19 +76,21 @@ def _cores(starts: list[int], tile: int, length: int) -> list[tuple[float, float
     return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
 
 
-def plan_field(height: int, width: int, spec: DetectorSpec, factor: float | None, overlap: int = 0) -> FieldPlan:
+def plan_field(
+    height: int, width: int, spec: DetectorSpec, factor: float | None, overlap: int = 0, tile: int | None = None
+) -> FieldPlan:
     """The detector input(s) for a ``height`` x ``width`` field.
 
     ``factor`` None: the bundle's fit (short side ``input_min_size``, long side at most
     ``input_max_size``), one input, as before scales were known. Otherwise the field is resized
-    by ``factor`` and, when a side exceeds one detector input (``input_max_size``), cut into
-    square tiles of that side overlapping by ``overlap`` pixels (at least the largest cell).
+    by ``factor`` and, when a side exceeds one detector input (``tile``, default ``input_max_size``),
+    cut into square tiles of that side overlapping by ``overlap`` pixels (more than the largest cell).
     """
     if factor is None:
         h, w = fitted_size(height, width, spec.input_min_size, spec.input_max_size)
         return FieldPlan(w / width, h, w, (Tile(0, 0, w, h, (-math.inf, -math.inf, math.inf, math.inf)),))
     h, w = max(32, round(height * factor)), max(32, round(width * factor))
-    tile = spec.input_max_size or spec.input_min_size or max(h, w)
+    tile = tile or spec.input_max_size or spec.input_min_size or max(h, w)
     overlap = min(overlap, tile // 2)
     xs, ys = _starts(w, tile, overlap), _starts(h, tile, overlap)
     tiles = []

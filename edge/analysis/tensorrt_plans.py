@@ -58,12 +58,17 @@ def tensorrt_version() -> str:
     return str(trt.__version__)
 
 
+TILE_MAX = 2048  # the detector profile's largest side for a bundle with a scale: analysis.tile_px's default
+
+
 def engine_profiles(bundle: Bundle) -> dict[str, dict[str, list[list[int]]]]:
     """Optimisation profiles: the detector over the field sizes the appliance feeds, the
     classifier over batch 1..64 with the optimum at a typical field."""
     det = bundle.manifest.detector
     low = det.input_min_size or 256
     high = det.input_max_size or 2048
+    if not det.graph_resizes:  # fields at the bundle's scale come in tiles up to analysis.tile_px (default 2048)
+        high = max(high, TILE_MAX)
     crop = bundle.manifest.classifier.crop_size
     return {
         "detector": {"images": [[1, 32, 32, 3], [1, low, round(low * 4 / 3), 3], [1, high, high, 3]]},
@@ -203,7 +208,7 @@ def reference_inputs(bundle: Bundle, fields: list[np.ndarray]) -> dict[str, list
 
     detector = Detector(OnnxRuntimeBackend(bundle.path(det.file)), det)
     spec = bundle.manifest.classifier
-    crops = [crop_cells(f, detector(f).boxes, spec.crop_size, spec.crop_margin) for f in fields]
+    crops = [crop_cells(f, detector(f).boxes, spec.crop_size, spec.count_margin) for f in fields]
     batch = np.concatenate([c for c in crops if len(c)]) if any(len(c) for c in crops) else None
     if batch is None:
         raise EngineError("the verification fields hold no cell the detector finds: choose other fields")

@@ -122,10 +122,11 @@ class TorchFusedFieldModel:
         self.det_spec = detector_spec
         self.cls_spec = classifier_spec
         self.score_threshold = detector_spec.score_threshold if score_threshold is None else score_threshold
-        self.crop_margin = classifier_spec.crop_margin if crop_margin is None else crop_margin
+        self.crop_margin = classifier_spec.count_margin if crop_margin is None else crop_margin
         self.max_batch = max_batch
         self.factor: float | None = None  # detector pixels per field pixel (set_scale); None: fit the field
         self.overlap = 0
+        self.tile: int | None = None
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         # The ensemble's networks run side by side on their own streams inside the classifier's
         # CUDA graph: at a field's batch size one network leaves most of a large GPU idle.
@@ -177,15 +178,15 @@ class TorchFusedFieldModel:
         host = torch.from_numpy(np.ascontiguousarray(image))
         return host.to(self.device).permute(2, 0, 1)[None].float()
 
-    def set_scale(self, factor: float | None, overlap: int = 0) -> None:
-        """Detector pixels per field pixel (None: fit the field), as ``Detector.factor``."""
-        self.factor, self.overlap = factor, overlap
+    def set_scale(self, factor: float | None, overlap: int = 0, tile: int | None = None) -> None:
+        """Detector pixels per field pixel (None: fit the field), tile overlap and side, as ``Detector``'s."""
+        self.factor, self.overlap, self.tile = factor, overlap, tile
 
     def _detect(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The field's cells as the host ``Detector`` finds them: resized by the plan, tile by tile,
         each tile keeping the cells whose centre is in its core; boxes in field pixels."""
         height, width = frame.shape[-2:]
-        plan = plan_field(height, width, self.det_spec, self.factor, self.overlap)
+        plan = plan_field(height, width, self.det_spec, self.factor, self.overlap, self.tile)
         resized = frame
         if (plan.height, plan.width) != (height, width):
             # antialias: a large camera frame shrunk without it aliases (INTER_AREA on the host path)

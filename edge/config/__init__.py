@@ -94,6 +94,14 @@ class AnalysisConfig(Strict):
         "own (a ring, a replayed folder): `marrow-edge calibrate-scale` measures it. None: fields are fitted to "
         "the detector's input size whatever the camera, and cells of a large field shrink.",
     )
+    tile_px: int = Field(
+        2048,
+        ge=256,
+        le=4096,
+        description="With a scale: the largest detector input side; a field larger at the bundle's scale is cut "
+        "into tiles of this side overlapping by more than the largest cell (larger tiles overlap less: a 2448x2048 "
+        "sensor at the usual scale fits whole; TensorRT engines are built for up to 2048).",
+    )
     max_field_pixels: int = Field(
         50_000_000,
         ge=1024,

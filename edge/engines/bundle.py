@@ -96,6 +96,14 @@ class ClassifierSpec(ModelSpec):
         "(crop side = longer box side x (1 + margin)).",
     )
     countable_threshold: float = Field(ge=0.0, le=1.0, description="Stage-1 cut-off on P(countable).")
+    field_crop_margin: float | None = Field(
+        None,
+        ge=0.0,
+        le=3.0,
+        description="Context the count path cuts around a detector's box, where it differs from crop_margin: the "
+        "detector's boxes are not the training crops' boxes, so the margin is chosen on validation fields. "
+        "None: crop_margin.",
+    )
     training_crops: Literal["whole_image", "central_cell"] = Field(
         "whole_image",
         description="How single-cell training images became crops: whole_image (resized as they are) or "
@@ -104,6 +112,11 @@ class ClassifierSpec(ModelSpec):
     )
     stage1: str = Field(description="Architecture of the countable head.")
     stage2: list[str] = Field(min_length=1, description="Ensemble members (softmax averaged).")
+
+    @property
+    def count_margin(self) -> float:
+        """The margin around a detector's box in the count path."""
+        return self.crop_margin if self.field_crop_margin is None else self.field_crop_margin
 
 
 class Parity(_Strict):

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge import __version__
 from edge.analysis.field import FieldAnalyzer, FieldResult
-from edge.analysis.field_models import build_field_model, needs_verification
+from edge.analysis.field_models import build_field_model, crop_margin_for, needs_verification
 from edge.capture.replay import verification_fields
 from edge.capture.source import CameraSource
 from edge.config import AppConfig
@@ -72,7 +72,7 @@ class Appliance:
             self.config.counting,
             manifest.domain_guard,
             manifest.classifier.crop_size,
-            self.config.analysis.crop_margin or manifest.classifier.crop_margin,
+            crop_margin_for(self.bundle, self.config.analysis),
             self.analyzer.countable_threshold,
             self.config.review.flag_margin,
             manifest.scale,
@@ -86,7 +86,9 @@ def build_appliance(config: AppConfig, um_per_px: float | None = None) -> Applia
     manifest = bundle.manifest
     fields = verification_fields(config.engine.verify_fields) if needs_verification(config) else None
     model, _ = build_field_model(bundle, config, fields)
-    analyzer = FieldAnalyzer(bundle, model, config.analysis.countable_threshold, um_per_px=um_per_px)
+    analyzer = FieldAnalyzer(
+        bundle, model, config.analysis.countable_threshold, um_per_px=um_per_px, tile=config.analysis.tile_px
+    )
     # Warm up: the first run of a session allocates and plans; keep that out of the first field.
     analyzer(np.full((256, 256, 3), 200, np.uint8))
     provenance = Provenance(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.engines.bundle import load_bundle
+from edge.engines.bundle import BundleManifest, load_bundle
 from training.bundle.starter import recipe_lines
 
 
@@ -112,6 +112,7 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         "   stain-robust: hue, saturation, value, per-channel gain, gamma, partial desaturation, blur, JPEG,",
         "   scale and position jitter, flips and turns; stain-moderate: the same kinds, narrower, no desaturation.",
         "",
+        *_scale_lines(manifest),
         "## Held-back and cross-domain figures (ONNX Runtime on this bundle)",
         "",
         "| data | never trained on | metric | value | target |",
@@ -214,6 +215,33 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         "",
     ]
     return "\n".join(lines + recipe_lines(p["recipes"])) + "\n"
+
+
+def _scale_lines(manifest: BundleManifest) -> list[str]:
+    """The scale the detector works at and the count path's crop margin (issue 46), where recorded."""
+    scale = manifest.scale
+    if scale is None:
+        return []
+    margin = manifest.classifier.field_crop_margin
+    lines = [
+        "## Scale",
+        "",
+        f"The detector works at **{scale.um_per_px} um/px** (its training fields span {scale.range_um_per_px[0]}-"
+        f"{scale.range_um_per_px[1]}); the appliance brings each field there from the camera's scale "
+        "(`source.um_per_px` or `analysis.um_per_px`, measured by `marrow-edge calibrate-scale`), in tiles where "
+        "large. Cells it finds "
+        f"there: box side {scale.cell_side_px_p10:.0f} / {scale.cell_side_px_median:.0f} / {scale.cell_side_px_p90:.0f}"
+        f" px (10th / 50th / 90th percentile, {scale.cells} boxes). How it was measured: {scale.how}",
+        "",
+    ]
+    if margin is not None:
+        lines += [
+            f"The count path cuts crops with margin **{margin}** around the detector's boxes (training crops: "
+            f"{manifest.classifier.crop_margin} around the nucleus-derived boxes), chosen on validation fields: "
+            + manifest.provenance.get("field_crop_margin", {}).get("rule", ""),
+            "",
+        ]
+    return lines
 
 
 def _initialisation(recipes: dict) -> str:

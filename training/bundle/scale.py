@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,10 +35,11 @@ import cv2
 import numpy as np
 
 from edge.analysis.colour import white_balance
+from edge.analysis.field import FieldAnalyzer
 from edge.engines.bundle import ScaleSpec, load_bundle
 from training.data.cells import central_cell_box
 from training.data.compose import DATA
-from training.data.grids import WHITE, GridOutcome, load_cells, measure
+from training.data.grids import WHITE, GridOutcome, iou_matrix, load_cells, measure
 from training.data.readers import read_cell_folders, read_yolo
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ SAME_TYPES = {"NGS": "SNE", "LYT": "LY", "EOS": "EO", "MON": "MO"}  # matek code
 COMPOSE_SCALE = (0.55, 0.85)  # training.data.compose.compose_field's default
 FIT = 384 / 480  # the composed 640x480 fields fitted to the detector's 384 px short side
 FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)  # detector pixels per matek pixel, tried on validation
+JUNK_SLACK = 0.03  # NIF + ART counted: at most this much above the training margin's
 PROVISIONAL_MAX_SIDE = 200.0  # tile overlap while the ladder runs: above the largest training box (170 px)
 
 
@@ -163,21 +166,87 @@ def measure_scale(bundle_dir: Path, fields: Path, data: Path = DATA, factors: Se
     )
 
 
+def composed_rates(analyzer: FieldAnalyzer, aliases: dict[str, str], data: Path = DATA) -> dict[str, dict[str, float]]:
+    """Composed marrow fields of validation cells (the detector's own kind of field, fitted): per code the share
+    counted and the share counted as its own class; a cell is its field's box matched at IoU >= 0.3."""
+    from training.data.compose import compose_field, load_patches, matek_splits
+
+    patches = load_patches(matek_splits(data)["val"])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(patches))
+    seen: dict[str, int] = defaultdict(int)
+    counted: dict[str, int] = defaultdict(int)
+    right: dict[str, int] = defaultdict(int)
+    for start in range(0, len(order), 7):
+        image, boxes, codes = compose_field([patches[i] for i in order[start : start + 7]], rng)
+        result = analyzer(image)
+        found = np.array([c.box for c in result.cells], np.float32).reshape(-1, 4)
+        overlap = iou_matrix(boxes, found)
+        for t, code in enumerate(codes):
+            seen[code] += 1
+            if overlap.shape[1] and overlap[t].max() >= 0.3:
+                cell = result.cells[int(overlap[t].argmax())]
+                counted[code] += cell.countable
+                right[code] += cell.countable and cell.class_name == aliases.get(code)
+    return {"counted": {c: counted[c] / seen[c] for c in seen}, "right": {c: right[c] / seen[c] for c in seen}}
+
+
+def choose_margin(bundle_dir: Path, margins: Sequence[float], data: Path = DATA) -> tuple[float, dict]:
+    """The count path's crop margin, on validation cells in both kinds of field (4x4 grids at the bundle's
+    scale, composed fields fitted): the margin whose worst white-cell class is most often counted as itself,
+    among those counting at most ``JUNK_SLACK`` more not-countable cells (NIF, ART) than the training margin."""
+    from edge.analysis.field_models import build_field_model
+    from edge.config import AppConfig
+
+    bundle = load_bundle(bundle_dir)
+    scale = bundle.manifest.scale
+    trained = bundle.manifest.classifier.crop_margin
+    margins = sorted({*margins, trained})  # the training margin is the baseline
+    aliases = {a: c.name for c in bundle.manifest.classes for a in (c.name, *c.aliases)}
+    cells = load_cells(data, split="val")
+    rows = {}
+    for margin in margins:
+        model, _ = build_field_model(bundle, AppConfig(bundle=bundle_dir, analysis={"crop_margin": margin}))
+        grid = measure(FieldAnalyzer(bundle, model, um_per_px=scale.um_per_px if scale else None), cells, 4,
+                       aliases=aliases)  # fmt: skip
+        composed = composed_rates(FieldAnalyzer(bundle, model), aliases, data)
+        junk = [grid.counted.get(c, 0) for c in ("NIF", "ART")]
+        junk += [composed["counted"].get(c, 0) for c in ("NIF", "ART")]
+        worst = min(min(grid.right[c] for c in WHITE), min(composed["right"][c] for c in WHITE))
+        rows[margin] = {
+            "worst_right": round(worst, 3),
+            "junk_counted": round(float(np.mean(junk)), 3),
+            "grid_right": {c: round(grid.right[c], 3) for c in WHITE},
+            "composed_right": {c: round(composed["right"][c], 3) for c in WHITE},
+        }
+        log.info("margin %.2f: %s", margin, rows[margin])
+    base = rows[trained]["junk_counted"]
+    allowed = [m for m in margins if rows[m]["junk_counted"] <= base + JUNK_SLACK]
+    return max(allowed, key=lambda m: rows[m]["worst_right"]), rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="re-exported and recorded in place")
     parser.add_argument("--fields", type=Path, required=True, help="the composed marrow fields (training.compose)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--version", required=True, help="the bundle's new version")
+    parser.add_argument("--margins", help="also choose the count path's crop margin among these, e.g. 0.2,0.3,0.5")
+    parser.add_argument("--margin-only", action="store_true", help="keep the recorded scale; choose the margin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from build_engines.rescale import record_scale, reexport_detector
+    from build_engines.rescale import record_margin, record_scale, reexport_detector
 
-    if load_bundle(args.bundle).manifest.detector.graph_resizes:
-        reexport_detector(args.bundle)
-    scale = measure_scale(args.bundle, args.fields, args.data)
-    log.info("%s", scale.model_dump_json(indent=1))
-    record_scale(args.bundle, scale, args.version)
+    if not args.margin_only:
+        if load_bundle(args.bundle).manifest.detector.graph_resizes:
+            reexport_detector(args.bundle)
+        scale = measure_scale(args.bundle, args.fields, args.data)
+        log.info("%s", scale.model_dump_json(indent=1))
+        record_scale(args.bundle, scale, args.version)
+    if args.margins:
+        margin, rows = choose_margin(args.bundle, [float(m) for m in args.margins.split(",")], args.data)
+        record_margin(args.bundle, margin, {"rule": choose_margin.__doc__.split("\n\n")[0], "validation": rows},
+                      args.version)  # fmt: skip
     return 0
 
 

@@ -49,6 +49,7 @@ class GridOutcome:
     um_per_px: float | None  # what the appliance was told (None: not told, fitted)
     detected: dict[str, float] = field(default_factory=dict)
     counted: dict[str, float] = field(default_factory=dict)
+    right: dict[str, float] = field(default_factory=dict)  # counted and called the crop's own class
     cells: dict[str, int] = field(default_factory=dict)
     blast_share_error: float = 0.0  # counted blast share minus the true share among white cells, points
     tiles: int = 1
@@ -85,6 +86,20 @@ def grid_field(cells: Sequence[GridCell], n: int, optical: float = 1.0) -> tuple
     return field_image, np.array(centres, np.float32) * optical, codes
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection over union of two sets of boxes (x1, y1, x2, y2)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
 def match(centres: np.ndarray, found: np.ndarray, radius: float) -> np.ndarray:
     """For each crop centre the index of the detection whose centre is nearest, within ``radius``
     (one detection each, nearest pairs first), -1 if none. The centre, not the nucleus-derived box:
@@ -110,8 +125,10 @@ def measure(
     um_per_px: float | None = None,
     fields: int | None = None,
     seed: int = 0,
+    aliases: dict[str, str] | None = None,
 ) -> GridOutcome:
-    """Every cell once (in ``grid`` x ``grid`` fields, shuffled by ``seed``), or ``fields`` fields."""
+    """Every cell once (in ``grid`` x ``grid`` fields, shuffled by ``seed``), or ``fields`` fields.
+    ``aliases`` (dataset code -> bundle class) also scores each counted cell's class."""
     import time
 
     rng = np.random.default_rng(seed)
@@ -121,6 +138,7 @@ def measure(
     seen: dict[str, int] = defaultdict(int)
     detected: dict[str, int] = defaultdict(int)
     counted: dict[str, int] = defaultdict(int)
+    right: dict[str, int] = defaultdict(int)
     counted_blasts = counted_white = 0
     tiles, seconds, sides, all_sides = 1, 0.0, [], []
     for f in range(total):
@@ -141,6 +159,7 @@ def measure(
                 sides.append(max(x2 - x1, y2 - y1))
                 if result.cells[m].countable:
                     counted[code] += 1
+                    right[code] += aliases is not None and result.cells[m].class_name == aliases.get(code)
                     if code in WHITE:
                         counted_white += 1
                         counted_blasts += result.cells[m].class_name == "blast"
@@ -151,6 +170,7 @@ def measure(
         um_per_px,
         {c: detected[c] / seen[c] for c in seen},
         {c: counted[c] / seen[c] for c in seen},
+        {c: right[c] / seen[c] for c in seen},
         dict(seen),
         100 * (counted_blasts / max(counted_white, 1) - true_blasts),
         tiles,

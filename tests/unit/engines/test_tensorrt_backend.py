@@ -47,7 +47,7 @@ def test_detector_outputs_are_whole_at_every_field_shape(detector, graphs):
 def test_a_shape_outside_the_profile_is_refused(detector):
     backend = TensorRTBackend(b"detector")
     with pytest.raises(EngineError, match=r"outside the engine's profile"):
-        backend.run({"images": np.zeros((1, 700, 640, 3), np.uint8)})
+        backend.run({"images": np.zeros((1, 2100, 640, 3), np.uint8)})  # the profile ends at 2048 px (tiles)
     with pytest.raises(EngineError, match=r"outside the engine's profile"):
         backend.run({"images": np.zeros((2, 64, 64, 3), np.uint8)})
     out = backend.run({"images": np.zeros((1, 64, 64, 3), np.uint8)})  # still usable after a refusal
