@@ -60,5 +60,10 @@ timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/pipeline.py --out "$out" --ta
     --skip onnxruntime-cpu:paper "$@" 2>&1 | tail -n 400 > "$out/benchmark.log"
 bench_rc=${PIPESTATUS[0]}
 tail -n 60 "$out/benchmark.log"
-echo "gpu tests rc=$tests_rc benchmark rc=$bench_rc"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+
+echo "== a 2448x2048 field at the bundle's scale, in tiles (issue 46), on the fused CUDA path"
+timeout "${SCALE_TIMEOUT:-120}" python3 benchmarks/scale.py --engine torch-cuda --fields 6 --out "$out" \
+    --tag "$tag" 2>&1 | tail -n 20 | tee "$out/scale.log"
+scale_rc=${PIPESTATUS[0]}
+echo "gpu tests rc=$tests_rc benchmark rc=$bench_rc scale rc=$scale_rc"
+exit $(( tests_rc != 0 || bench_rc != 0 || scale_rc != 0 ))

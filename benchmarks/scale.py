@@ -6,6 +6,9 @@ scale in tiles of 640, 1024 and 2048 px (larger tiles overlap less; 2048 holds t
 Every variant classifies the same 30 boxes, so what differs is the detector's share.
 
     python benchmarks/scale.py [--bundle models/marrow-bm] [--um-per-px 0.069] [--fields 8] [--out DIR]
+                               [--engine onnxruntime|torch-cuda|torch-cpu]
+
+``torch-cuda`` is the GPU profile's fused path (FP16, CUDA graphs per tile size; benchmarks/gpu_check.sh).
 
 0.069 um/px: a 3.45 um-pixel sensor (2448x2048, e.g. IMX264) behind a x100 objective and a 0.5x
 C-mount adapter.
@@ -40,12 +43,27 @@ SENSOR = (2048, 2448)  # height, width
 TILES = (640, 1024, 2048)
 
 
-def measure(bundle_dir: Path, um_per_px: float, fields: int, cells: int, threads: int) -> dict[str, Any]:
+def _model(bundle: Any, engine: str, threads: int) -> Any:
+    if engine == "onnxruntime":
+        return onnxruntime_model(bundle, AnalysisConfig(), OnnxRuntimeEngine(threads=threads))
+    from edge.analysis.field_models import torch_model
+    from edge.config import TorchEngine
+
+    device = engine.removeprefix("torch-")
+    settings = TorchEngine(
+        device=device, precision="fp16" if device == "cuda" else "fp32", cuda_graphs=device == "cuda"
+    )
+    return torch_model(bundle, AnalysisConfig(), settings)
+
+
+def measure(
+    bundle_dir: Path, um_per_px: float, fields: int, cells: int, threads: int, engine: str = "onnxruntime"
+) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     scale = bundle.manifest.scale
     if scale is None:
         raise SystemExit(f"bundle {bundle.manifest.name} records no scale: nothing to compare")
-    model = onnxruntime_model(bundle, AnalysisConfig(), OnnxRuntimeEngine(threads=threads))
+    model = _model(bundle, engine, threads)
     composed = [compose_field(cells, *SENSOR, seed=s) for s in range(fields)]
     factor = scale_factor(um_per_px, scale)
     overlap = tile_overlap(scale)
@@ -79,6 +97,7 @@ def measure(bundle_dir: Path, um_per_px: float, fields: int, cells: int, threads
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "python": platform.python_version()},
         "versions": {"marrow-edge": __version__, "onnxruntime": onnxruntime.__version__},
+        "engine": engine, "providers": model.providers,
         "bundle": f"{bundle.manifest.name} {bundle.manifest.version} ({bundle.short_hash})",
         "field": f"{SENSOR[1]}x{SENSOR[0]}, {cells} cells (classified from fixed boxes), {fields} fields",
         "um_per_px": um_per_px, "bundle_um_per_px": scale.um_per_px, "overlap_px": overlap, "threads": threads,
@@ -90,8 +109,9 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"# Large fields at the bundle's scale ({report['date']})",
         "",
-        f"{report['machine']['cpu']}, {report['machine']['logical_cores']} logical cores, ONNX Runtime "
-        f"{report['versions']['onnxruntime']} ({report['threads'] or 'all'} threads), marrow-edge "
+        f"{report['machine']['cpu']}, {report['machine']['logical_cores']} logical cores, engine {report['engine']} "
+        f"({', '.join(report['providers'])}), ONNX Runtime {report['versions']['onnxruntime']} "
+        f"({report['threads'] or 'all'} threads), marrow-edge "
         f"{report['versions']['marrow-edge']}; {report['bundle']}; {report['field']}; camera {report['um_per_px']} "
         f"um/px, bundle {report['bundle_um_per_px']} um/px, tiles overlap {report['overlap_px']} px.",
         "",
@@ -115,12 +135,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fields", type=int, default=8)
     parser.add_argument("--cells", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--engine", choices=["onnxruntime", "torch-cuda", "torch-cpu"], default="onnxruntime")
     parser.add_argument("--tag", default="vm")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    report = measure(args.bundle, args.um_per_px, args.fields, args.cells, args.threads)
+    report = measure(args.bundle, args.um_per_px, args.fields, args.cells, args.threads, args.engine)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"scale-{args.tag}-{report['date'][:10]}"
+    stem = args.out / f"scale-{args.tag}-{args.engine}-{report['date'][:10]}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(table(report))
     sys.stdout.write(table(report))

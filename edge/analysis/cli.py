@@ -46,10 +46,20 @@ def _replay_fields(path: Path, count: int, max_pixels: int) -> list[np.ndarray]:
     from edge.capture.replay import open_replay
 
     source = open_replay(path, max_pixels)
+    fields, skipped = [], []
     try:
-        return [f.image for f in source.frames() if f.image is not None][:count]
+        for frame in source.frames():
+            if frame.image is None:
+                skipped.append(frame.error or frame.name)
+            else:
+                fields.append(frame.image)
+            if len(fields) == count:
+                break
     finally:
         source.close()
+    if not fields:
+        raise ConfigError(f"no usable field in {path}: " + "; ".join(skipped[:3]))
+    return fields
 
 
 def _camera_fields(spec: str, count: int, config: AppConfig) -> list[np.ndarray]:

@@ -53,12 +53,18 @@ def test_calibrate_scale_finds_a_known_scale_and_writes_it_into_the_config(share
 
 
 def test_fields_without_cells_are_refused_with_the_reason(tmp_path):
-    fields = tmp_path / "blank"
+    fields = tmp_path / "smear-without-cells"
     fields.mkdir()
-    cv2.imwrite(str(fields / "empty.png"), np.full((600, 800, 3), 228, np.uint8))
+    rng = np.random.default_rng(0)
+    for k in range(2):  # a pale, grainy ground: a field, but no cell in it
+        cv2.imwrite(str(fields / f"empty_{k}.png"), rng.integers(215, 240, size=(600, 800, 3), dtype=np.uint8))
     proc = marrow_edge("calibrate-scale", "--source", str(fields))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cannot be told" in error_lines(proc)[0] and "--um-per-px" in error_lines(proc)[0]
+    (fields / "empty_0.png").write_bytes(b"not an image")
+    (fields / "empty_1.png").unlink()
+    proc = marrow_edge("calibrate-scale", "--source", str(fields))
+    assert proc.returncode == 2 and "no usable field" in error_lines(proc)[0]
 
 
 def test_a_large_field_is_counted_at_the_bundles_scale_where_fitting_loses_its_cells(shared_data, tmp_path):

@@ -40,3 +40,14 @@ def test_pipeline_benchmark_smoke(tmp_path):
     assert written["peak"]["tflops"] > 0 and written["machine"]["logical_cores"] >= 1
     table = (tmp_path / f"pipeline-test-{report['date'][:10]}.md").read_text()
     assert table.count("| onnxruntime-cpu |") == 2 and "x baseline" in table
+
+
+def test_scale_benchmark_smoke(tmp_path):
+    from benchmarks import scale
+
+    report = scale.main(["--fields", "1", "--cells", "3", "--out", str(tmp_path), "--tag", "test"])
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert rows["fitted (before)"]["tiles"] == 1 and rows["fitted (before)"]["detector_input"] == [384, 459]
+    assert rows["scaled, tiles of 640 px"]["tiles"] > rows["scaled, tiles of 1024 px"]["tiles"] > 1
+    assert rows["scaled, tiles of 2048 px"]["tiles"] == 1 and all(r["fields_per_s"] > 0 for r in rows.values())
+    assert (tmp_path / f"scale-test-onnxruntime-{report['date'][:10]}.md").read_text().count("| scaled") == 3

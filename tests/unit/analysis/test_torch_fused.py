@@ -183,3 +183,22 @@ def test_a_bundle_keeps_its_own_stage1_when_its_profile_changes_later(tmp_path):
     assert trained and type(classifier.stage1).__name__ == "ShuffleNetV2"
     with pytest.raises(Exception, match=r"stage1\.pt|size mismatch|Missing key|Unexpected key"):
         load_graphs("lite", 4, ("WBC",), tmp_path, require_all=True)  # the profile's mobilenet: not this file
+
+
+def test_a_field_at_the_bundles_scale_is_tiled_alike_on_both_paths(bundle, fused, ort_reference):
+    """A large field cut into tiles at the bundle's scale: the fused path finds what ONNX Runtime finds."""
+    from edge.analysis.scale import tile_overlap
+
+    image, _ = compose_field(24, 1500, 1700, seed=5)
+    overlap = tile_overlap(bundle.manifest.scale)
+    try:
+        for model in (fused, ort_reference):
+            model.set_scale(0.9, overlap, 640)  # 1530x1350 at the detector: 3 x 3 tiles of 640 px
+        ours, theirs = fused(image), ort_reference(image)
+    finally:
+        for model in (fused, ort_reference):
+            model.set_scale(None)
+    assert len(theirs.boxes) >= 15 and len(ours.boxes) == len(theirs.boxes)
+    middles = lambda boxes: (boxes[:, :2] + boxes[:, 2:]) / 2  # noqa: E731
+    distance = np.linalg.norm(middles(ours.boxes)[:, None] - middles(theirs.boxes)[None], axis=2).min(axis=1)
+    assert distance.max() < 3.0
