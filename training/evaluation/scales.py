@@ -73,7 +73,7 @@ def validate_grids(
         log.info("optical %gx: calibrated %s against %.4f", optical, found.sentence(), truth)
         for grid in grids:
             for um in (None, truth, found.um_per_px):
-                analyzer = FieldAnalyzer(bundle, model, um_per_px=um)
+                analyzer = FieldAnalyzer(bundle, model, um_per_px=um, tile=config.analysis.tile_px)
                 outcomes.append(measure(analyzer, cells, grid, optical, um, fields))
                 log.info("%s", table([outcomes[-1]]).splitlines()[-1])
     return outcomes, checks
