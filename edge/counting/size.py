@@ -38,24 +38,28 @@ class SizeCheck:
     def changed(self) -> bool:
         return self.state == "changed"
 
+    def ratio_words(self) -> str:
+        return "" if self.ratio is None else f"cells {self.ratio:.2f}x the size the detector works at"
+
     def reason(self) -> str:
-        """The size finding in the technician's words (the guard's reason when changed)."""
-        if self.ratio is None:
-            return ""
-        how = f"cells {self.ratio:.2f}x the size the detector works at"
+        """The size finding in the technician's words, with what to do when it is changed (the guard's reason)."""
         if not self.changed:
-            return how
+            return self.ratio_words()
         if self.um_per_px is None:
-            return f"{how}: no scale is set for this camera (run marrow-edge calibrate-scale)"
+            return f"{self.ratio_words()} and no scale is set for this camera: marrow-edge calibrate-scale measures it"
         return (
-            f"{how} at the set scale {self.um_per_px:.4f} um/px: objective or camera changed? "
-            "(marrow-edge calibrate-scale measures it again)"
+            f"{self.ratio_words()} (set scale {self.um_per_px:.4f} um/px): objective or camera changed? "
+            "marrow-edge calibrate-scale measures it again"
         )
 
     def scale_sentence(self) -> str:
         if self.um_per_px is None:
             return "scale: not set (fields fitted to the detector's input; marrow-edge calibrate-scale measures it)"
         return f"scale: {self.um_per_px:.4f} um/px"
+
+    def summary(self) -> str:
+        """The scale in use and, once judged, the cells' size against it: the display's and reports' line."""
+        return self.scale_sentence() + (f"; {self.ratio_words()}" if self.ratio is not None else "")
 
 
 class SizeWatch:

@@ -160,7 +160,7 @@ class MessageFactory:
             message=check.sentence(),
             um_per_px=size.um_per_px,
             cell_size_ratio=size.ratio,
-            scale=size.scale_sentence() + (f"; {size.reason()}" if size.ratio is not None else ""),
+            scale=size.summary(),
         )
 
     def tally(self, slide: Slide, tally: Tally) -> TallyMessage:

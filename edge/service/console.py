@@ -62,7 +62,7 @@ class LiveConsole:
                 f"mean confidence {domain.mean_confidence:.2f})\n"
             )
         size = tally.size.check()
-        w(size.scale_sentence() + (f"; {size.reason()}" if size.ratio is not None else "") + "\n")
+        w(size.summary() + "\n")
         for s in tally.skipped:
             w(f"skipped {s.reason}\n")
         w(f"{tally.rules.disclaimer}\n")

@@ -344,7 +344,7 @@ class CountingService:
     def _on_field(self, result: FieldResult, tally: Tally) -> None:
         self.stats.field(result.timings_ms)
         size = tally.size.check()
-        self.stats.scale = size.scale_sentence() + (f"; {size.reason()}" if size.ratio is not None else "")
+        self.stats.scale = size.summary()
         self.stats.frames += 0 if self.request.live else 1
         self.console.field(result, tally)
 

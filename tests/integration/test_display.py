@@ -332,3 +332,46 @@ def test_a_barcode_scan_fills_the_specimen_id_and_typing_does_not(display, page)
     expect(page.locator("#reply")).to_have_text("Scanned specimen BM-2026-0999 — press Start slide")
     page.wait_for_timeout(300)  # a scan never starts a slide by itself: nothing was asked of the appliance
     expect(page.locator("#reply")).to_have_text("Scanned specimen BM-2026-0999 — press Start slide")
+
+
+def test_the_scale_and_a_changed_cell_size_are_shown_where_the_count_is(broker, display, page, tmp_path):
+    """Issue 46: the scale in use is on the display, and cells half the size the detector works at (an
+    objective changed) hold the rules, in words."""
+    import numpy as np
+    import paho.mqtt.publish as publish
+
+    from edge.analysis.field import Cell, FieldResult, FieldScale
+    from edge.counting.rules import load_rule_pack
+    from edge.counting.tally import Slide, Tally
+    from edge.engines.bundle import ClassSpec, ScaleSpec
+    from edge.mqtt.factory import MessageFactory
+    from edge.mqtt.messages import BundleRef, Provenance, encode
+    from edge.mqtt.topics import Topics
+
+    url, device = display
+    classes = [ClassSpec(name="blast", role="key"), ClassSpec(name="lymphocyte", role="wbc")]
+    scale = ScaleSpec(um_per_px=0.0875, range_um_per_px=(0.087, 0.199), cell_side_px_p10=95, cell_side_px_median=150,
+                      cell_side_px_p90=200, cell_side_px_max=220, cells=600, how="test")  # fmt: skip
+    tally = Tally(classes, load_rule_pack(), target_count=300, scale=scale, um_per_px=0.0875)
+    probs = np.array([0.9, 0.1], np.float32)
+    cells = [Cell((k * 100.0, 0, k * 100.0 + 75, 75), 0.9, "blast", 0.9, probs, 0.9, True) for k in range(30)]
+    tally.add(FieldResult(0, "f0.jpg", 3000, 100, cells, scale=FieldScale(0.0875, 1.0, 1)))
+    provenance = Provenance(
+        software_version="t",
+        bundle=BundleRef(name="marrow-bm", version="2.0.2", hash="0" * 12, untrained=False,
+                         trained_on="bone_marrow", clinical_use=False),
+        backend="onnxruntime", providers=["CPUExecutionProvider"],
+    )  # fmt: skip
+    factory, topics, slide = MessageFactory(device, provenance), Topics("marrow/v1", device), Slide(specimen_id="BM-46")
+    for topic, message in (
+        (topics.status, factory.status("online")),
+        (topics.tally(slide.slide_id), factory.tally(slide, tally)),
+    ):
+        publish.single(topic, encode(message), qos=1, retain=True, hostname=broker.host, port=broker.port)
+    page.goto(url)
+    page.wait_for_selector("#scale[data-state='changed']", timeout=15000)
+    line = page.inner_text("#scale")
+    assert line.startswith("scale: 0.0875 um/px") and "0.50x the size the detector works at" in line
+    assert "objective or camera changed" in page.inner_text("#domain")
+    assert "acute_leukaemia indeterminate" in page.inner_text("#rules")
+    _screenshot(page, tmp_path, "display-scale-changed.png")

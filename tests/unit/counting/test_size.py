@@ -49,9 +49,9 @@ def test_cells_of_the_bundles_size_pass_and_the_scale_is_said():
 @pytest.mark.parametrize(
     ("um", "side", "factor", "words"),
     [
-        (0.0875, 75, 1.0, "0.50x the size .* at the set scale 0.0875 um/px: objective or camera changed"),
+        (0.0875, 75, 1.0, r"0.50x the size .*\(set scale 0.0875 um/px\): objective or camera changed"),
         (0.0875, 300, 1.0, "2.00x the size"),
-        (None, 300, 0.1, "0.20x the size .*: no scale is set for this camera"),  # a big camera's field, fitted
+        (None, 300, 0.1, "0.20x the size .* and no scale is set for this camera"),  # a big camera's field, fitted
     ],
 )
 def test_cells_of_another_size_shift_the_slide_and_hold_its_rules(um, side, factor, words):
