@@ -134,6 +134,7 @@ function renderHealth(node, h) {
   if (h.cpu) add("CPU", `${pct(h.cpu.load_percent)}% load · ${h.cpu.temperature_c === null ? "-" : h.cpu.temperature_c.toFixed(0)} °C`, (h.cpu.temperature_c ?? 0) >= 85);
   add("Disk free", h.disk_free_mb === null ? "-" : `${Math.round(h.disk_free_mb)} MB`, h.disk_alarm);
   add("Fields", `${h.fields_counted} counted · ${h.frames_per_s} frames/s`, false);
+  if (h.scale) add("Scale", h.scale, !h.scale.startsWith("scale: ") || h.scale.startsWith("scale: not set"));
   const alarms = [];
   if (h.disk_alarm) alarms.push("disk nearly full");
   if (h.outbox_alarm) alarms.push("MQTT outbox over its bound");
