@@ -193,7 +193,7 @@ def test_a_field_at_the_bundles_scale_is_tiled_alike_on_both_paths(bundle, fused
     overlap = tile_overlap(bundle.manifest.scale)
     try:
         for model in (fused, ort_reference):
-            model.set_scale(0.9, overlap, 640)  # 1530x1350 at the detector: 3 x 3 tiles of 640 px
+            model.set_scale(0.9, overlap, 640)  # 1530x1350 at the detector: 4 x 3 tiles of 640 px
         ours, theirs = fused(image), ort_reference(image)
     finally:
         for model in (fused, ort_reference):
