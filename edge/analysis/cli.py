@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "calibrate-scale",
         help="measure the camera's scale (um per pixel) from its fields and write it into the config",
         description="Run the bundle's detector over a ladder of scales on the first fields of SOURCE and find the "
-        "scale at which the cells it finds have the size it learned; print it with a 95%% interval and, with "
+        "scale at which the cells it finds have the size it learned; print it with a 95% interval and, with "
         "--config, write it as analysis.um_per_px. Refused, with the reason, when the fields hold too few cells. "
         "A stage micrometer's value can be given instead (--um-per-px).",
     )
