@@ -159,8 +159,19 @@ def matek_splits(data: Path = DATA) -> dict[str, list[CellSample]]:
     return cell_splits(data, "matek_bm")
 
 
-def write_fields(data: Path, out: Path, counts: dict[str, int], seed: int = 0, per_field=(4, 9)) -> dict[str, int]:
-    """A YOLO set (label WBC) of composed fields; each split draws only on its own cells."""
+def write_fields(
+    data: Path,
+    out: Path,
+    counts: dict[str, int],
+    seed: int = 0,
+    per_field: tuple[int, int] = (4, 9),
+    size: tuple[int, int] = FIELD_SIZE,
+    scale: tuple[float, float] = (0.55, 0.85),
+    prefix: str = "marrow",
+) -> dict[str, int]:
+    """A YOLO set (label WBC) of composed fields; each split draws only on its own cells. ``size`` (width,
+    height) and ``scale`` (of matek's native cell size): 512x384 at 0.8-1.25 gives fields at the detector's
+    working scale that its transform leaves as they are (training/README, marrow-bm 2.0.2)."""
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "data.yaml").write_text("names: [WBC]\n")
@@ -173,8 +184,8 @@ def write_fields(data: Path, out: Path, counts: dict[str, int], seed: int = 0, p
         total = 0
         for n in range(counts.get(split, 0)):
             chosen = [patches[i] for i in rng.choice(len(patches), int(rng.integers(*per_field)), replace=False)]
-            field, boxes, _ = compose_field(chosen, rng)
-            name = f"marrow_{split}_{n:04d}"
+            field, boxes, _ = compose_field(chosen, rng, size, scale)
+            name = f"{prefix}_{split}_{n:04d}"
             cv2.imwrite(
                 str(images / f"{name}.jpg"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
             )
@@ -251,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     fields.add_argument("--train", type=int, default=500)
     fields.add_argument("--val", type=int, default=60)
     fields.add_argument("--test", type=int, default=120)
+    fields.add_argument("--size", default="640x480", help="field WIDTHxHEIGHT (512x384: the detector's input)")
+    fields.add_argument("--cell-scale", default="0.55,0.85", help="cells pasted at this share of their native size")
+    fields.add_argument("--per-field", default="4,9", help="cells tried per field, low,high (high exclusive)")
+    fields.add_argument("--prefix", default="marrow", help="file names' prefix (sets made to be merged differ)")
     samples = sub.add_parser("samples", help="the demo's marrow slide (test cells only)")
     samples.add_argument("--data", type=Path, default=DATA)
     samples.add_argument("--out", type=Path, default=ROOT / "samples" / "marrow")
@@ -260,7 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "fields":
-        write_fields(args.data, args.out, {"train": args.train, "val": args.val, "test": args.test})
+        width, height = (int(v) for v in args.size.split("x"))
+        low, high = (float(v) for v in args.cell_scale.split(","))
+        fewest, most = (int(v) for v in args.per_field.split(","))
+        counts = {"train": args.train, "val": args.val, "test": args.test}
+        write_fields(args.data, args.out, counts, per_field=(fewest, most), size=(width, height), scale=(low, high),
+                     prefix=args.prefix)  # fmt: skip
     elif args.command == "samples":
         write_samples(args.data, args.out)
     else:
