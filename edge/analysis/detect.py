@@ -17,6 +17,7 @@ class Detections:
     boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in field pixels
     scores: np.ndarray  # (K,) float32
     labels: list[str]
+    plan: FieldPlan | None = None  # how the field reached the detector (its scale, its tiles)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
@@ -37,6 +38,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.nda
     return np.asarray(keep, dtype=np.int64)
 
 
+def resize_field(field: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``field`` at ``height`` x ``width`` (itself when already that size). INTER_AREA when shrinking:
+    it anti-aliases a large camera frame where a bilinear resize (the graph's) would not."""
+    if field.shape[:2] == (height, width):
+        return field
+    shrink = width < field.shape[1] or height < field.shape[0]
+    return cv2.resize(field, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> tuple[np.ndarray, float]:
     """Resize so the short side is ``min_size`` and the long side at most ``max_size``.
 
@@ -48,9 +58,7 @@ def fit_field(field: np.ndarray, min_size: int | None, max_size: int | None) -> 
     fitted_h, fitted_w = fitted_size(height, width, min_size, max_size)
     if (fitted_h, fitted_w) == (height, width):
         return field, 1.0
-    interpolation = cv2.INTER_AREA if fitted_w < width or fitted_h < height else cv2.INTER_LINEAR
-    resized = cv2.resize(field, (fitted_w, fitted_h), interpolation=interpolation)
-    return resized, fitted_w / width
+    return resize_field(field, fitted_h, fitted_w), fitted_w / width
 
 
 class Detector:
@@ -66,19 +74,10 @@ class Detector:
         self.factor: float | None = None  # None: fit each field to the input, as before scales were known
         self.overlap = 0  # tile overlap at the detector's scale (edge.analysis.scale.tile_overlap)
         self.tile: int | None = None  # largest detector input side (None: the bundle's input_max_size)
-        self.last_plan: FieldPlan | None = None
 
     def __call__(self, field: np.ndarray) -> Detections:
-        height, width = field.shape[:2]
-        plan = plan_field(height, width, self.spec, self.factor, self.overlap, self.tile)
-        self.last_plan = plan
-        resized = field
-        if (plan.height, plan.width) != (height, width):
-            shrink = plan.width < width or plan.height < height
-            # INTER_AREA anti-aliases a large camera frame where a bilinear resize would not
-            resized = cv2.resize(
-                field, (plan.width, plan.height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-            )
+        plan = plan_field(field.shape[0], field.shape[1], self.spec, self.factor, self.overlap, self.tile)
+        resized = resize_field(field, plan.height, plan.width)
         found = [self._tile(resized, tile) for tile in plan.tiles]
         boxes = np.concatenate([f[0] for f in found])
         scores = np.concatenate([f[1] for f in found])
@@ -87,7 +86,8 @@ class Detector:
             kept = nms(boxes, scores, self.spec.nms_iou, self.spec.max_detections * len(plan.tiles))
             boxes, scores, columns = boxes[kept], scores[kept], columns[kept]
         names = [self.spec.cell_labels[c] for c in columns]
-        return Detections((boxes / np.float32(plan.factor)).astype(np.float32), scores.astype(np.float32), names)
+        boxes = (boxes / np.float32(plan.factor)).astype(np.float32)
+        return Detections(boxes, scores.astype(np.float32), names, plan)
 
     def _tile(self, resized: np.ndarray, tile: Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (in the resized field), scores and label columns of the cells this tile owns."""

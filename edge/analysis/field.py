@@ -19,7 +19,7 @@ from edge.analysis.classify import Classifier
 from edge.analysis.colour import cell_colour_features, white_balance
 from edge.analysis.crops import crop_cells
 from edge.analysis.detect import Detector
-from edge.analysis.scale import plan_field, scale_factor, tile_overlap
+from edge.analysis.scale import FieldPlan, scale_factor, tile_overlap
 from edge.engines.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class FieldOutputs:
     p_countable: np.ndarray  # (K,) stage-1 P(countable)
     probs: np.ndarray  # (K, C) stage-2 ensemble mean
     timings_ms: dict[str, float] = field(default_factory=dict)
+    plan: FieldPlan | None = None  # how the field reached the detector (its scale, its tiles)
 
 
 class FieldModel(Protocol):
@@ -85,14 +86,15 @@ class HostFieldModel:
             boxes, scores = np.asarray(boxes, np.float32), np.ones(len(boxes), np.float32)
         crops = crop_cells(image, boxes, self.crop_size, self.crop_margin)
         t2 = time.perf_counter()
-        return DetectedField(boxes, scores, crops, {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3})
+        timings = {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3}
+        return DetectedField(boxes, scores, crops, timings, detections.plan)
 
     def classify(self, detected: DetectedField) -> FieldOutputs:
         """Stage 2: the fused classifier on the crops."""
         t0 = time.perf_counter()
         p_countable, probs = self.classifier(detected.crops)
         timings = detected.timings_ms | {"classify": (time.perf_counter() - t0) * 1e3}
-        return FieldOutputs(detected.boxes, detected.scores, p_countable, probs, timings)
+        return FieldOutputs(detected.boxes, detected.scores, p_countable, probs, timings, detected.plan)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class DetectedField:
     scores: np.ndarray
     crops: np.ndarray
     timings_ms: dict[str, float]
+    plan: FieldPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,6 @@ class FieldAnalyzer:
         self.model = model
         self.countable_threshold = spec.countable_threshold if countable_threshold is None else countable_threshold
         self.class_names = bundle.class_names
-        self._detector_spec = bundle.manifest.detector
         self._never_counted = np.array([c.role == "not_countable" for c in bundle.manifest.classes])
         self.colour_normalisation = bundle.manifest.colour_normalisation
         self._guarded = bundle.manifest.domain_guard is not None if colour_features is None else colour_features
@@ -175,9 +177,7 @@ class FieldAnalyzer:
                 "bundle %s records no scale: the camera's %.4f um/px is not used, fields are fitted to the "
                 "detector's input as before", bundle.manifest.name, um_per_px,
             )  # fmt: skip
-        self._overlap = tile_overlap(self.bundle_scale)
-        self._tile = tile
-        model.set_scale(self.factor, self._overlap, tile)
+        model.set_scale(self.factor, tile_overlap(self.bundle_scale), tile)
 
     def _why_not(self, p_countable: float, winner: int) -> str | None:
         """Why a cell is left out of the count, in the technician's words; None: it counts."""
@@ -195,7 +195,6 @@ class FieldAnalyzer:
             image = white_balance(image)
             timings["colour"] = (time.perf_counter() - t0) * 1e3
         out = self.model(image)
-        plan = plan_field(image.shape[0], image.shape[1], self._detector_spec, self.factor, self._overlap, self._tile)
         colours = cell_colour_features(image, out.boxes) if self._guarded and len(out.boxes) else None
         winners = out.probs.argmax(axis=1) if len(out.probs) else np.empty(0, np.int64)
         why_not = [self._why_not(float(out.p_countable[i]), int(winners[i])) for i in range(len(winners))]
@@ -213,5 +212,7 @@ class FieldAnalyzer:
             )
             for i in range(len(winners))
         ]
-        scale = FieldScale(self.um_per_px, round(plan.factor, 5), len(plan.tiles))
+        # the scale the model detected this field at (a model that reports no plan: none recorded)
+        plan = out.plan
+        scale = FieldScale(self.um_per_px, round(plan.factor, 5), len(plan.tiles)) if plan is not None else None
         return FieldResult(index, source, image.shape[1], image.shape[0], cells, timings | dict(out.timings_ms), scale)

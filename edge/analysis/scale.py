@@ -109,7 +109,8 @@ def tile_overlap(scale: ScaleSpec | None) -> int:
 
 
 def in_core(boxes: np.ndarray, core: tuple[float, float, float, float]) -> np.ndarray:
-    """Which boxes (x1, y1, x2, y2, in the resized field) have their centre in ``core``."""
+    """Which boxes (x1, y1, x2, y2, in the resized field) have their centre in ``core``; arithmetic and
+    comparisons only, so a torch tensor of boxes gets a tensor mask on its own device."""
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     return (cx >= core[0]) & (cx < core[2]) & (cy >= core[1]) & (cy < core[3])

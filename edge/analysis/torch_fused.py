@@ -25,7 +25,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms, roi_align
 
 from edge.analysis.field import FieldOutputs
-from edge.analysis.scale import in_core, plan_field
+from edge.analysis.scale import FieldPlan, in_core, plan_field
 from edge.engines.bundle import Bundle, ClassifierSpec, DetectorSpec
 from edge.engines.graphs import IMAGE_MEAN, IMAGE_STD, DetectorGraph, FusedClassifier, load_graphs
 from edge.errors import EngineError
@@ -182,7 +182,7 @@ class TorchFusedFieldModel:
         """Detector pixels per field pixel (None: fit the field), tile overlap and side, as ``Detector``'s."""
         self.factor, self.overlap, self.tile = factor, overlap, tile
 
-    def _detect(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _detect(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, FieldPlan]:
         """The field's cells as the host ``Detector`` finds them: resized by the plan, tile by tile,
         each tile keeping the cells whose centre is in its core; boxes in field pixels."""
         height, width = frame.shape[-2:]
@@ -198,14 +198,14 @@ class TorchFusedFieldModel:
             x, size = self._detector_input(resized[..., tile.y0 : tile.y1, tile.x0 : tile.x1])
             boxes, tile_scores = self._select(*self._run_detector(x, size))
             boxes = boxes + torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0], device=boxes.device, dtype=boxes.dtype)
-            owned = torch.from_numpy(in_core(boxes.cpu().numpy(), tile.core)).to(boxes.device) if plan.tiled else None
-            found.append(boxes if owned is None else boxes[owned])
-            scores.append(tile_scores if owned is None else tile_scores[owned])
+            owned = in_core(boxes, tile.core)  # tensor arithmetic: stays on the device
+            found.append(boxes[owned])
+            scores.append(tile_scores[owned])
         boxes, cell_scores = torch.cat(found), torch.cat(scores)
         if plan.tiled:
             kept = nms(boxes, cell_scores, self.det_spec.nms_iou)[: self.det_spec.max_detections * len(plan.tiles)]
             boxes, cell_scores = boxes[kept], cell_scores[kept]
-        return boxes / plan.factor, cell_scores
+        return boxes / plan.factor, cell_scores, plan
 
     def _detector_input(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """A resized field (or one tile of it), normalised and padded as RetinaNet's transform pads."""
@@ -345,7 +345,7 @@ class TorchFusedFieldModel:
         with torch.no_grad():
             t0 = time.perf_counter()
             frame = self._upload(image)
-            found, scores = self._detect(frame)
+            found, scores, plan = self._detect(frame)
             if boxes is not None:
                 found = torch.as_tensor(np.asarray(boxes, np.float32), device=self.device).reshape(-1, 4)
                 scores = torch.ones(len(found), device=self.device)
@@ -368,7 +368,7 @@ class TorchFusedFieldModel:
                 ]
             t3 = time.perf_counter()
         timings = {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3}
-        return FieldOutputs(out[0].astype(np.float32), out[1].astype(np.float32), out[2], out[3], timings)
+        return FieldOutputs(out[0].astype(np.float32), out[1].astype(np.float32), out[2], out[3], timings, plan)
 
 
 def load_torch_models(bundle: Bundle, weights: Path | None = None) -> tuple[DetectorGraph, FusedClassifier]:

@@ -274,18 +274,38 @@ def test_run_serves_the_display_in_process(broker, samples):
         assert app.wait(timeout=30) == 0, app.stderr.read()  # type: ignore[union-attr]
 
 
-def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broker, display, page, tmp_path):
-    """Issue 12: the domain-shift guard's verdict reaches the technician; issue 19: the bundle's scope badge."""
-    import numpy as np
+def _publish_tally(broker, device: str, tally, version: str, specimen: str) -> None:
+    """The box online and one slide's tally, retained, as a marrow-bm box of ``version`` publishes them."""
     import paho.mqtt.publish as publish
 
-    from edge.analysis.field import Cell, FieldResult
-    from edge.counting.rules import load_rule_pack
-    from edge.counting.tally import Slide, Tally
-    from edge.engines.bundle import ClassSpec, DomainGuardSpec
+    from edge.counting.tally import Slide
     from edge.mqtt.factory import MessageFactory
     from edge.mqtt.messages import BundleRef, Provenance, encode
     from edge.mqtt.topics import Topics
+
+    provenance = Provenance(
+        software_version="t",
+        bundle=BundleRef(name="marrow-bm", version=version, hash="0" * 12, untrained=False,
+                         trained_on="bone_marrow", clinical_use=False),
+        backend="onnxruntime", providers=["CPUExecutionProvider"],
+    )  # fmt: skip
+    factory, topics = MessageFactory(device, provenance), Topics("marrow/v1", device)
+    slide = Slide(specimen_id=specimen)
+    for topic, message in (
+        (topics.status, factory.status("online")),
+        (topics.tally(slide.slide_id), factory.tally(slide, tally)),
+    ):
+        publish.single(topic, encode(message), qos=1, retain=True, hostname=broker.host, port=broker.port)
+
+
+def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broker, display, page, tmp_path):
+    """Issue 12: the domain-shift guard's verdict reaches the technician; issue 19: the bundle's scope badge."""
+    import numpy as np
+
+    from edge.analysis.field import Cell, FieldResult
+    from edge.counting.rules import load_rule_pack
+    from edge.counting.tally import Tally
+    from edge.engines.bundle import ClassSpec, DomainGuardSpec
 
     url, device = display
     classes = [ClassSpec(name="blast", role="key"), ClassSpec(name="lymphocyte", role="wbc")]
@@ -296,18 +316,7 @@ def test_a_shifted_slide_and_the_bundle_scope_are_shown_where_the_count_is(broke
     cells = [Cell((0, 0, 9, 9), 0.9, "blast", 0.9, probs, 0.9, True, (1.5,) * 6) for _ in range(30)]
     tally.add(FieldResult(0, "f0.jpg", 100, 100, cells))
     assert tally.domain().shifted
-    provenance = Provenance(
-        software_version="t",
-        bundle=BundleRef(name="marrow-bm", version="1.0.0", hash="0" * 12, untrained=False,
-                         trained_on="bone_marrow", clinical_use=False),
-        backend="onnxruntime", providers=["CPUExecutionProvider"],
-    )  # fmt: skip
-    factory, topics, slide = MessageFactory(device, provenance), Topics("marrow/v1", device), Slide(specimen_id="BM-9")
-    for topic, message in (
-        (topics.status, factory.status("online")),
-        (topics.tally(slide.slide_id), factory.tally(slide, tally)),
-    ):
-        publish.single(topic, encode(message), qos=1, retain=True, hostname=broker.host, port=broker.port)
+    _publish_tally(broker, device, tally, "1.0.0", "BM-9")
     page.goto(url)
     page.wait_for_selector("#domain:not([hidden])", timeout=15000)
     warning = page.inner_text("#domain")
@@ -338,15 +347,11 @@ def test_the_scale_and_a_changed_cell_size_are_shown_where_the_count_is(broker, 
     """Issue 46: the scale in use is on the display, and cells half the size the detector works at (an
     objective changed) hold the rules, in words."""
     import numpy as np
-    import paho.mqtt.publish as publish
 
     from edge.analysis.field import Cell, FieldResult, FieldScale
     from edge.counting.rules import load_rule_pack
-    from edge.counting.tally import Slide, Tally
+    from edge.counting.tally import Tally
     from edge.engines.bundle import ClassSpec, ScaleSpec
-    from edge.mqtt.factory import MessageFactory
-    from edge.mqtt.messages import BundleRef, Provenance, encode
-    from edge.mqtt.topics import Topics
 
     url, device = display
     classes = [ClassSpec(name="blast", role="key"), ClassSpec(name="lymphocyte", role="wbc")]
@@ -356,18 +361,7 @@ def test_the_scale_and_a_changed_cell_size_are_shown_where_the_count_is(broker, 
     probs = np.array([0.9, 0.1], np.float32)
     cells = [Cell((k * 100.0, 0, k * 100.0 + 75, 75), 0.9, "blast", 0.9, probs, 0.9, True) for k in range(30)]
     tally.add(FieldResult(0, "f0.jpg", 3000, 100, cells, scale=FieldScale(0.0875, 1.0, 1)))
-    provenance = Provenance(
-        software_version="t",
-        bundle=BundleRef(name="marrow-bm", version="2.0.2", hash="0" * 12, untrained=False,
-                         trained_on="bone_marrow", clinical_use=False),
-        backend="onnxruntime", providers=["CPUExecutionProvider"],
-    )  # fmt: skip
-    factory, topics, slide = MessageFactory(device, provenance), Topics("marrow/v1", device), Slide(specimen_id="BM-46")
-    for topic, message in (
-        (topics.status, factory.status("online")),
-        (topics.tally(slide.slide_id), factory.tally(slide, tally)),
-    ):
-        publish.single(topic, encode(message), qos=1, retain=True, hostname=broker.host, port=broker.port)
+    _publish_tally(broker, device, tally, "2.0.2", "BM-46")
     page.goto(url)
     page.wait_for_selector("#scale[data-state='changed']", timeout=15000)
     line = page.inner_text("#scale")

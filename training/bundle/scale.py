@@ -36,10 +36,11 @@ import numpy as np
 
 from edge.analysis.colour import white_balance
 from edge.analysis.field import FieldAnalyzer
+from edge.analysis.verify import iou_matrix
 from edge.engines.bundle import ScaleSpec, load_bundle
 from training.data.cells import central_cell_box
 from training.data.compose import DATA
-from training.data.grids import WHITE, GridOutcome, iou_matrix, load_cells, measure
+from training.data.grids import WHITE, GridOutcome, load_cells, measure
 from training.data.readers import read_cell_folders, read_yolo
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,6 @@ def ladder(
     bundle_dir: Path, matek: float, factors: Sequence[float], data: Path = DATA, grid: int = 4, fields: int = 30
 ) -> list[GridOutcome]:
     """Validation grids at each detector factor (detector pixels per matek pixel)."""
-    from edge.analysis.field import FieldAnalyzer
     from edge.analysis.field_models import build_field_model
     from edge.config import AppConfig
 

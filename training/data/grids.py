@@ -86,20 +86,6 @@ def grid_field(cells: Sequence[GridCell], n: int, optical: float = 1.0) -> tuple
     return field_image, np.array(centres, np.float32) * optical, codes
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of two sets of boxes (x1, y1, x2, y2)."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
 def match(centres: np.ndarray, found: np.ndarray, radius: float) -> np.ndarray:
     """For each crop centre the index of the detection whose centre is nearest, within ``radius``
     (one detection each, nearest pairs first), -1 if none. The centre, not the nucleus-derived box:

@@ -61,6 +61,7 @@ def validate_grids(
     model, _ = build_field_model(bundle, config)
     cells = load_cells(data)
     order = np.random.default_rng(1).permutation(len(cells))  # the calibration's fields: others than measure's
+    detector = reference_model(bundle, config.analysis).detector  # calibrate-scale's own (ONNX Runtime, CPU)
     outcomes, checks = [], []
     for optical in opticals:
         truth = native / optical
@@ -68,7 +69,7 @@ def validate_grids(
                  for k in range(CALIBRATION_FIELDS)]  # fmt: skip
         if bundle.manifest.colour_normalisation == "background":
             first = [white_balance(f) for f in first]
-        found = calibrate(reference_model(bundle, config.analysis).detector, scale, first)
+        found = calibrate(detector, scale, first)
         checks.append(ScaleCheck(optical, truth, found.um_per_px, found.low, found.high))
         log.info("optical %gx: calibrated %s against %.4f", optical, found.sentence(), truth)
         for grid in grids:

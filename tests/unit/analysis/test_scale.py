@@ -57,7 +57,7 @@ def test_tiles_cover_the_field_and_their_cores_share_it_out(height, width, facto
     assert owners.tolist() == [1] * len(points)
     # a cell no larger than the overlap lies whole inside the tile that owns its centre
     side = overlap
-    for (x, y) in points[:300]:
+    for x, y in points[:300]:
         tile = next(t for t in plan.tiles if in_core(np.array([[x, y, x, y]]), t.core)[0])
         x1, y1 = max(x - side / 2, 0), max(y - side / 2, 0)
         x2, y2 = min(x + side / 2, plan.width), min(y + side / 2, plan.height)
@@ -81,7 +81,7 @@ def test_a_large_field_is_detected_tile_by_tile_each_cell_once_in_field_pixels()
     detector = Detector(backend, _spec())
     detector.factor, detector.overlap = 0.5, tile_overlap(_scale())
     found = detector(field)
-    plan = detector.last_plan
+    plan = found.plan
     assert plan is not None and plan.tiled and len(backend.calls) == len(plan.tiles)
     assert all(shape[1] <= 640 and shape[2] <= 640 for shape in backend.calls)
     assert len(found.boxes) == len(centres)  # none lost at a tile's edge, none counted twice
