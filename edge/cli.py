@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import __version__
+from edge.adaptation.cli import add_parser as adapt_parser
 from edge.analysis.cli import add_parser as calibrate_parser
 from edge.engines.library import add_parser as bundle_parser
 from edge.errors import EdgeError
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser(sub)
     bundle_parser(sub)
     calibrate_parser(sub)
+    adapt_parser(sub)
     _plugin_commands(sub)
     return parser
 

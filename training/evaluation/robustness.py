@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge.adaptation.labels import FIVE_GROUPS
 from edge.analysis.colour import white_balance
 from edge.capture.decode import decode_image
 from edge.engines.graphs import NormalisedInput, build_classifier
@@ -28,7 +29,6 @@ from training.bundle.recalibrate import recalibrate_batch_norm
 from training.data.cells import cell_crop
 from training.data.compose import DATA
 from training.data.readers import read_cell_folders
-from training.evaluation.evaluate import FIVE_GROUPS
 from training.fitting.augment import eval_cell
 from training.fitting.marrow import CLASS_NAMES, CROP_MARGIN
 from training.members.norms import group_norm

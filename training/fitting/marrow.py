@@ -12,9 +12,11 @@ of either set is trained on or chosen with. zheng2018_wbc is never read here.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -207,13 +209,17 @@ def without_codes(crops: dict[str, np.ndarray], codes: list[str]) -> dict[str, n
     return {k: v[keep] for k, v in crops.items()}
 
 
-def stage1_set(crops: dict[str, np.ndarray], txl_records, rng: np.random.Generator) -> tuple:
+def stage1_set(
+    crops: dict[str, np.ndarray], txl_records, rng: np.random.Generator, neighbours: Iterable[tuple] = ()
+) -> tuple:
     """Countable: white cells of both sets. Not countable: NIF, ART, platelets, white cells cut
     by the border or defocused (every fourth each), up to three RBC and platelet boxes per TXL field,
-    cut at the cells' cached side so every crop of the set has one scale."""
+    cut at the cells' cached side so every crop of the set has one scale. ``neighbours``: (crop, code,
+    kind) of cells among neighbours (``training.data.neighbours``), labelled as their code says."""
     side = crops["images"].shape[1]
     built = Stage1Set()
-    for image, code, name in zip(crops["images"], crops["codes"], crops["sets"], strict=True):
+    cells = zip(crops["images"], crops["codes"], crops["sets"], strict=True)
+    for image, code, name in itertools.chain(cells, ((c, k, f"neighbours_{kind}") for c, k, kind in neighbours)):
         if str(code) in NOT_COUNTABLE_CODES:
             built.add(image, NOT_COUNTABLE, f"{name}/{code}")
         else:
@@ -228,6 +234,23 @@ def stage1_set(crops: dict[str, np.ndarray], txl_records, rng: np.random.Generat
     return built.result()
 
 
+def _neighbours(fields: int, split: str, side: int, rng: np.random.Generator) -> Iterable[tuple]:
+    """Cells among neighbours from matek_bm's ``split``: ``fields`` composed fields and mosaics for the training
+    split, as many per cell for the others."""
+    if not fields:
+        return ()
+    from training.data.compose import load_patches, matek_splits
+    from training.data.grids import load_cells
+    from training.data.neighbours import neighbour_crops
+
+    splits = matek_splits()
+    samples = splits[split]
+    count = round(fields * len(samples) / len(splits["train"]))
+    tiles = [(cell.image, cell.code) for cell in load_cells(codes=sorted({s.label for s in samples}), split=split)]
+    log.info("stage 1 %s: %d fields of cells among neighbours", split, count)
+    return neighbour_crops(load_patches(samples), tiles, count, side, CROP_MARGIN, rng)
+
+
 def train_stage1(args) -> dict:
     rng = np.random.default_rng(args.seed)
     txl = read_yolo(args.txl)
@@ -236,7 +259,8 @@ def train_stage1(args) -> dict:
         records = [r for r in txl if r.split == split]
         crops = load_crops(args.crops, split)
         _check_side(crops["images"].shape[1], args.size)  # before the TXL fields are read
-        data[split] = stage1_set(crops, records, rng)
+        neighbours = _neighbours(args.neighbours, split, crops["images"].shape[1], rng)
+        data[split] = stage1_set(crops, records, rng, neighbours)
         sources[split] = data[split][2]
         log.info("stage 1 %s: %s", split, sources[split])
     recipe = _recipe(args)
@@ -279,6 +303,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         if name == "stage1":
             p.add_argument("--txl", type=Path, default=DATA / "txl_pbc_detection")
+            p.add_argument(
+                "--neighbours",
+                type=int,
+                default=0,
+                metavar="FIELDS",
+                help="add matek cells among neighbours: this many composed fields and mosaics (training split)",
+            )
         else:
             p.add_argument(
                 "--norm", choices=["batch", "group"], default="batch", help="group: batch norm swapped for group norm"

@@ -1,0 +1,125 @@
+"""Site adaptation on the shipped bundle, zheng2018 dataset1 standing in for a lab's microscope (needs
+../shared/data; skips without). Real ONNX Runtime, the real graph rewritten, the real gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge.adaptation.adapt import SiteCells, adapt_bundle
+from edge.adaptation.cli import cells_from_folder
+from edge.adaptation.fit import FitSettings, probabilities
+from edge.adaptation.heads import features_graph, find_heads, load_graph, with_heads
+from edge.engines.bundle import load_bundle
+from edge.errors import BundleError, EdgeError
+from tests.cli_helpers import error_lines, marrow_edge
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def adaptable(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    if bundle.manifest.adaptation is None:
+        pytest.skip(f"the shipped bundle {bundle.manifest.version} carries no adaptation cells")
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def site(shared_data, tmp_path_factory) -> Path:
+    """20 cells of each zheng2018 dataset1 type, cut as the count path cuts them (its one basophil too)."""
+    source = shared_data / "zheng2018_wbc" / "dataset1"
+    if not source.is_dir():
+        pytest.skip("zheng2018_wbc missing from the shared data")
+    from training.data.cells import cell_crop
+
+    out = tmp_path_factory.mktemp("site")
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (out / folder.name).mkdir()
+        for path in sorted(folder.iterdir())[:20]:
+            image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            crop = cv2.cvtColor(cell_crop(image, 128, 0.5), cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(out / folder.name / f"{path.stem}.png"), crop)
+    (out / "NEUTROPHIL" / "broken.png").write_bytes(b"not an image")  # left out, said so
+    return out
+
+
+def _session(model_bytes: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+
+
+def test_heads_features_and_rewritten_graph_agree_with_the_graph(adaptable):
+    graph = load_graph(adaptable.path(adaptable.manifest.classifier.file))
+    heads = find_heads(graph, len(adaptable.class_names))
+    assert len(heads) == len(adaptable.manifest.classifier.stage2)
+    crops = np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), np.uint8)
+    names = ["probs", *(f"features_{i}" for i in range(len(heads)))]
+    probs, *features = _session(features_graph(graph, heads)).run(names, {"images": crops})
+    mine = np.mean([probabilities(f, h.weight, h.bias) for f, h in zip(features, heads, strict=True)], axis=0)
+    assert np.allclose(mine, probs, atol=1e-5)
+    same = _session(with_heads(graph, heads, [(h.weight, h.bias) for h in heads])).run(["probs"], {"images": crops})
+    assert np.allclose(same[0], probs, atol=1e-6)
+    blast = adaptable.class_names.index("blast")
+    raised = [(h.weight, h.bias + 5.0 * (np.arange(len(h.bias)) == blast)) for h in heads]
+    higher = _session(with_heads(graph, heads, raised)).run(["probs"], {"images": crops})[0]
+    assert (higher[:, blast] > probs[:, blast]).all()
+
+
+def test_adapt_command_writes_a_gated_site_version(adaptable, bundle_dir, site, tmp_path):
+    out = tmp_path / "adapted"
+    proc = marrow_edge(
+        "adapt", "--cells", str(site), "--bundle", str(bundle_dir), "--out", str(out), "--operator", "Ana Lima",
+        "--json", timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert outcome["accepted"] and "basophil 1" in proc.stderr and "not images" in proc.stderr
+    table = {row["figure"]: row for row in outcome["table"]}
+    assert table["site_accuracy"]["adapted"] > table["site_accuracy"]["base"] + 0.1
+    assert table["blast_sensitivity"]["adapted"] >= table["blast_sensitivity"]["base"] - 0.02
+    adapted = load_bundle(out)  # every hash checked
+    assert adapted.manifest.version == f"{adaptable.manifest.version}+site.1"
+    assert adapted.manifest.site.operator == "Ana Lima" and adapted.manifest.site.gate["accepted"]
+    per_type = {"eosinophil": 20, "lymphocyte": 20, "monocyte": 20, "neutrophil": 20}
+    assert adapted.manifest.site.cells_per_type == per_type
+    assert adapted.manifest.torch_weights is None and not (out / "torch").exists()
+    assert adapted.manifest.detector == adaptable.manifest.detector
+    # the adapted graph itself reads the site better than the base graph
+    cells = cells_from_folder(site, 128)
+    group = {"NEUTROPHIL": "neutrophilic", "LYMPHOCYTE": "lymphocyte", "MONOCYTE": "monocyte", "EOSINOPHIL": "eosin"}
+    keep = [i for i, label in enumerate(cells.labels) if label in group]
+
+    def right(bundle) -> float:
+        probs = _session(bundle.path("classifier.onnx").read_bytes()).run(["probs"], {"images": cells.crops[keep]})[0]
+        called = [bundle.class_names[i] for i in probs.argmax(axis=1)]
+        return float(np.mean([c.startswith(group[cells.labels[i]]) for c, i in zip(called, keep, strict=True)]))
+
+    assert right(adapted) > right(adaptable) + 0.1
+    # a second adaptation of the adapted bundle is site 2 of the same base version
+    again = marrow_edge("adapt", "--cells", str(site), "--bundle", str(out), "--out", str(out), timeout=600)
+    assert again.returncode == 1 and "not empty" in error_lines(again)[0]
+
+
+def test_the_gate_refuses_a_head_that_forgets_blasts(adaptable, bundle_dir, site, tmp_path):
+    cells = cells_from_folder(site, 128)
+    forgetful = FitSettings(replay_weight=0.0, anchor=0.0, guard=(), steps=400, lr=0.05)
+    outcome = adapt_bundle(bundle_dir, cells, tmp_path / "bad", settings=forgetful)
+    assert not outcome.verdict.accepted and outcome.out is None
+    assert any("blast" in reason for reason in outcome.verdict.reasons), outcome.verdict.reasons
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".adapt-*"))
+
+
+def test_too_few_cells_and_a_bundle_that_cannot_adapt(adaptable, bundle_dir, tmp_path):
+    few = SiteCells(np.zeros((6, 128, 128, 3), np.uint8), ["NEUTROPHIL"] * 5 + ["LYMPHOCYTE"])
+    with pytest.raises(EdgeError, match=r"too few corrected cells.*lymphocyte 1"):
+        adapt_bundle(bundle_dir, few, tmp_path / "x")
+    starter = ROOT / "models" / "lite-pbc"
+    if starter.is_dir():
+        with pytest.raises(BundleError, match="carries no adaptation cells"):
+            adapt_bundle(starter, few, tmp_path / "y")
