@@ -103,7 +103,7 @@ def add_adaptation(bundle_dir: Path, per_class: int, version: str | None, data: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--per-class", type=int, default=400, help="replay cells per code of each set (default 400)")
+    parser.add_argument("--per-class", type=int, default=80, help="replay cells per code of each set (default 80)")
     parser.add_argument("--version", help="the bundle's new version")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args(argv)

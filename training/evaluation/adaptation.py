@@ -5,7 +5,8 @@ type are drawn from the adaptation half, the bundle is adapted through the produ
 (``edge.adaptation.Adapter``: features graph, fit, blast confidence restored), and scored on the test
 half (grouped accuracy, share called blast) and on the bundle's reference cells (home six-class
 macro-F1, blast sensitivity and precision). ``--split val`` splits the adaptation half again and scores
-on its other part: what settings are chosen on; the test halves are only reported.
+on its other part, with the home figures on the bundle's validation (calibration) cells: what settings are
+chosen on; the test halves and the reference cells are only reported.
 
     python -m training.evaluation.adaptation --bundle models/marrow-bm --split test --k 5,10,20,50
 """
@@ -50,8 +51,11 @@ def curve(bundle_dir: Path, split: str, ks: list[int], settings: FitSettings, dr
         samples = read_cell_folders(root, sorted(p.name for p in root.iterdir() if p.is_dir()))
         crops = bundle_crops(bundle, [decode_image(s.image.read_bytes(), s.image.name) for s in samples])
         sites[name] = (adapter.features(crops), [s.label for s in samples])
-    base_home = home_figures(_mean_probs(adapter.heads, adapter.reference, adapter.base), adapter.reference_labels,
-                             adapter.names)  # fmt: skip
+    # choosing (val): home figures on the bundle's validation cells; reporting (test): on its held-back reference
+    home_set, home_labels = adapter.reference, adapter.reference_labels
+    if split == "val":
+        home_set, home_labels = adapter.calibration, adapter.calibration_labels
+    base_home = home_figures(_mean_probs(adapter.heads, home_set, adapter.base), home_labels, adapter.names)
     rows = []
     for k in ks:
         row: dict = {"k": k, "home_base": base_home}
@@ -79,8 +83,7 @@ def curve(bundle_dir: Path, split: str, ks: list[int], settings: FitSettings, dr
                 after = site_figures(_mean_probs(adapter.heads, test_features, weights), allowed, test_types,
                                      adapter.names)  # fmt: skip
                 scores.append((before[0], after[0], before[1], after[1]))
-                home.append(home_figures(_mean_probs(adapter.heads, adapter.reference, weights),
-                                         adapter.reference_labels, adapter.names))  # fmt: skip
+                home.append(home_figures(_mean_probs(adapter.heads, home_set, weights), home_labels, adapter.names))
             row[name] = np.mean(scores, axis=0).round(3).tolist()
         row["home_adapted"] = np.mean(home, axis=0).round(3).tolist()
         row["fit_seconds"] = round(float(np.mean(seconds)), 1)
