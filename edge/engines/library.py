@@ -3,6 +3,7 @@
     marrow-edge bundle install DIR [--name NAME]   # verify, copy, verify the copy, swap in atomically
     marrow-edge bundle list                        # name, version, profile, classes, hash
     marrow-edge bundle verify [NAME|DIR]           # every file against its sha256 (default: the config's)
+    marrow-edge bundle rollback NAME               # back to the version the last install replaced (and again)
 
 An install never leaves a half-copied bundle where the pipeline looks: it copies into a hidden
 folder beside it, verifies the copy, and renames it into place; the bundle it replaces is kept
@@ -75,10 +76,27 @@ class BundleLibrary:
         return load_bundle(target, verify=False)
 
 
+    def rollback(self, name: str) -> Bundle:
+        """Swap ``name`` with the version its last install replaced (an adapted bundle back to its base);
+        a second rollback swaps them again. The kept version is verified before anything moves."""
+        target = self.path(name)
+        previous = self.root / ".previous" / target.name
+        if not previous.is_dir():
+            raise BundleError(f"{name}: no earlier version is kept in {previous.parent} to go back to")
+        load_bundle(previous, verify=True)
+        swap = self.root / f".{target.name}.{uuid.uuid4().hex[:8]}.swap"
+        if target.exists():
+            target.rename(swap)
+        previous.rename(target)
+        if swap.exists():
+            swap.rename(previous)
+        return load_bundle(target, verify=False)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bundle",
-        help="install, list and verify model bundles",
+        help="install, list, verify and roll back model bundles",
         description="Model bundles live in bundles_dir (default /var/lib/marrow-edge/bundles); `bundle: NAME` in the "
         "config picks one.",
     )
@@ -92,6 +110,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     install.add_argument("source", type=Path)
     install.add_argument("--name", help="install under this name (default: the bundle's own)")
     actions.add_parser("list", help="the installed bundles", parents=[common])
+    rollback = actions.add_parser(
+        "rollback", help="go back to the version the last install of NAME replaced", parents=[common]
+    )
+    rollback.add_argument("name")
     verify = actions.add_parser("verify", help="check every file of a bundle against its sha256", parents=[common])
     verify.add_argument("bundle", nargs="?", help="a name in bundles_dir or a folder (default: the config's bundle)")
     p.set_defaults(handler=run)
@@ -107,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
         bundle = library.install(args.source, args.name)
         m = bundle.manifest
         out(f"installed {m.name} {m.version} ({bundle.digest[:12]}) at {bundle.root}; every file verified\n")
+        return 0
+    if args.bundle_command == "rollback":
+        bundle = library.rollback(args.name)
+        m = bundle.manifest
+        out(f"{args.name} is {m.name} {m.version} ({bundle.digest[:12]}) again; every file verified\n")
         return 0
     if args.bundle_command == "list":
         rows = library.list()
