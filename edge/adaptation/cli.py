@@ -113,9 +113,9 @@ def print_outcome(outcome, as_json: bool) -> None:
         print(json.dumps(record | verdict.record(), indent=1))
         return
     print(f"cells per type: {', '.join(f'{t} {n}' for t, n in outcome.cells_per_type.items())}")
-    print(f"{'figure':22s} {'base':>8s} {'adapted':>8s}")
+    print(f"{'figure':38s} {'base':>8s} {'adapted':>8s}")
     for row in verdict.table():
-        print(f"{row['figure']:22s} {row['base']:8.3f} {row['adapted']:8.3f}")
+        print(f"{row['words']:38s} {row['base']:8.3f} {row['adapted']:8.3f}")
     if verdict.accepted:
         print(f"accepted: {outcome.version} written to {outcome.out} ({outcome.seconds:.0f} s)")
     else:

@@ -16,6 +16,13 @@ import numpy as np
 TOLERANCE = 0.02
 SIX = ("blast", "promyelocyte", "lymphocyte", "monocyte", "eosinophil", "neutrophilic_segmented")
 BLAST = "blast"
+WORDS = {
+    "home_macro_f1": "home marrow, six-class macro-F1",
+    "blast_sensitivity": "home blasts found (sensitivity)",
+    "blast_precision": "home blast calls right (precision)",
+    "site_accuracy": "this microscope's cells read right",
+    "site_blast": "this microscope's cells called blast",
+}
 
 
 @dataclass
@@ -40,7 +47,8 @@ class Verdict:
         for key, before in asdict(self.before).items():
             if key == "per_type":
                 continue
-            rows.append({"figure": key, "base": round(before, 4), "adapted": round(getattr(self.after, key), 4)})
+            adapted = round(getattr(self.after, key), 4)
+            rows.append({"figure": key, "words": WORDS[key], "base": round(before, 4), "adapted": adapted})
         return rows
 
     def record(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.config import AppConfig
+from edge.display.adapt_api import adaptation_router
 from edge.display.auth import LoginThrottle, Sessions, auth_router
 from edge.display.feed import DisplayFeed
 from edge.display.guard import Guard, own_names
@@ -61,6 +62,7 @@ def create_app(state: WebState) -> FastAPI:
     app.include_router(auth_router(state.sessions, operators, LoginThrottle()))
     if state.desk is not None:
         app.include_router(review_router(state.desk, state.sessions, state.config))
+        app.include_router(adaptation_router(state.desk, state.config))
     install_errors(app)
     app.add_middleware(
         Guard,

@@ -36,6 +36,7 @@ STATIC = {
     "review.html": "text/html; charset=utf-8",
     "review.js": "text/javascript; charset=utf-8",
     "review.css": "text/css; charset=utf-8",
+    "adapt.js": "text/javascript; charset=utf-8",
     "login.html": "text/html; charset=utf-8",
     "login.js": "text/javascript; charset=utf-8",
 }
