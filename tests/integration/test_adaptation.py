@@ -84,7 +84,7 @@ def test_adapt_command_prints_the_gate_and_writes_nothing_when_refused(adaptable
         assert not out.exists() and not list(tmp_path.glob(".adapt-*"))
 
 
-def test_an_accepted_adaptation_is_a_whole_site_version(adaptable, bundle_dir, site, tmp_path):
+def test_an_accepted_adaptation_is_a_whole_site_version(adaptable, bundle_dir, site, tmp_path, samples, broker):
     cells = cells_from_folder(site, 128)
     out = tmp_path / "adapted"
     held = FitSettings(replay_weight=100.0)  # held harder to the base: accepted for these cells (measured)
@@ -108,6 +108,11 @@ def test_an_accepted_adaptation_is_a_whole_site_version(adaptable, bundle_dir, s
         return float(np.mean([c.startswith(group[cells.labels[i]]) for c, i in zip(called, keep, strict=True)]))
 
     assert right(adapted) > right(adaptable) + 0.1
+    # the appliance counts with it and names it wherever it names its bundle
+    run = marrow_edge("run", "--source", str(samples), "--bundle", str(out), "--broker", broker.url,
+                      "--max-fields", "1", "--quiet", timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"{adaptable.manifest.version}+site.1" in run.stdout, run.stdout
     again = marrow_edge("adapt", "--cells", str(site), "--bundle", str(out), "--out", str(out), timeout=600)
     assert again.returncode == 1 and "not empty" in error_lines(again)[0]
 
