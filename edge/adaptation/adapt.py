@@ -52,7 +52,10 @@ class Outcome:
     seconds: float
 
 
-def _mean_probs(heads: list[Head], features: list[np.ndarray], weights: list[tuple[np.ndarray, np.ndarray]]):
+def mean_probs(
+    heads: list[Head], features: list[np.ndarray], weights: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """The ensemble's class probabilities (mean of the members' softmax, as the fused graph computes them)."""
     return np.mean([probabilities(f, w, b) for f, (w, b) in zip(features, weights, strict=True)], axis=0)
 
 
@@ -145,7 +148,7 @@ class Adapter:
             index, mine = self.names.index(name), self.calibration_labels == name
 
             def confidence(w, index=index, mine=mine) -> float:
-                return float(_mean_probs(self.heads, [f[mine] for f in self.calibration], w)[:, index].mean())
+                return float(mean_probs(self.heads, [f[mine] for f in self.calibration], w)[:, index].mean())
 
             def shifted(delta: float, w=weights, index=index) -> list[tuple[np.ndarray, np.ndarray]]:
                 return [(wt, b + delta * (np.arange(len(b)) == index)) for wt, b in w]
@@ -161,7 +164,7 @@ class Adapter:
         return weights
 
     def figures(self, weights, site_probs: np.ndarray, allowed: np.ndarray, types: list[str]) -> Figures:
-        home = home_figures(_mean_probs(self.heads, self.reference, weights), self.reference_labels, self.names)
+        home = home_figures(mean_probs(self.heads, self.reference, weights), self.reference_labels, self.names)
         accuracy, blast, per_type = site_figures(site_probs, allowed, types, self.names)
         return Figures(*home, accuracy, blast, per_type)
 
@@ -180,10 +183,10 @@ class Adapter:
             report(f"fold {k + 1} of {folds}", (k + 1) / (folds + 2))
             train, test = fold_of != k, fold_of == k
             weights = self.fit([f[train] for f in features], allowed[train])
-            held_out[test] = _mean_probs(self.heads, [f[test] for f in features], weights)
+            held_out[test] = mean_probs(self.heads, [f[test] for f in features], weights)
         report("final fit", (folds + 1) / (folds + 2))
         weights = self.fit(features, allowed)
-        before = self.figures(self.base, _mean_probs(self.heads, features, self.base), allowed, types)
+        before = self.figures(self.base, mean_probs(self.heads, features, self.base), allowed, types)
         after = self.figures(weights, held_out, allowed, types)
         report("gate", 1.0)
         return judge(before, after), weights, per_type

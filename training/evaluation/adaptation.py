@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.adaptation.adapt import Adapter, _mean_probs
+from edge.adaptation.adapt import Adapter, mean_probs
 from edge.adaptation.fit import DEFAULT_SETTINGS, FitSettings
 from edge.adaptation.gate import home_figures, site_figures
 from edge.adaptation.labels import allowed_mask, group_of
@@ -55,7 +55,7 @@ def curve(bundle_dir: Path, split: str, ks: list[int], settings: FitSettings, dr
     home_set, home_labels = adapter.reference, adapter.reference_labels
     if split == "val":
         home_set, home_labels = adapter.calibration, adapter.calibration_labels
-    base_home = home_figures(_mean_probs(adapter.heads, home_set, adapter.base), home_labels, adapter.names)
+    base_home = home_figures(mean_probs(adapter.heads, home_set, adapter.base), home_labels, adapter.names)
     rows = []
     for k in ks:
         row: dict = {"k": k, "home_base": base_home}
@@ -78,12 +78,12 @@ def curve(bundle_dir: Path, split: str, ks: list[int], settings: FitSettings, dr
                 seconds.append(time.perf_counter() - started)
                 allowed, test_types = allowed_mask([labels[i] for i in test], adapter.classes), [types[i] for i in test]
                 test_features = [f[test] for f in features]
-                before = site_figures(_mean_probs(adapter.heads, test_features, adapter.base), allowed, test_types,
+                before = site_figures(mean_probs(adapter.heads, test_features, adapter.base), allowed, test_types,
                                       adapter.names)  # fmt: skip
-                after = site_figures(_mean_probs(adapter.heads, test_features, weights), allowed, test_types,
+                after = site_figures(mean_probs(adapter.heads, test_features, weights), allowed, test_types,
                                      adapter.names)  # fmt: skip
                 scores.append((before[0], after[0], before[1], after[1]))
-                home.append(home_figures(_mean_probs(adapter.heads, home_set, weights), home_labels, adapter.names))
+                home.append(home_figures(mean_probs(adapter.heads, home_set, weights), home_labels, adapter.names))
             row[name] = np.mean(scores, axis=0).round(3).tolist()
         row["home_adapted"] = np.mean(home, axis=0).round(3).tolist()
         row["fit_seconds"] = round(float(np.mean(seconds)), 1)
