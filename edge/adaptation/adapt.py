@@ -23,7 +23,7 @@ import numpy as np
 
 from edge.adaptation.fit import DEFAULT_SETTINGS, FitSettings, fit_head, probabilities
 from edge.adaptation.gate import Figures, Verdict, home_figures, judge, site_figures
-from edge.adaptation.heads import Head, features_graph, find_heads, load_graph, with_heads
+from edge.adaptation.heads import FeatureExtractor, Head, find_heads, load_graph, with_heads
 from edge.adaptation.labels import allowed_mask, group_of
 from edge.engines.bundle import Bundle, SiteAdaptation, file_entry, load_bundle, write_manifest
 from edge.errors import BundleError, EdgeError
@@ -74,9 +74,9 @@ def _folds(types: list[str], count: int, seed: int) -> np.ndarray:
     return fold
 
 
-def usable(cells: SiteCells, classes) -> tuple[SiteCells, dict[str, int]]:
-    """The cells of every type with at least MIN_PER_TYPE of them, and the count per type; a type with fewer is
-    left out (said in the log), and fewer than two types left is an error that names them all."""
+def usable(cells: SiteCells, classes) -> tuple[SiteCells, list[str], dict[str, int]]:
+    """The cells of every type with at least MIN_PER_TYPE of them, their types and the count per type; a type
+    with fewer is left out (said in the log), and fewer than two types left is an error that names them all."""
     types = [group_of(label, classes) for label in cells.labels]
     counts = dict(sorted(Counter(types).items()))
     few = {t: n for t, n in counts.items() if n < MIN_PER_TYPE}
@@ -90,7 +90,7 @@ def usable(cells: SiteCells, classes) -> tuple[SiteCells, dict[str, int]]:
     keep = [i for i, t in enumerate(types) if t not in few]
     slides = [cells.slides[i] for i in keep] if cells.slides else []
     kept = SiteCells(cells.crops[keep], [cells.labels[i] for i in keep], slides)
-    return kept, {t: n for t, n in counts.items() if t not in few}
+    return kept, [types[i] for i in keep], {t: n for t, n in counts.items() if t not in few}
 
 
 class Adapter:
@@ -103,31 +103,22 @@ class Adapter:
                 f"bundle {bundle.manifest.name} {bundle.manifest.version} carries no adaptation cells (replay and "
                 "reference sets): it cannot be adapted on a box; training.bundle.adaptation adds them"
             )
-        import onnxruntime as ort
-
         self.bundle, self.settings = bundle, settings
         self.classes = bundle.manifest.classes
         self.names = bundle.class_names
         self.graph = load_graph(bundle.path(bundle.manifest.classifier.file))
         self.heads = find_heads(self.graph, len(self.names))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(features_graph(self.graph, self.heads), options, ["CPUExecutionProvider"])
+        self.features = FeatureExtractor(self.graph, self.heads, threads)
         self.replay, self.replay_labels = _load_set(bundle, spec.replay.file, len(self.heads))
         guarded = np.isin(self.replay_labels, settings.guard)
         self.replay_weights = np.where(guarded, settings.guard_weight, 1.0).astype(np.float32)
         self.reference, self.reference_labels = _load_set(bundle, spec.reference.file, len(self.heads))
-        calibration = spec.calibration or spec.replay
-        self.calibration, self.calibration_labels = _load_set(bundle, calibration.file, len(self.heads))
+        self.calibration, self.calibration_labels = (
+            _load_set(bundle, spec.calibration.file, len(self.heads))
+            if spec.calibration
+            else (self.replay, self.replay_labels)
+        )
         self.base = [(h.weight, h.bias) for h in self.heads]
-
-    def features(self, crops: np.ndarray, batch: int = 32) -> list[np.ndarray]:
-        names = [f"features_{i}" for i in range(len(self.heads))]
-        out: list[list[np.ndarray]] = [[] for _ in names]
-        for start in range(0, len(crops), batch):
-            for i, f in enumerate(self.session.run(names, {"images": crops[start : start + batch]})):
-                out[i].append(f)
-        return [np.concatenate(f) for f in out]
 
     def fit(self, features: list[np.ndarray], allowed: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         weights = [
@@ -145,10 +136,11 @@ class Adapter:
         for name in self.settings.guard:
             if name not in self.names or not (self.calibration_labels == name).any():
                 continue
-            index, mine = self.names.index(name), self.calibration_labels == name
+            index = self.names.index(name)
+            theirs = [f[self.calibration_labels == name] for f in self.calibration]
 
-            def confidence(w, index=index, mine=mine) -> float:
-                return float(mean_probs(self.heads, [f[mine] for f in self.calibration], w)[:, index].mean())
+            def confidence(w, index=index, theirs=theirs) -> float:
+                return float(mean_probs(self.heads, theirs, w)[:, index].mean())
 
             def shifted(delta: float, w=weights, index=index) -> list[tuple[np.ndarray, np.ndarray]]:
                 return [(wt, b + delta * (np.arange(len(b)) == index)) for wt, b in w]
@@ -171,9 +163,8 @@ class Adapter:
     def adapt(self, cells: SiteCells, progress: Progress | None = None) -> tuple[Verdict, list, dict[str, int]]:
         """The gate's verdict, the new heads' weights and the cells per type."""
         report = progress or (lambda step, done: None)
-        cells, per_type = usable(cells, self.classes)
+        cells, types, per_type = usable(cells, self.classes)
         allowed = allowed_mask(cells.labels, self.classes)
-        types = [group_of(label, self.classes) for label in cells.labels]
         report("features", 0.0)
         features = self.features(cells.crops)
         folds = min(MAX_FOLDS, min(per_type.values()))
@@ -198,14 +189,19 @@ def _next_version(bundle: Bundle) -> tuple[str, int]:
     return f"{base}+site.{site}", site
 
 
-def write_adapted(
-    bundle: Bundle, adapter: Adapter, weights, verdict: Verdict, per_type: dict, out: Path, operator: str, slides
-) -> tuple[Path, str]:
-    """The adapted bundle at ``out``: staged beside it, renamed into place only when whole."""
-    version, site = _next_version(bundle)
+def _free(out: Path) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise EdgeError(f"{out} exists and is not empty: give a new folder for the adapted bundle")
+    return out
+
+
+def write_adapted(
+    bundle: Bundle, adapter: Adapter, weights, verdict: Verdict, per_type: dict, out: Path, operator: str, slides
+) -> tuple[Path, str]:
+    """The adapted bundle at ``out`` (an empty or new folder): staged beside it, renamed into place only when
+    whole."""
+    version, site = _next_version(bundle)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".adapt-", dir=out.parent))
     try:
@@ -247,15 +243,16 @@ def write_adapted(
 
 
 def adapt_bundle(
-    bundle_dir: Path,
+    bundle: Bundle,
     cells: SiteCells,
     out: Path,
     operator: str = "unknown",
     settings: FitSettings = DEFAULT_SETTINGS,
     progress: Progress | None = None,
 ) -> Outcome:
+    """Adapt ``bundle`` (loaded and verified by the caller) to ``cells``; write it to ``out`` if the gate accepts."""
     started = time.perf_counter()
-    bundle = load_bundle(bundle_dir)
+    out = _free(out)  # before the work, not after it
     adapter = Adapter(bundle, settings)
     verdict, weights, per_type = adapter.adapt(cells, progress)
     version = _next_version(bundle)[0]

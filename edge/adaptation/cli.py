@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from edge.errors import EdgeError
-
-log = logging.getLogger(__name__)
 REFUSED = 6  # exit code: the gate refused the candidate (nothing written)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,67 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_adapt)
 
 
-def _decode(data: bytes, size: int, name: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise EdgeError(f"{name}: not an image")
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def cells_from_folder(root: Path, size: int):
-    from edge.adaptation.adapt import SiteCells
-
-    if not root.is_dir():
-        raise EdgeError(f"{root}: not a folder")
-    crops, labels, skipped = [], [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                crops.append(_decode(path.read_bytes(), size, str(path)))
-                labels.append(folder.name)
-            except EdgeError:
-                skipped.append(path.name)
-    if skipped:
-        log.warning("%d file(s) are not images, left out: %s", len(skipped), ", ".join(skipped[:5]))
-    if not crops:
-        raise EdgeError(f"{root}: no crops (one sub-folder per label, images inside)")
-    return SiteCells(np.stack(crops), labels, [])
-
-
-def cells_from_store(path: Path, size: int, corrected_only: bool):
-    from edge.adaptation.adapt import SiteCells
-    from edge.review.records import NOT_COUNTABLE
-    from edge.review.store import SlideStore
-
-    if not path.exists():
-        raise EdgeError(f"{path}: no such store")
-    store = SlideStore(path)
-    crops, labels, slides = [], [], []
-    try:
-        for slide in store.slides(limit=100_000):
-            if slide.signed_version == 0:
-                continue  # nobody has looked at it yet
-            for cell in store.cells(slide.slide_id):
-                label = cell.label if corrected_only else cell.tray
-                if label is None or label == NOT_COUNTABLE or not cell.has_crop:
-                    continue
-                data = store.image(slide.slide_id, cell.cell_id, "crop")
-                if data:
-                    crops.append(_decode(data, size, f"{slide.slide_id} cell {cell.cell_id}"))
-                    labels.append(label)
-                    slides.append(slide.slide_id)
-    finally:
-        store.close()
-    if not crops:
-        what = "relabelled cells" if corrected_only else "cells of signed slides"
-        raise EdgeError(f"{path}: no {what} to adapt from: review and sign slides first")
-    return SiteCells(np.stack(crops), labels, slides)
-
-
 def print_outcome(outcome, as_json: bool) -> None:
     verdict = outcome.verdict
     if as_json:
@@ -124,9 +55,11 @@ def print_outcome(outcome, as_json: bool) -> None:
 
 def run_adapt(args: argparse.Namespace) -> int:
     from edge.adaptation.adapt import adapt_bundle
+    from edge.adaptation.sources import cells_from_folder, cells_from_store
     from edge.engines.bundle import load_bundle
 
-    size = load_bundle(args.bundle).manifest.classifier.crop_size
+    bundle = load_bundle(args.bundle)
+    size = bundle.manifest.classifier.crop_size
     if args.store:
         cells = cells_from_store(args.store, size, args.corrected_only)
     else:
@@ -135,6 +68,6 @@ def run_adapt(args: argparse.Namespace) -> int:
     def progress(step: str, done: float) -> None:
         print(f"[{done:4.0%}] {step}", file=sys.stderr, flush=True)
 
-    outcome = adapt_bundle(args.bundle, cells, args.out, args.operator, progress=progress)
+    outcome = adapt_bundle(bundle, cells, args.out, args.operator, progress=progress)
     print_outcome(outcome, args.json)
     return 0 if outcome.verdict.accepted else REFUSED

@@ -78,6 +78,23 @@ def features_graph(model, heads: list[Head]) -> bytes:
     return copy.SerializeToString()
 
 
+class FeatureExtractor:
+    """The graph run with each member head's input as an output (ONNX Runtime on the CPU): per member,
+    the features of a batch of crops."""
+
+    def __init__(self, model, heads: list[Head], threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(features_graph(model, heads), options, ["CPUExecutionProvider"])
+        self.names = [f"features_{i}" for i in range(len(heads))]
+
+    def __call__(self, crops: np.ndarray, batch: int = 32) -> list[np.ndarray]:
+        parts = [self.session.run(self.names, {"images": crops[i : i + batch]}) for i in range(0, len(crops), batch)]
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(self.names))]
+
+
 def with_heads(model, heads: list[Head], weights: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
     """A copy of the graph whose member heads carry ``weights`` [(weight, bias)] in member order."""
     onnx, numpy_helper = _onnx()

@@ -78,7 +78,7 @@ class Adaptation:
 
     def _run(self, operator: str, corrected_only: bool) -> None:
         from edge.adaptation.adapt import adapt_bundle
-        from edge.adaptation.cli import cells_from_store
+        from edge.adaptation.sources import cells_from_store
         from edge.engines.bundle import load_bundle
 
         try:
@@ -88,7 +88,7 @@ class Adaptation:
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
             out = self.config.bundles_dir / CANDIDATES / f"{base.manifest.name}-{stamp}"
             outcome = adapt_bundle(
-                self.config.bundle, cells, out, operator, progress=lambda step, done: self._set(step=step, done=done)
+                base, cells, out, operator, progress=lambda step, done: self._set(step=step, done=done)
             )
             self.candidate = outcome.out
             self._set(

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 
 from edge.adaptation.adapt import SiteCells, adapt_bundle
-from edge.adaptation.cli import cells_from_folder
 from edge.adaptation.fit import FitSettings, probabilities
 from edge.adaptation.heads import features_graph, find_heads, load_graph, with_heads
+from edge.adaptation.sources import cells_from_folder
 from edge.engines.bundle import load_bundle
 from edge.errors import BundleError, EdgeError
 from tests.cli_helpers import error_lines, marrow_edge
@@ -84,11 +84,11 @@ def test_adapt_command_prints_the_gate_and_writes_nothing_when_refused(adaptable
         assert not out.exists() and not list(tmp_path.glob(".adapt-*"))
 
 
-def test_an_accepted_adaptation_is_a_whole_site_version(adaptable, bundle_dir, site, tmp_path, samples, broker):
+def test_an_accepted_adaptation_is_a_whole_site_version(adaptable, site, tmp_path, samples, broker):
     cells = cells_from_folder(site, 128)
     out = tmp_path / "adapted"
     held = FitSettings(replay_weight=100.0)  # held harder to the base: accepted for these cells (measured)
-    outcome = adapt_bundle(bundle_dir, cells, out, operator="Ana Lima", settings=held)
+    outcome = adapt_bundle(adaptable, cells, out, operator="Ana Lima", settings=held)
     assert outcome.verdict.accepted, outcome.verdict.reasons
     adapted = load_bundle(out)  # every hash checked
     assert adapted.manifest.version == f"{adaptable.manifest.version}+site.1" == outcome.version
@@ -117,20 +117,20 @@ def test_an_accepted_adaptation_is_a_whole_site_version(adaptable, bundle_dir, s
     assert again.returncode == 1 and "not empty" in error_lines(again)[0]
 
 
-def test_the_gate_refuses_a_head_that_forgets_blasts(adaptable, bundle_dir, site, tmp_path):
+def test_the_gate_refuses_a_head_that_forgets_blasts(adaptable, site, tmp_path):
     cells = cells_from_folder(site, 128)
     forgetful = FitSettings(replay_weight=0.0, anchor=0.0, guard=(), steps=400, lr=0.05)
-    outcome = adapt_bundle(bundle_dir, cells, tmp_path / "bad", settings=forgetful)
+    outcome = adapt_bundle(adaptable, cells, tmp_path / "bad", settings=forgetful)
     assert not outcome.verdict.accepted and outcome.out is None
     assert any("blast" in reason for reason in outcome.verdict.reasons), outcome.verdict.reasons
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".adapt-*"))
 
 
-def test_too_few_cells_and_a_bundle_that_cannot_adapt(adaptable, bundle_dir, tmp_path):
+def test_too_few_cells_and_a_bundle_that_cannot_adapt(adaptable, tmp_path):
     few = SiteCells(np.zeros((6, 128, 128, 3), np.uint8), ["NEUTROPHIL"] * 5 + ["LYMPHOCYTE"])
     with pytest.raises(EdgeError, match=r"too few corrected cells.*lymphocyte 1"):
-        adapt_bundle(bundle_dir, few, tmp_path / "x")
+        adapt_bundle(adaptable, few, tmp_path / "x")
     starter = ROOT / "models" / "lite-pbc"
     if starter.is_dir():
         with pytest.raises(BundleError, match="carries no adaptation cells"):
-            adapt_bundle(starter, few, tmp_path / "y")
+            adapt_bundle(load_bundle(starter), few, tmp_path / "y")

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
-from edge.adaptation.heads import features_graph, find_heads, load_graph
+from edge.adaptation.heads import FeatureExtractor, find_heads, load_graph
 from edge.engines.bundle import AdaptationSpec, Bundle, CellSet, file_entry, load_bundle, write_manifest
 from training.data.splits import cell_splits
 from training.evaluation.evaluate import bundle_crops
@@ -32,13 +31,9 @@ FOLDER = "adaptation"
 LICENCES = {"matek_bm": "Matek et al. 2021, TCIA, CC BY 4.0", "pbc_cells": "Acevedo et al. 2020, CC BY 4.0"}
 
 
-def _features(bundle: Bundle, crops: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+def _features(bundle: Bundle, crops: np.ndarray) -> list[np.ndarray]:
     graph = load_graph(bundle.path(bundle.manifest.classifier.file))
-    heads = find_heads(graph, len(bundle.manifest.classes))
-    session = ort.InferenceSession(features_graph(graph, heads), providers=["CPUExecutionProvider"])
-    names = [f"features_{i}" for i in range(len(heads))]
-    parts = [session.run(names, {"images": crops[i : i + batch]}) for i in range(0, len(crops), batch)]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+    return FeatureExtractor(graph, find_heads(graph, len(bundle.manifest.classes)))(crops, batch=64)
 
 
 def _write(bundle: Bundle, name: str, samples: list, sources: list[str]) -> CellSet:

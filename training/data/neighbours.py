@@ -26,6 +26,7 @@ from edge.analysis.colour import white_balance
 from edge.analysis.crops import crop_cells
 from training.data.cells import central_cell_box
 from training.data.compose import CellPatch, compose_field
+from training.data.grids import TILE, GridCell, grid_field
 
 BOX_SIDE = (0.85, 1.25)  # detector box side over the nucleus-derived box side (p10-p90 at the working scale)
 BOX_SHIFT = 0.08  # centre offset, of the box side
@@ -42,29 +43,27 @@ def jitter(boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
-def mosaic(images: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """n x n equal-sized cell images side by side (row by row) and each central cell's box in field pixels."""
-    tile = images[0].shape[0]
-    field = np.zeros((n * tile, n * tile, 3), np.uint8)
+def mosaic(cells: Sequence[GridCell], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An n x n grid field of the cells (``training.data.grids``) and each central cell's box in field pixels."""
+    field, _, _ = grid_field(cells, n)
     boxes = []
-    for i, image in enumerate(images[: n * n]):
+    for i, cell in enumerate(cells[: n * n]):
         row, col = divmod(i, n)
-        field[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = image
-        box, _ = central_cell_box(white_balance(image))
-        boxes.append(box + np.array([col, row, col, row]) * tile)
+        box, _ = central_cell_box(white_balance(cell.image))
+        boxes.append(box + np.array([col, row, col, row]) * TILE)
     return field, np.array(boxes, np.float32)
 
 
 def neighbour_crops(
     patches: Sequence[CellPatch],
-    tiles: Sequence[tuple[np.ndarray, str]],
+    tiles: Sequence[GridCell],
     fields: int,
     side: int,
     margin: float,
     rng: np.random.Generator,
 ) -> Iterator[tuple[np.ndarray, str, str]]:
     """(crop, dataset code, kind) for every cell of ``fields`` composed fields (from ``patches``) and as many
-    mosaics (3x3 or 4x4 of ``tiles``: native 250 px images with their codes), cut at ``side`` with ``margin``."""
+    mosaics (3x3 or 4x4 of ``tiles``: native 250 px matek crops with their codes), cut at ``side`` with ``margin``."""
     for _ in range(fields):
         chosen = [patches[i] for i in rng.choice(len(patches), int(rng.integers(4, 9)), replace=False)]
         field, boxes, codes = compose_field(chosen, rng, FIELD, WORKING)
@@ -73,6 +72,6 @@ def neighbour_crops(
             yield from ((crop, code, "composed") for crop, code in zip(crops, codes, strict=True))
         n = int(rng.integers(3, 5))
         picked = [tiles[i] for i in rng.choice(len(tiles), n * n, replace=False)]
-        field, boxes = mosaic([image for image, _ in picked], n)
+        field, boxes = mosaic(picked, n)
         crops = crop_cells(white_balance(field), jitter(boxes, rng), side, margin)
-        yield from ((crop, code, "mosaic") for crop, (_, code) in zip(crops, picked, strict=True))
+        yield from ((crop, cell.code, "mosaic") for crop, cell in zip(crops, picked, strict=True))

@@ -239,16 +239,16 @@ def _neighbours(fields: int, split: str, side: int, rng: np.random.Generator) ->
     split, as many per cell for the others."""
     if not fields:
         return ()
-    from training.data.compose import load_patches, matek_splits
+    from training.data.compose import cut_patch, matek_splits
     from training.data.grids import load_cells
     from training.data.neighbours import neighbour_crops
 
     splits = matek_splits()
     samples = splits[split]
     count = round(fields * len(samples) / len(splits["train"]))
-    tiles = [(cell.image, cell.code) for cell in load_cells(codes=sorted({s.label for s in samples}), split=split)]
+    tiles = load_cells(codes=sorted({s.label for s in samples}), split=split)  # every image read once
     log.info("stage 1 %s: %d fields of cells among neighbours", split, count)
-    return neighbour_crops(load_patches(samples), tiles, count, side, CROP_MARGIN, rng)
+    return neighbour_crops([cut_patch(t.image, t.code) for t in tiles], tiles, count, side, CROP_MARGIN, rng)
 
 
 def train_stage1(args) -> dict:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.adaptation.cli import cells_from_folder, cells_from_store
+from edge.adaptation.sources import cells_from_folder, cells_from_store
 from edge.errors import EdgeError
 from tests.unit.review.slides import make_desk
 
