@@ -68,7 +68,7 @@ def _folds(types: list[str], count: int, seed: int) -> np.ndarray:
     """Fold index per cell, each type spread evenly over the folds."""
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(types), int)
-    for t in set(types):
+    for t in sorted(set(types)):  # a set's order changes with each process's string hashing
         index = rng.permutation([i for i, x in enumerate(types) if x == t])
         fold[index] = np.arange(len(index)) % count
     return fold

@@ -115,3 +115,21 @@ def test_home_and_site_figures() -> None:
     accuracy, blast, per_type = site_figures(np.eye(3)[[0, 2, 2]], allowed, ["a", "a", "b"], names)
     assert accuracy == pytest.approx(2 / 3) and blast == pytest.approx(1 / 3)
     assert per_type == {"a": 0.5, "b": 1.0}
+
+
+def test_the_gate_folds_are_the_same_in_every_process() -> None:
+    """Python salts string hashes per process: folds drawn in a set's order would change from run to run."""
+    import subprocess
+    import sys
+
+    code = (
+        "from edge.adaptation.adapt import _folds; "
+        "types = ['neutrophil'] * 20 + ['lymphocyte'] * 20 + ['monocyte'] * 15 + ['eosinophil'] * 12; "
+        "print(_folds(types, 5, 0).tolist())"
+    )
+    runs = {
+        subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": seed, "PATH": ""}, capture_output=True,
+                       text=True, check=True).stdout
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(runs) == 1
